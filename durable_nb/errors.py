@@ -1,0 +1,39 @@
+"""Named exceptions. Each message says what happened, to which file / cell / variable, and what to do."""
+
+from __future__ import annotations
+
+
+class DurableError(Exception):
+    """Base class of every error durable_nb raises on purpose."""
+
+
+class LogError(DurableError):
+    """The log file cannot be used as asked."""
+
+
+class NotALogError(LogError):
+    """The file exists but is not a SQLite database (or not a durable_nb log)."""
+
+
+class CorruptLogError(LogError):
+    """SQLite reports the file as malformed."""
+
+
+class NewerLogError(LogError):
+    """The log was written by a newer durable_nb; this version must not write it."""
+
+
+class LogNotWritableError(LogError):
+    """The log (or its folder) cannot be written: read-only location, full disk, permissions."""
+
+
+class EncodeError(DurableError):
+    """A value cannot be stored by any codec."""
+
+
+class DecodeError(DurableError):
+    """A stored value cannot be loaded here (missing module, tampered bytes, untrusted pickle...)."""
+
+
+class UntrustedError(DecodeError):
+    """A pickled value comes from a log this user has not chosen to trust."""

@@ -1,0 +1,161 @@
+"""Open a log: the SQLite settings every connection needs, migrations, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from ..errors import CorruptLogError, LogError, LogNotWritableError, NewerLogError, NotALogError
+from .schema import MIGRATIONS, SCHEMA_VERSION
+
+Durability = Literal["normal", "full"]
+
+# Large pages halve the cost of multi-GB blob writes; they only take effect on a new, empty file.
+PAGE_SIZE = 65536
+BUSY_TIMEOUT_MS = 5000
+# A writer that waits longer than busy_timeout (another kernel recording a multi-GB value) keeps retrying
+# for this long before giving up with a clear error.
+WRITE_WAIT_SECONDS = 120.0
+
+
+def connect(path: str | Path, *, readonly: bool = False, durability: Durability = "normal") -> sqlite3.Connection:
+    """Open the log at `path` with WAL, busy_timeout and foreign keys; create and migrate it unless readonly."""
+    path = Path(path)
+    if readonly and not path.exists():
+        raise NotALogError(f"durable log {path} does not exist. Check the path, or restore it first "
+                           f"(durable-nb restore URL -o {path}).")
+    conn = _open(path, readonly)
+    try:
+        _configure(conn, path, readonly, durability)
+        if readonly:
+            check_version(conn, path)
+        else:
+            migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _open(path: Path, readonly: bool) -> sqlite3.Connection:
+    try:
+        if readonly:
+            return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except (sqlite3.OperationalError, OSError) as exc:
+        raise LogNotWritableError(
+            f"cannot open durable log {path}: {exc}. Choose a writable place with "
+            "%config DurableMagics.db = 'PATH', --db PATH or DURABLE_NB_DB."
+        ) from exc
+
+
+def _configure(conn: sqlite3.Connection, path: Path, readonly: bool, durability: Durability) -> None:
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if not readonly:
+            if _is_empty(conn):
+                conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise LogNotWritableError(f"durable log {path} could not switch to WAL mode (got {mode}).")
+        conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.DatabaseError as exc:
+        raise _classify(exc, path) from exc
+
+
+def _is_empty(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+
+def _classify(exc: sqlite3.DatabaseError, path: Path) -> LogError:
+    text = str(exc)
+    if "file is not a database" in text or "file is encrypted" in text:
+        return NotALogError(f"{path} is not a SQLite file, so it cannot be a durable log. Point durable_nb at "
+                            "another path (--db / DurableMagics.db); this file was left untouched.")
+    if "malformed" in text or "corrupt" in text:
+        return CorruptLogError(f"durable log {path} is corrupt ({text}). It was left untouched: keep a copy, "
+                               "try `sqlite3 FILE .recover`, or restore it from its replica.")
+    if "readonly" in text or "unable to open" in text or "disk I/O" in text or "full" in text:
+        return LogNotWritableError(f"cannot write durable log {path}: {text}. Free disk space or choose a "
+                                   "writable place (--db PATH / DurableMagics.db).")
+    return LogError(f"durable log {path}: {text}")
+
+
+def applied_version(conn: sqlite3.Connection) -> int:
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migration'").fetchone()
+    if not has_table:
+        return 0
+    return int(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migration").fetchone()[0])
+
+
+def check_version(conn: sqlite3.Connection, path: Path) -> int:
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = applied_version(conn)
+    except sqlite3.DatabaseError as exc:
+        raise _classify(exc, path) from exc
+    if tables and "schema_migration" not in tables:
+        raise NotALogError(f"{path} is a SQLite database but not a durable_nb log (tables: "
+                           f"{', '.join(sorted(tables)[:5])}). It was left untouched; use another path.")
+    if version > SCHEMA_VERSION:
+        raise NewerLogError(f"durable log {path} has schema version {version}, newer than this durable_nb "
+                            f"understands ({SCHEMA_VERSION}). Upgrade durable_nb (pip install -U durable_nb); "
+                            "the log was not modified.")
+    return version
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Apply the migrations this log lacks, each in its own transaction."""
+    with write_transaction(conn, path):
+        version = check_version(conn, path)
+        if version == 0:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migration ("
+                         "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+        for m in MIGRATIONS:
+            if m.version > version:
+                for statement in _statements(m.sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migration VALUES (?, ?, ?)", (m.version, m.name, time.time()))
+
+
+def _statements(sql: str) -> Iterator[str]:
+    buf = ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf.strip()
+            buf = ""
+    if buf.strip():
+        yield buf.strip()
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection, path: str | Path) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE (so two kernels never deadlock on a lock upgrade), retrying while another writer
+    holds the log, then COMMIT; ROLLBACK on any error. Disk-full and read-only errors become clear ones."""
+    deadline = time.monotonic() + WRITE_WAIT_SECONDS
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise _classify(exc, Path(path)) from exc
+            time.sleep(0.05)
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise _classify(exc, Path(path)) from exc
+        raise

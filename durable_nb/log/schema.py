@@ -1,0 +1,143 @@
+"""The one source of truth for the log's SQL schema: numbered migrations, applied in order.
+
+Tables are singular (`run`, `execution`, ...); the stable, documented views that users query are plural
+(`runs`, `executions`, ...) and are (re)created by the migration that last changed them.
+A log records every migration it has applied in `schema_migration`; a log whose highest version is newer
+than `SCHEMA_VERSION` is refused, never written.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "cells: runs, executions, outputs, events, blobs",
+        """
+        CREATE TABLE run (
+            id INTEGER PRIMARY KEY,
+            uuid TEXT NOT NULL UNIQUE,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            pid_started_at REAL,
+            notebook TEXT,
+            python TEXT NOT NULL,
+            platform TEXT NOT NULL,
+            packages TEXT NOT NULL DEFAULT '{}'
+        );
+
+        CREATE TABLE execution (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES run(id),
+            cell_name TEXT,
+            cell_id TEXT,
+            execution_count INTEGER,
+            key TEXT NOT NULL,
+            code TEXT NOT NULL,
+            code_hash TEXT NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('running', 'recorded', 'replayed', 'failed', 'crashed')),
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            duration REAL,
+            replayed_from INTEGER REFERENCES execution(id),
+            saved_seconds REAL,
+            reason TEXT,
+            inputs TEXT NOT NULL DEFAULT '{}',
+            deps_files TEXT NOT NULL DEFAULT '{}',
+            replayable INTEGER NOT NULL DEFAULT 0,
+            problems TEXT NOT NULL DEFAULT '[]',
+            bytes_stored INTEGER NOT NULL DEFAULT 0,
+            error_type TEXT,
+            error_message TEXT,
+            traceback TEXT
+        );
+        CREATE INDEX execution_by_key ON execution(key, state, replayable);
+        CREATE INDEX execution_by_cell ON execution(cell_id, id);
+        CREATE INDEX execution_by_name ON execution(cell_name, id);
+        CREATE INDEX execution_by_code ON execution(code_hash, id);
+        CREATE INDEX execution_by_run ON execution(run_id, id);
+
+        CREATE TABLE blob (
+            id INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL UNIQUE,
+            size INTEGER NOT NULL,
+            stored_size INTEGER NOT NULL,
+            chunk_count INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        );
+
+        CREATE TABLE chunk (
+            id INTEGER PRIMARY KEY,
+            blob_id INTEGER NOT NULL REFERENCES blob(id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            raw_size INTEGER NOT NULL,
+            compression TEXT NOT NULL DEFAULT 'none',
+            data BLOB NOT NULL,
+            UNIQUE (blob_id, seq)
+        );
+
+        CREATE TABLE output (
+            execution_id INTEGER NOT NULL REFERENCES execution(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('value', 'module', 'alias', 'deleted', 'result')),
+            codec TEXT,
+            codec_version INTEGER,
+            type TEXT,
+            meta TEXT NOT NULL DEFAULT '{}',
+            size INTEGER NOT NULL DEFAULT 0,
+            target TEXT,
+            signature TEXT,
+            PRIMARY KEY (execution_id, name)
+        );
+
+        CREATE TABLE output_blob (
+            execution_id INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            blob_id INTEGER NOT NULL REFERENCES blob(id),
+            PRIMARY KEY (execution_id, name, seq),
+            FOREIGN KEY (execution_id, name) REFERENCES output(execution_id, name) ON DELETE CASCADE
+        );
+        CREATE INDEX output_blob_by_blob ON output_blob(blob_id);
+
+        CREATE TABLE event (
+            execution_id INTEGER NOT NULL REFERENCES execution(id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL
+                CHECK (kind IN ('stdout', 'stderr', 'display', 'update_display', 'clear_output')),
+            data TEXT NOT NULL,
+            PRIMARY KEY (execution_id, seq)
+        );
+
+        CREATE VIEW runs AS
+        SELECT id AS run_id, uuid, started_at, ended_at, host, pid, notebook, python, platform, packages,
+               (SELECT count(*) FROM execution e WHERE e.run_id = run.id) AS executions
+        FROM run;
+
+        CREATE VIEW executions AS
+        SELECT e.id AS execution_id, e.run_id, e.cell_name, e.cell_id, e.execution_count, e.key, e.state,
+               e.started_at, e.finished_at, e.duration, e.replayed_from, e.saved_seconds, e.reason,
+               e.inputs, (SELECT json_group_array(o.name) FROM output o
+                          WHERE o.execution_id = e.id AND o.kind != 'result') AS outputs,
+               e.replayable, e.problems, e.bytes_stored, e.error_type, e.error_message, e.code
+        FROM execution e;
+
+        CREATE VIEW outputs AS
+        SELECT o.execution_id, o.name, o.kind, o.codec, o.codec_version, o.type, o.size, o.target
+        FROM output o;
+        """,
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
