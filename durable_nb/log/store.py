@@ -1,0 +1,155 @@
+"""DurableLog: one open log file — its connection, its current run, its blobs, and crash bookkeeping.
+
+Writers (a kernel, a script) register a *run* lazily, on their first write, so merely opening or inspecting a
+log never adds rows. Readers open the file read-only and never write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sqlite3
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .connect import Durability, connect, write_transaction
+
+if TYPE_CHECKING:
+    from .blobs import BlobStore
+
+# Versions recorded with every run: they decide whether a replay happens in "the same environment".
+KEY_PACKAGES = ("durable_nb", "ipython", "ipykernel", "numpy", "pandas", "pyarrow", "cloudpickle")
+
+
+class DurableLog:
+    """An open durable log. `readonly=True` opens any log (a colleague's, a restored one) without writing."""
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
+                 durability: Durability = "normal", notebook: str | None = None) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.readonly = readonly
+        self.durability: Durability = durability
+        self.notebook = notebook
+        self.conn: sqlite3.Connection = connect(self.path, readonly=readonly, durability=durability)
+        self._run_id: int | None = None
+        if not readonly:
+            self.reap_crashed()
+
+    def __repr__(self) -> str:
+        return f"DurableLog({str(self.path)!r}{', readonly=True' if self.readonly else ''})"
+
+    def __enter__(self) -> DurableLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        from .blobs import BlobStore
+
+        return BlobStore(self.conn)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE, retried while another process writes)."""
+        with write_transaction(self.conn, self.path) as conn:
+            yield conn
+
+    @property
+    def run_id(self) -> int:
+        """This process's run in the log, registered on first use."""
+        if self._run_id is None:
+            self._run_id = self._start_run()
+        return self._run_id
+
+    def _start_run(self) -> int:
+        me = _process_identity()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO run (uuid, started_at, host, pid, pid_started_at, notebook, python, platform, "
+                "packages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (uuid.uuid4().hex, time.time(), me[0], me[1], me[2], self.notebook,
+                 sys.version.split()[0], platform.platform(), json.dumps(package_versions())),
+            )
+            return int(cur.lastrowid or 0)
+
+    def end_run(self) -> None:
+        if self._run_id is not None and not self.readonly:
+            with self.transaction() as conn:
+                conn.execute("UPDATE run SET ended_at = ? WHERE id = ?", (time.time(), self._run_id))
+            self._run_id = None
+
+    def close(self) -> None:
+        try:
+            self.end_run()
+        finally:
+            self.conn.close()
+
+    def dead_run_ids(self) -> list[int]:
+        """Runs that ended or whose process is gone (another host's process cannot write this local file)."""
+        me = _process_identity()
+        dead = []
+        rows = self.conn.execute("SELECT id, host, pid, pid_started_at, ended_at FROM run").fetchall()
+        for run_id, host, pid, pid_started, ended in rows:
+            if ended is not None or host != me[0] or not _alive(pid, pid_started):
+                dead.append(int(run_id))
+        return dead
+
+    def reap_crashed(self) -> int:
+        """Mark executions left `running` by dead processes as `crashed`; returns how many."""
+        running = self.conn.execute(
+            "SELECT DISTINCT run_id FROM execution WHERE state = 'running'").fetchall()
+        if not running:
+            return 0
+        dead = set(self.dead_run_ids()) & {r[0] for r in running}
+        if not dead:
+            return 0
+        marks = ",".join("?" * len(dead))
+        with self.transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE execution SET state = 'crashed' WHERE state = 'running' AND run_id IN ({marks})",
+                tuple(dead))
+            return cur.rowcount
+
+
+def _process_identity() -> tuple[str, int, float | None]:
+    pid = os.getpid()
+    return socket.gethostname(), pid, _start_time(pid)
+
+
+def _start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    now_started = _start_time(pid)
+    if now_started is None:
+        return False
+    # A reused pid belongs to a process that started later than the one that wrote the run.
+    return started is None or abs(now_started - started) < 1.0
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for name in KEY_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
