@@ -27,6 +27,10 @@ class LogNotWritableError(LogError):
     """The log (or its folder) cannot be written: read-only location, full disk, permissions."""
 
 
+class Unfingerprintable(DurableError):
+    """A value's content cannot be fingerprinted (generator, lock, socket...): the cell must run."""
+
+
 class EncodeError(DurableError):
     """A value cannot be stored by any codec."""
 
