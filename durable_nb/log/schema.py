@@ -138,6 +138,75 @@ MIGRATIONS: tuple[Migration, ...] = (
         FROM output o;
         """,
     ),
+    Migration(
+        2,
+        "activities: calls, attempts, result blobs",
+        """
+        CREATE TABLE activity_call (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES run(id),
+            execution_id INTEGER REFERENCES execution(id) ON DELETE SET NULL,
+            function TEXT NOT NULL,
+            key TEXT NOT NULL,
+            occurrence INTEGER NOT NULL,
+            kind TEXT NOT NULL DEFAULT 'activity' CHECK (kind IN ('activity', 'step')),
+            state TEXT NOT NULL CHECK (state IN ('running', 'recorded', 'failed', 'crashed')),
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 1,
+            attempt_started_at REAL NOT NULL,
+            codec TEXT,
+            codec_version INTEGER,
+            type TEXT,
+            meta TEXT,
+            size INTEGER,
+            inline BLOB,
+            parts INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX activity_call_by_key ON activity_call(function, state, key, occurrence);
+        CREATE INDEX activity_call_by_run ON activity_call(run_id, state);
+        CREATE INDEX activity_call_by_execution ON activity_call(execution_id);
+
+        CREATE TABLE attempt (
+            call_id INTEGER NOT NULL REFERENCES activity_call(id) ON DELETE CASCADE,
+            n INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('failed', 'timed-out')),
+            started_at REAL NOT NULL,
+            finished_at REAL NOT NULL,
+            delay REAL,
+            error_type TEXT,
+            error_message TEXT,
+            traceback TEXT,
+            PRIMARY KEY (call_id, n)
+        );
+
+        CREATE TABLE activity_blob (
+            call_id INTEGER NOT NULL REFERENCES activity_call(id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            blob_id INTEGER NOT NULL REFERENCES blob(id),
+            PRIMARY KEY (call_id, seq)
+        );
+        CREATE INDEX activity_blob_by_blob ON activity_blob(blob_id);
+
+        CREATE VIEW activities AS
+        SELECT c.id AS call_id, c.run_id, c.execution_id, c.function, c.kind, c.key, c.occurrence, c.state,
+               c.started_at, c.finished_at, c.finished_at - c.started_at AS duration,
+               c.attempts, c.attempts - 1 AS retries,
+               (SELECT a.error_type || ': ' || a.error_message FROM attempt a
+                WHERE a.call_id = c.id ORDER BY a.n DESC LIMIT 1) AS last_error,
+               c.codec, c.type, c.size AS result_size
+        FROM activity_call c;
+
+        CREATE VIEW attempts AS
+        SELECT a.call_id, c.function, a.n, a.state, a.started_at, a.finished_at,
+               a.finished_at - a.started_at AS duration, a.delay, a.error_type, a.error_message, a.traceback
+        FROM attempt a JOIN activity_call c ON c.id = a.call_id
+        UNION ALL
+        SELECT c.id, c.function, c.attempts, CASE c.state WHEN 'recorded' THEN 'ok' ELSE c.state END,
+               c.attempt_started_at, c.finished_at, c.finished_at - c.attempt_started_at, NULL, NULL, NULL, NULL
+        FROM activity_call c WHERE c.state IN ('recorded', 'running', 'crashed');
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
