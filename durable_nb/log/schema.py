@@ -161,7 +161,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             meta TEXT,
             size INTEGER,
             inline BLOB,
-            parts INTEGER NOT NULL DEFAULT 0
+            parts INTEGER NOT NULL DEFAULT 0,
+            signature TEXT
         );
         CREATE INDEX activity_call_by_key ON activity_call(function, state, key, occurrence);
         CREATE INDEX activity_call_by_run ON activity_call(run_id, state);
