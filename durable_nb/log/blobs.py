@@ -1,0 +1,310 @@
+"""Content-addressed blobs: chunked (SQLite caps one value near 1 GB), zstd-compressed only where it pays,
+deduplicated by the xxh3_128 of the raw content, verified on every read.
+
+Big values never get a whole-size `bytes` copy: writes bind memoryview slices of the caller's buffer, reads
+fill a preallocated buffer chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import xxhash
+import zstandard
+
+from ..errors import DecodeError
+
+# One chunk row holds at most this many raw bytes (well under SQLite's ~1e9-byte cap on one value).
+CHUNK_SIZE = 8 * 1024 * 1024
+# Compress a chunk only when this much of it, compressed, shrinks below MIN_GAIN of its size.
+SAMPLE_SIZE = 64 * 1024
+MIN_GAIN = 0.8
+ZSTD_LEVEL = 1
+
+
+def _bytes_view(buffer: Any) -> memoryview:
+    """A 1-D unsigned-byte view of any contiguous buffer (C or Fortran order), without copying."""
+    view = memoryview(buffer)
+    if view.ndim == 1 and view.format in ("B", "b", "c") and view.contiguous:
+        return view.cast("B") if view.format != "B" else view
+    if not view.contiguous:
+        raise TypeError("blob buffers must be contiguous; pass a contiguous copy (e.g. np.ascontiguousarray)")
+    # PickleBuffer.raw() flattens C- and Fortran-contiguous buffers alike, which memoryview.cast cannot.
+    return pickle.PickleBuffer(view).raw()
+
+
+class _ChunkWriter:
+    """Writes the chunk rows of one blob, deciding compression chunk by chunk."""
+
+    def __init__(self, conn: sqlite3.Connection, blob_id: int) -> None:
+        self.conn = conn
+        self.blob_id = blob_id
+        self.seq = 0
+        self.stored = 0
+        self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+
+    def write(self, data: memoryview) -> None:
+        payload, compression = self._maybe_compress(data)
+        self.conn.execute(
+            "INSERT INTO chunk (blob_id, seq, raw_size, compression, data) VALUES (?, ?, ?, ?, ?)",
+            (self.blob_id, self.seq, len(data), compression, payload))
+        self.seq += 1
+        self.stored += len(payload)
+
+    def _maybe_compress(self, data: memoryview) -> tuple[Any, str]:
+        if len(data) <= SAMPLE_SIZE:
+            packed = self._cctx.compress(data)
+            return (packed, "zstd") if len(packed) < MIN_GAIN * len(data) else (data, "none")
+        middle = (len(data) - SAMPLE_SIZE) // 2
+        if len(self._cctx.compress(data[middle:middle + SAMPLE_SIZE])) >= MIN_GAIN * SAMPLE_SIZE:
+            return data, "none"
+        packed = self._cctx.compress(data)
+        return (packed, "zstd") if len(packed) < len(data) else (data, "none")
+
+
+class BlobSink:
+    """Stores the blobs of one value inside the caller's write transaction; `blob_ids` lists them in order."""
+
+    def __init__(self, conn: sqlite3.Connection, chunk_size: int = CHUNK_SIZE) -> None:
+        self.conn = conn
+        self.chunk_size = chunk_size
+        self.blob_ids: list[int] = []
+        self.sizes: list[int] = []
+        self._created: set[int] = set()
+
+    def put(self, buffer: Any) -> int:
+        """Store one buffer (anything with the buffer protocol, not copied whole); return its blob id."""
+        data = _bytes_view(buffer)
+        digest = xxhash.xxh3_128_hexdigest(data)
+        blob_id = self._existing(digest)
+        if blob_id is None:
+            blob_id = self._insert_blob(digest, len(data))
+            chunks = _ChunkWriter(self.conn, blob_id)
+            for start in range(0, len(data), self.chunk_size):
+                chunks.write(data[start:start + self.chunk_size])
+            self._finish_blob(blob_id, digest, len(data), chunks)
+            self._created.add(blob_id)
+        return self._record(blob_id, len(data))
+
+    def writer(self) -> BlobWriter:
+        """A binary file-like whose content becomes one blob when closed (`blob_id` then)."""
+        return BlobWriter(self)
+
+    def mark(self) -> int:
+        """A point to `discard` back to if the value being encoded turns out not to fit its codec."""
+        return len(self.blob_ids)
+
+    def discard(self, mark: int) -> None:
+        """Forget the blobs stored since `mark`, deleting those this sink created and no longer lists."""
+        dropped = self.blob_ids[mark:]
+        del self.blob_ids[mark:], self.sizes[mark:]
+        for blob_id in set(dropped) & (self._created - set(self.blob_ids)):
+            _delete_blob(self.conn, blob_id)
+            self._created.discard(blob_id)
+
+    def _existing(self, digest: str) -> int | None:
+        row = self.conn.execute("SELECT id FROM blob WHERE hash = ?", (digest,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _insert_blob(self, digest: str, size: int) -> int:
+        cursor = self.conn.execute(
+            "INSERT INTO blob (hash, size, stored_size, chunk_count, created_at) VALUES (?, ?, 0, 0, ?)",
+            (digest, size, time.time()))
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def _finish_blob(self, blob_id: int, digest: str, size: int, chunks: _ChunkWriter) -> None:
+        self.conn.execute("UPDATE blob SET hash = ?, size = ?, stored_size = ?, chunk_count = ? WHERE id = ?",
+                          (digest, size, chunks.stored, chunks.seq, blob_id))
+
+    def _record(self, blob_id: int, size: int) -> int:
+        self.blob_ids.append(blob_id)
+        self.sizes.append(size)
+        return blob_id
+
+
+def _delete_blob(conn: sqlite3.Connection, blob_id: int) -> None:
+    conn.execute("DELETE FROM chunk WHERE blob_id = ?", (blob_id,))
+    conn.execute("DELETE FROM blob WHERE id = ?", (blob_id,))
+
+
+class BlobWriter:
+    """Streams bytes into chunk rows under a provisional blob row; `close()` names the blob by its hash, or
+    drops its own rows when a blob with that hash already exists."""
+
+    def __init__(self, sink: BlobSink) -> None:
+        self._sink = sink
+        self._hash = xxhash.xxh3_128()
+        self._buffer = bytearray(sink.chunk_size)
+        self._filled = 0
+        self._size = 0
+        self._provisional = sink._insert_blob(f"pending:{uuid.uuid4().hex}", 0)
+        self._chunks = _ChunkWriter(sink.conn, self._provisional)
+        self._blob_id: int | None = None
+        self.closed = False
+
+    @property
+    def blob_id(self) -> int:
+        if self._blob_id is None:
+            raise ValueError("BlobWriter.blob_id is known only after close()")
+        return self._blob_id
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._size
+
+    def flush(self) -> None:
+        """Chunks are flushed whole; partial ones wait for more bytes or close()."""
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError("write to a closed BlobWriter")
+        view = _bytes_view(data)
+        written = len(view)
+        self._hash.update(view)
+        self._size += written
+        size = self._sink.chunk_size
+        while len(view):
+            if self._filled == 0 and len(view) >= size:
+                self._chunks.write(view[:size])  # whole chunks go straight from the caller's buffer
+                view = view[size:]
+                continue
+            take = min(size - self._filled, len(view))
+            self._buffer[self._filled:self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if self._filled == size:
+                self._flush_buffer()
+        return written
+
+    def _flush_buffer(self) -> None:
+        if self._filled:
+            self._chunks.write(memoryview(self._buffer)[:self._filled])
+            self._filled = 0
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._flush_buffer()
+        self.closed = True
+        self._buffer = bytearray()
+        digest = self._hash.hexdigest()
+        sink = self._sink
+        existing = sink._existing(digest)
+        if existing is not None:
+            _delete_blob(sink.conn, self._provisional)
+            self._blob_id = sink._record(existing, self._size)
+            return
+        sink._finish_blob(self._provisional, digest, self._size, self._chunks)
+        sink._created.add(self._provisional)
+        self._blob_id = sink._record(self._provisional, self._size)
+
+    def abort(self) -> None:
+        """Drop what was written (the value is not stored after all)."""
+        if not self.closed:
+            self.closed = True
+            _delete_blob(self._sink.conn, self._provisional)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class BlobSource:
+    """One stored blob, read and verified against its content hash."""
+
+    def __init__(self, conn: sqlite3.Connection, blob_id: int) -> None:
+        row = conn.execute("SELECT hash, size, chunk_count FROM blob WHERE id = ?", (blob_id,)).fetchone()
+        if row is None:
+            raise DecodeError(f"blob {blob_id} is missing from the log: the log was modified or is "
+                              "incomplete. The value cannot be replayed; re-run the cell to record it again.")
+        self._conn = conn
+        self.blob_id = blob_id
+        self.hash: str = row[0]
+        self.size: int = row[1]
+        self._chunk_count: int = row[2]
+
+    def read(self) -> bytearray:
+        out = bytearray(self.size)
+        self.readinto(memoryview(out))
+        return out
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill `buffer` (exactly `size` writable bytes) chunk by chunk, then check the content hash."""
+        target = _bytes_view(buffer)
+        if target.readonly or len(target) != self.size:
+            raise ValueError(f"blob {self.hash} needs a writable buffer of exactly {self.size} bytes, "
+                             f"got {len(target)}{' (read-only)' if target.readonly else ''}")
+        check = xxhash.xxh3_128()
+        offset = 0
+        for rowid, raw_size, compression in self._chunks():
+            if offset + raw_size > self.size:
+                raise self._tampered()
+            part = target[offset:offset + raw_size]
+            self._fill(rowid, compression, part)
+            check.update(part)
+            offset += raw_size
+        if offset != self.size or check.hexdigest() != self.hash:
+            raise self._tampered()
+        return self.size
+
+    def _chunks(self) -> Iterator[tuple[int, int, str]]:
+        rows = self._conn.execute(
+            "SELECT id, raw_size, compression FROM chunk WHERE blob_id = ? ORDER BY seq",
+            (self.blob_id,)).fetchall()
+        if len(rows) != self._chunk_count:
+            raise self._tampered()
+        return iter(rows)
+
+    def _fill(self, rowid: int, compression: str, part: memoryview) -> None:
+        if compression == "none":
+            with self._conn.blobopen("chunk", "data", rowid, readonly=True) as blob:
+                if len(blob) != len(part):
+                    raise self._tampered()
+                part[:] = blob.read()
+            return
+        if compression != "zstd":
+            raise DecodeError(f"blob {self.hash} uses compression {compression!r}, unknown to this "
+                              "durable_nb; upgrade durable_nb (pip install -U durable_nb) to replay it.")
+        (data,) = self._conn.execute("SELECT data FROM chunk WHERE id = ?", (rowid,)).fetchone()
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=len(part))
+        except zstandard.ZstdError as exc:
+            raise self._tampered() from exc
+        if len(raw) != len(part):
+            raise self._tampered()
+        part[:] = raw
+
+    def _tampered(self) -> DecodeError:
+        return DecodeError(
+            f"blob {self.hash} of {self.size} bytes failed verification: the log was modified after it was "
+            "written, or is corrupt. The value is treated as missing (never decoded); re-run the cell to "
+            "record it again.")
+
+
+class BlobStore:
+    """Blobs of one log connection. Writes happen through a sink inside the caller's write transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, *, chunk_size: int = CHUNK_SIZE) -> None:
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.conn = conn
+        self.chunk_size = chunk_size
+
+    def sink(self) -> BlobSink:
+        return BlobSink(self.conn, self.chunk_size)
+
+    def source(self, blob_id: int) -> BlobSource:
+        return BlobSource(self.conn, blob_id)
