@@ -1,0 +1,35 @@
+"""durable_nb: durable notebook cells.
+
+`%load_ext durable_nb`, then `%%durable` on a cell. The public names below are imported lazily so that
+loading the extension stays fast (no pandas, pyarrow or boto3 until they are needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "load_ipython_extension": "durable_nb.magics",
+    "unload_ipython_extension": "durable_nb.magics",
+    "DurableLog": "durable_nb.log.store",
+    "open_log": "durable_nb.session",
+    "DurableError": "durable_nb.errors",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'durable_nb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -97,6 +97,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             meta TEXT NOT NULL DEFAULT '{}',
             size INTEGER NOT NULL DEFAULT 0,
             target TEXT,
+            inplace INTEGER NOT NULL DEFAULT 0,
             signature TEXT,
             PRIMARY KEY (execution_id, name)
         );

@@ -1,0 +1,453 @@
+"""One durable cell: compute its key, then replay it from the log or run it and record what it produced."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import time
+import traceback
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from . import capture, trust
+from .analysis import CellAnalysis, analyze
+from .errors import DecodeError, DurableError, EncodeError, LogError
+from .fingerprint import Unfingerprintable, fingerprint, fingerprint_file, referenced_globals
+from .log import cells
+from .log.cells import ExecutionStart, Recorded, StoredOutput
+from .log.store import DurableLog
+from .status import StatusLine, iso, message
+
+KEY_FORMAT = 1
+RESULT = "__result__"
+_IPYTHON_CACHE = re.compile(r"^(_+\d*|_i+\d*|_[ido]h|In|Out)$")
+# Rebinding these cannot be observed through an alias, so a mutation check would be wasted work.
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.ModuleType)
+
+
+@dataclass
+class CellOptions:
+    name: str | None = None
+    force: bool = False
+    deps: list[str] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    deps_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Key:
+    value: str
+    inputs: dict[str, str]
+    files: dict[str, str]
+    problems: list[str]
+
+
+def visible_names(shell: Any) -> set[str]:
+    """User variables: not IPython's caches and helpers, not dunders."""
+    hidden = shell.user_ns_hidden
+    return {n for n in shell.user_ns if not (n in hidden and shell.user_ns[n] is hidden[n])
+            and not _IPYTHON_CACHE.match(n) and not (n.startswith("__") and n.endswith("__"))}
+
+
+def _user_function(value: object, ns: dict[str, Any]) -> bool:
+    return isinstance(value, types.FunctionType) and value.__globals__ is ns
+
+
+def input_names(analysis: CellAnalysis, shell: Any, opts: CellOptions) -> list[str]:
+    """Names the cell reads, plus the globals that notebook functions it reads use, transitively."""
+    ns = shell.user_ns
+    names = visible_names(shell)
+    todo = [n for n in (*analysis.reads, *opts.deps) if n in names and n not in opts.ignore]
+    found: dict[str, None] = {}
+    while todo:
+        name = todo.pop(0)
+        if name in found:
+            continue
+        found[name] = None
+        value = ns[name]
+        if _user_function(value, ns):
+            todo.extend(g for g in sorted(referenced_globals(value)) if g in names and g not in opts.ignore)
+    return list(found)
+
+
+def compute_key(analysis: CellAnalysis, shell: Any, opts: CellOptions) -> Key:
+    from .codecs import CODEC_VERSIONS
+
+    ns = shell.user_ns
+    inputs: dict[str, str] = {}
+    problems: list[str] = []
+    for name in input_names(analysis, shell, opts):
+        try:
+            inputs[name] = fingerprint(ns[name])
+        except Unfingerprintable as exc:
+            problems.append(f"input {name} cannot be fingerprinted ({exc})")
+    files = {p: _file_fingerprint(p) for p in opts.deps_files}
+    literal_deps = sorted(d for d in opts.deps if d not in ns)
+    material = json.dumps([KEY_FORMAT, analysis.normalized, inputs, files, literal_deps, sorted(opts.ignore),
+                           CODEC_VERSIONS], sort_keys=True)
+    if problems:
+        # An input we cannot fingerprint could have changed unseen: such a record must never match.
+        material += time.time_ns().__str__()
+    return Key(xxhash.xxh3_128_hexdigest(material), inputs, files, problems)
+
+
+def _file_fingerprint(path: str) -> str:
+    try:
+        return fingerprint_file(path)
+    except FileNotFoundError:
+        return "missing"
+
+
+def explain(prev: dict[str, Any] | None, key: Key, code_hash: str, opts: CellOptions) -> str | None:
+    """Why the cell runs instead of replaying, naming what changed; None for a cell never seen before."""
+    if opts.force:
+        return "--force"
+    if key.problems:
+        return key.problems[0]
+    if prev is None:
+        return None
+    changes = []
+    if prev["code_hash"] != code_hash:
+        changes.append("code changed")
+    before: dict[str, str] = prev["inputs"]
+    changes += [f"input {n} changed" for n, fp in key.inputs.items() if n in before and before[n] != fp]
+    changes += [f"new input {n}" for n in key.inputs if n not in before]
+    changes += [f"file {p} changed" for p, fp in key.files.items() if prev["deps_files"].get(p) != fp]
+    if changes:
+        return ", ".join(changes)
+    if prev["state"] in ("failed", "crashed", "running"):
+        return f"previous run {prev['state']}"
+    if not prev["replayable"]:
+        return "previous run was not replayable"
+    return "no matching record"
+
+
+class DurableCell:
+    """Runs one `%%durable` cell body against one log."""
+
+    def __init__(self, shell: Any, log: DurableLog, code: str, opts: CellOptions, cell_id: str | None) -> None:
+        self.shell = shell
+        self.log = log
+        self.code = code
+        self.opts = opts
+        self.cell_id = cell_id
+        self.status = StatusLine(shell)
+
+    def run(self) -> Any:
+        __tracebackhide__ = True
+        transformed = self.shell.transform_cell(self.code)
+        analysis = analyze(transformed)
+        code_hash = xxhash.xxh3_128_hexdigest(analysis.normalized)
+        key = compute_key(analysis, self.shell, self.opts)
+        start = ExecutionStart(self.opts.name, self.cell_id, self.shell.execution_count, key.value, self.code,
+                               code_hash, key.inputs, key.files, None)
+        reason = None
+        if not self.opts.force and not key.problems:
+            recorded = cells.find_replayable(self.log, key.value)
+            if recorded is not None:
+                try:
+                    return self._replay(recorded, start)
+                except DecodeError as exc:
+                    reason = f"recorded value could not be loaded here: {exc}"
+        prev = cells.previous(self.log, cell_id=self.cell_id, cell_name=self.opts.name, code_hash=code_hash)
+        start.reason = reason or explain(prev, key, code_hash, self.opts)
+        return self._execute(transformed, analysis, start)
+
+    # -- replay -------------------------------------------------------------------------------------------
+
+    def _replay(self, recorded: Recorded, start: ExecutionStart) -> Any:
+        t0 = time.perf_counter()
+        values, deleted, inplace = self._decode_outputs(recorded.id)
+        events = cells.events(self.log, recorded.id)
+        result = values.pop(RESULT, None)
+        self._apply(values, deleted, inplace)
+        self.status.show(self._payload("replayed", recorded_at=recorded.started_at, duration=recorded.duration,
+                                       execution_id=recorded.id))
+        capture.replay(self.shell, events)
+        cells.record_replay(self.log, start, recorded, time.perf_counter() - t0)
+        return result
+
+    def _decode_outputs(self, execution_id: int) -> tuple[dict[str, Any], list[str], set[str]]:
+        """Everything is decoded before the namespace is touched: a failure leaves no half-restored state."""
+        from .codecs import decode_value
+
+        values: dict[str, Any] = {}
+        inplace: set[str] = set()
+        deleted: list[str] = []
+        aliases: list[StoredOutput] = []
+        for out in cells.outputs(self.log, execution_id):
+            if out.kind == "deleted":
+                deleted.append(out.name)
+            elif out.kind == "alias" or (out.kind == "result" and out.target):
+                aliases.append(out)
+            elif out.kind == "module":
+                values[out.name] = _import(str(out.target), out.name)
+            elif out.codec is None:
+                values[out.name] = _RecordedDisplay(out.meta["bundle"])
+            else:
+                if out.inplace:
+                    inplace.add(out.name)
+                sources = [self.log.blobs.source(b) for b in out.blob_ids]
+                allowed = trust.verify(trust.payload(out.codec, out.codec_version or 0, out.meta,
+                                                     [s.hash for s in sources]), out.signature)
+                try:
+                    values[out.name] = decode_value(out.codec, out.codec_version or 0, out.meta, sources,
+                                                    allow_pickle=allowed)
+                except DecodeError:
+                    raise
+                except Exception as exc:
+                    raise DecodeError(f"variable {out.name} ({out.type}): {type(exc).__name__}: {exc}") from exc
+                values[out.name] = _adopt(values[out.name], self.shell.user_ns)
+        for out in aliases:
+            target = str(out.target)
+            if target not in values and target not in self.shell.user_ns:
+                raise DecodeError(f"variable {out.name} was the same object as {target}, which is not defined")
+            values[out.name] = values[target] if target in values else self.shell.user_ns[target]
+        return values, deleted, inplace
+
+    def _apply(self, values: dict[str, Any], deleted: list[str], inplace: set[str]) -> None:
+        ns = self.shell.user_ns
+        for name, value in values.items():
+            if not (name in inplace and _update_in_place(ns.get(name), value)):
+                ns[name] = value
+        for name in deleted:
+            ns.pop(name, None)
+
+    # -- execute and record ---------------------------------------------------------------------------------
+
+    def _execute(self, transformed: str, analysis: CellAnalysis, start: ExecutionStart) -> Any:
+        __tracebackhide__ = True
+        execution_id = cells.start(self.log, start)
+        self.status.show(self._payload("running", reason=start.reason, execution_id=execution_id))
+        ns = self.shell.user_ns
+        before = {n: ns[n] for n in visible_names(self.shell)}
+        recorder = capture.Recorder(self.shell)
+        t0 = time.perf_counter()
+        try:
+            with recorder:
+                result = self._exec_user_code(transformed, analysis)
+        except BaseException as exc:
+            duration = time.perf_counter() - t0
+            self._record_failure(execution_id, recorder.events, duration, exc)
+            self.status.show(self._payload("failed", reason=start.reason, duration=duration,
+                                           error=f"{type(exc).__name__}: {exc}", execution_id=execution_id))
+            raise
+        duration = time.perf_counter() - t0
+        problems = self._record(execution_id, analysis, start, before, result, recorder.events, duration)
+        state = "not-replayable" if problems else "recorded"
+        self.status.show(self._payload(state, reason=start.reason, duration=duration, problems=problems,
+                                       execution_id=execution_id))
+        return result
+
+    def _exec_user_code(self, transformed: str, analysis: CellAnalysis) -> Any:
+        __tracebackhide__ = True
+        tree = ast.parse(transformed)
+        filename = self.shell.compile.cache(transformed, self.shell.execution_count, raw_code=self.code)
+        last = tree.body.pop() if analysis.has_result else None
+        ns = self.shell.user_ns
+        exec(compile(tree, filename, "exec"), self.shell.user_global_ns, ns)
+        if isinstance(last, ast.Expr):
+            expr = ast.Expression(last.value)
+            return eval(compile(expr, filename, "eval"), self.shell.user_global_ns, ns)
+        return None
+
+    def _record_failure(self, execution_id: int, events: list[tuple[str, Any]], duration: float,
+                        exc: BaseException) -> None:
+        tb = "".join(traceback.format_exception(exc))
+        try:
+            with self.log.transaction():
+                cells.write_events(self.log, execution_id, events)
+                cells.finish(self.log, execution_id, state="failed", duration=duration, error=exc, traceback=tb)
+        except LogError:
+            pass  # the user's own exception is what they need to see
+
+    def _record(self, execution_id: int, analysis: CellAnalysis, start: ExecutionStart,
+                before: dict[str, Any], result: Any, events: list[tuple[str, Any]], duration: float) -> list[str]:
+        changed, deleted = self._changed_names(analysis, start, before)
+        problems: list[str] = []
+        try:
+            with self.log.transaction():
+                stored = self._write_outputs(execution_id, changed, deleted, before, result, problems)
+                cells.write_events(self.log, execution_id, events)
+                cells.finish(self.log, execution_id, state="recorded", duration=duration,
+                             replayable=not problems, problems=problems, bytes_stored=stored)
+        except DurableError as exc:
+            return [f"could not write the log: {exc}"]
+        return problems
+
+    def _changed_names(self, analysis: CellAnalysis, start: ExecutionStart,
+                       before: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """Names bound, rebound, mutated in place (an input whose fingerprint changed), and deleted."""
+        ns = self.shell.user_ns
+        after = visible_names(self.shell)
+        changed = [n for n in analysis.binds if n in after]
+        changed += sorted(n for n in after if n not in before or before[n] is not ns[n])
+        for name, fp in start.inputs.items():
+            value = ns.get(name, None)
+            if name in before and value is before[name] and not isinstance(value, _IMMUTABLE):
+                try:
+                    if fingerprint(value) != fp:
+                        changed.append(name)
+                except Unfingerprintable:
+                    changed.append(name)
+        deleted = sorted(n for n in before if n not in after)
+        ignored = set(self.opts.ignore)
+        return ([n for n in dict.fromkeys(changed) if n not in ignored],
+                [n for n in deleted if n not in ignored])
+
+    def _write_outputs(self, execution_id: int, changed: list[str], deleted: list[str], before: dict[str, Any],
+                       result: Any, problems: list[str]) -> int:
+        ns = self.shell.user_ns
+        first_name: dict[int, str] = {}
+        unchanged_inputs = {id(v): n for n, v in before.items() if n not in changed}
+        stored = 0
+        for name in changed:
+            value = ns[name]
+            target = first_name.get(id(value)) or unchanged_inputs.get(id(value))
+            if target is not None:
+                cells.write_output(self.log, execution_id, StoredOutput(name, "alias", target=target))
+                continue
+            first_name[id(value)] = name
+            out = self._encode(name, value, problems)
+            if out is not None:
+                out.inplace = before.get(name) is value
+                cells.write_output(self.log, execution_id, out)
+                stored += out.size
+        for name in deleted:
+            cells.write_output(self.log, execution_id, StoredOutput(name, "deleted"))
+        if result is not None:
+            stored += self._write_result(execution_id, result, first_name, unchanged_inputs)
+        return stored
+
+    def _write_result(self, execution_id: int, result: Any, first_name: dict[int, str],
+                      unchanged_inputs: dict[int, str]) -> int:
+        target = first_name.get(id(result)) or unchanged_inputs.get(id(result))
+        if target is not None:
+            cells.write_output(self.log, execution_id, StoredOutput(RESULT, "result", target=target))
+            return 0
+        out = self._encode(RESULT, result, [])
+        if out is None:
+            data, metadata = self.shell.display_formatter.format(result)
+            out = StoredOutput(RESULT, "result", type=_type_name(result),
+                               meta={"bundle": {"data": data, "metadata": metadata}})
+        out.kind = "result"
+        cells.write_output(self.log, execution_id, out)
+        return out.size
+
+    def _encode(self, name: str, value: Any, problems: list[str]) -> StoredOutput | None:
+        """One value inside a savepoint: an unencodable value rolls back alone and is reported by name."""
+        from .codecs import encode_value
+
+        if isinstance(value, types.ModuleType):
+            return StoredOutput(name, "module", type="module", target=value.__name__)
+        conn = self.log.conn
+        conn.execute("SAVEPOINT durable_value")
+        try:
+            sink = self.log.blobs.sink()
+            enc = encode_value(value, sink)
+        except EncodeError as exc:
+            conn.execute("ROLLBACK TO durable_value")
+            conn.execute("RELEASE durable_value")
+            problems.append(f"variable {name} ({_type_name(value)}): {exc} — exclude it with --ignore {name}")
+            return None
+        conn.execute("RELEASE durable_value")
+        blob_ids = list(sink.blob_ids)
+        hashes = [self.log.blobs.source(b).hash for b in blob_ids]
+        signature = trust.sign(trust.payload(enc.codec, enc.version, enc.meta, hashes))
+        return StoredOutput(name, "value", enc.codec, enc.version, enc.type_name, enc.meta, enc.size,
+                            signature=signature, blob_ids=blob_ids)
+
+    def _payload(self, state: str, *, reason: str | None = None, duration: float | None = None,
+                 recorded_at: float | None = None, error: str | None = None, problems: list[str] | None = None,
+                 execution_id: int | None = None) -> dict[str, Any]:
+        return {
+            "version": 1, "state": state, "cell": self.opts.name, "cell_id": self.cell_id,
+            "execution_id": execution_id, "log": str(self.log.path), "recorded_at": iso(recorded_at),
+            "duration_s": duration, "saved_s": duration if state == "replayed" else None, "reason": reason,
+            "changed": reason.split(", ") if reason else [], "problems": problems or [],
+            "message": message(state, recorded_at=recorded_at, duration=duration, reason=reason, error=error,
+                               problems=problems),
+        }
+
+
+class _RecordedDisplay:
+    """Stands in for a result that could not be stored as a value: it shows what the original showed."""
+
+    def __init__(self, bundle: dict[str, Any]) -> None:
+        self._bundle = bundle
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self._bundle["data"], self._bundle.get("metadata") or {}
+
+
+def _type_name(value: object) -> str:
+    t = type(value)
+    return t.__name__ if t.__module__ in ("builtins", "__main__") else f"{t.__module__}.{t.__qualname__}"
+
+
+def _import(module: str, name: str) -> types.ModuleType:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DecodeError(f"module {module} (bound to {name}) cannot be imported here: {exc}") from exc
+
+
+def _adopt(value: Any, ns: dict[str, Any]) -> Any:
+    """Functions and classes rebuilt from the log read globals from the live namespace, like the originals."""
+    if isinstance(value, types.FunctionType) and value.__module__ == "__main__":
+        return _rebind(value, ns)
+    if isinstance(value, type) and value.__module__ == "__main__":
+        for attr, member in list(vars(value).items()):
+            func = member.__func__ if isinstance(member, staticmethod | classmethod) else member
+            if isinstance(func, types.FunctionType):
+                rebound = _rebind(func, ns)
+                setattr(value, attr, type(member)(rebound) if func is not member else rebound)
+    return value
+
+
+def _rebind(func: types.FunctionType, ns: dict[str, Any]) -> types.FunctionType:
+    new = types.FunctionType(func.__code__, ns, func.__name__, func.__defaults__, func.__closure__)
+    new.__kwdefaults__ = func.__kwdefaults__
+    new.__qualname__ = func.__qualname__
+    new.__doc__ = func.__doc__
+    new.__annotations__ = func.__annotations__
+    new.__dict__.update(func.__dict__)
+    new.__module__ = func.__module__
+    return new
+
+
+def _update_in_place(current: Any, value: Any) -> bool:
+    """An input the cell mutated is restored into the existing object, so names aliasing it see the change."""
+    if current is None or type(current) is not type(value):
+        return False
+    if isinstance(current, list | bytearray):
+        current[:] = value
+    elif isinstance(current, dict):
+        current.clear()
+        current.update(value)
+    elif isinstance(current, set):
+        current.clear()
+        current.update(value)
+    else:
+        return False
+    return True
+
+
+def default_cell_id(shell: Any) -> str | None:
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return None
+    try:
+        parent = kernel.get_parent()
+    except Exception:
+        return None
+    cell_id = (parent or {}).get("metadata", {}).get("cellId")
+    return str(cell_id) if cell_id else None
+
+

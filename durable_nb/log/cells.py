@@ -1,0 +1,148 @@
+"""The queries of cell executions: start one as `running`, finish it in one transaction, find a replayable
+record by key, and read back its outputs and events."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .store import DurableLog
+
+
+@dataclass
+class ExecutionStart:
+    cell_name: str | None
+    cell_id: str | None
+    execution_count: int | None
+    key: str
+    code: str
+    code_hash: str
+    inputs: dict[str, str]
+    deps_files: dict[str, str]
+    reason: str | None
+
+
+@dataclass
+class StoredOutput:
+    name: str
+    kind: str
+    codec: str | None = None
+    codec_version: int | None = None
+    type: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    size: int = 0
+    target: str | None = None
+    inplace: bool = False
+    signature: str | None = None
+    blob_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Recorded:
+    id: int
+    started_at: float
+    duration: float
+    inputs: dict[str, str]
+
+
+def start(log: DurableLog, s: ExecutionStart) -> int:
+    """Commit the execution as `running` before user code starts, so a crash leaves a visible trace."""
+    with log.transaction() as conn:
+        cur = conn.execute(
+            "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, state, "
+            "started_at, reason, inputs, deps_files) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+            (log.run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, time.time(),
+             s.reason, json.dumps(s.inputs), json.dumps(s.deps_files)),
+        )
+        return int(cur.lastrowid or 0)
+
+
+def write_events(log: DurableLog, execution_id: int, events: list[tuple[str, Any]]) -> None:
+    """Inside the caller's transaction."""
+    log.conn.executemany(
+        "INSERT INTO event (execution_id, seq, kind, data) VALUES (?, ?, ?, ?)",
+        [(execution_id, i, kind, json.dumps(data, default=str)) for i, (kind, data) in enumerate(events)],
+    )
+
+
+def write_output(log: DurableLog, execution_id: int, out: StoredOutput) -> None:
+    """Inside the caller's transaction."""
+    log.conn.execute(
+        "INSERT INTO output (execution_id, name, kind, codec, codec_version, type, meta, size, target, inplace, "
+        "signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (execution_id, out.name, out.kind, out.codec, out.codec_version, out.type, json.dumps(out.meta),
+         out.size, out.target, int(out.inplace), out.signature),
+    )
+    log.conn.executemany(
+        "INSERT INTO output_blob (execution_id, name, seq, blob_id) VALUES (?, ?, ?, ?)",
+        [(execution_id, out.name, i, bid) for i, bid in enumerate(out.blob_ids)],
+    )
+
+
+def finish(log: DurableLog, execution_id: int, *, state: str, duration: float, replayable: bool = False,
+           problems: list[str] | None = None, bytes_stored: int = 0, error: BaseException | None = None,
+           traceback: str | None = None) -> None:
+    """Inside the caller's transaction: the final state of a started execution."""
+    log.conn.execute(
+        "UPDATE execution SET state = ?, finished_at = ?, duration = ?, replayable = ?, problems = ?, "
+        "bytes_stored = ?, error_type = ?, error_message = ?, traceback = ? WHERE id = ?",
+        (state, time.time(), duration, int(replayable), json.dumps(problems or []), bytes_stored,
+         type(error).__name__ if error else None, str(error) if error else None, traceback, execution_id),
+    )
+
+
+def find_replayable(log: DurableLog, key: str) -> Recorded | None:
+    row = log.conn.execute(
+        "SELECT id, started_at, duration, inputs FROM execution "
+        "WHERE key = ? AND state = 'recorded' AND replayable = 1 ORDER BY id DESC LIMIT 1", (key,)).fetchone()
+    return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, json.loads(row[3]))
+
+
+def previous(log: DurableLog, *, cell_id: str | None, cell_name: str | None, code_hash: str) -> dict[str, Any] | None:
+    """The latest finished execution of the same cell: by cell id, else by name, else by code."""
+    for column, value in (("cell_id", cell_id), ("cell_name", cell_name), ("code_hash", code_hash)):
+        if value is None:
+            continue
+        row = log.conn.execute(
+            f"SELECT code_hash, inputs, deps_files, state, replayable, problems FROM execution "
+            f"WHERE {column} = ? AND state != 'running' ORDER BY id DESC LIMIT 1", (value,)).fetchone()
+        if row is not None:
+            keys = ("code_hash", "inputs", "deps_files", "state", "replayable", "problems")
+            found = dict(zip(keys, row, strict=True))
+            for k in ("inputs", "deps_files", "problems"):
+                found[k] = json.loads(found[k])
+            return found
+    return None
+
+
+def outputs(log: DurableLog, execution_id: int) -> list[StoredOutput]:
+    rows = log.conn.execute(
+        "SELECT name, kind, codec, codec_version, type, meta, size, target, inplace, signature FROM output "
+        "WHERE execution_id = ? ORDER BY rowid", (execution_id,)).fetchall()
+    blobs: dict[str, list[int]] = {}
+    for name, blob_id in log.conn.execute(
+            "SELECT name, blob_id FROM output_blob WHERE execution_id = ? ORDER BY name, seq", (execution_id,)):
+        blobs.setdefault(name, []).append(blob_id)
+    return [StoredOutput(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], bool(r[8]), r[9],
+                         blobs.get(r[0], [])) for r in rows]
+
+
+def events(log: DurableLog, execution_id: int) -> list[tuple[str, Any]]:
+    return [(kind, json.loads(data)) for kind, data in log.conn.execute(
+        "SELECT kind, data FROM event WHERE execution_id = ? ORDER BY seq", (execution_id,))]
+
+
+def record_replay(log: DurableLog, s: ExecutionStart, source: Recorded, duration: float) -> int:
+    now = time.time()
+    with log.transaction() as conn:
+        cur = conn.execute(
+            "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, state, "
+            "started_at, finished_at, duration, replayed_from, saved_seconds, inputs, deps_files, replayable) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'replayed', ?, ?, ?, ?, ?, ?, ?, 0)",
+            (log.run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, now - duration,
+             now, duration, source.id, max(source.duration - duration, 0.0), json.dumps(s.inputs),
+             json.dumps(s.deps_files)),
+        )
+        return int(cur.lastrowid or 0)

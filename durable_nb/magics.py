@@ -1,0 +1,99 @@
+"""IPython magics and settings. Thin: parse options, then hand the cell to `cell.DurableCell`.
+
+Settings are traitlets on `DurableMagics`: `%config DurableMagics.db = "x.durable.db"` or `ipython_config.py`
+(`c.DurableMagics.db = ...`); the DURABLE_NB_DB environment variable is the default of `db`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, CaselessStrEnum, Unicode, observe
+
+from . import session
+from .errors import LogError
+from .log.store import DurableLog
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+@magics_class
+class DurableMagics(Magics):
+    """Durable cells: record what a cell produced into a SQLite log and replay it after a restart."""
+
+    db = Unicode(
+        os.environ.get("DURABLE_NB_DB", ""),
+        help="Path of the durable log. Empty: <notebook>.durable.db beside the notebook, else ./durable.db.",
+    ).tag(config=True)
+    durability = CaselessStrEnum(
+        ["normal", "full"], default_value="normal",
+        help="normal: survives a kernel crash (synchronous=NORMAL). full: fsync every record, survives power loss.",
+    ).tag(config=True)
+    enabled = Bool(True, help="When False, %%durable cells simply run, nothing is recorded or replayed.").tag(
+        config=True)
+
+    @observe("db", "durability")
+    def _reopen(self, change: Any) -> None:
+        session.close_log()
+
+    def log(self, path: str | None = None) -> DurableLog:
+        try:
+            if path:
+                return DurableLog(path, durability=self.durability, notebook=None)
+            return session.open_log(self.db or None, durability=self.durability)
+        except LogError as exc:
+            raise UsageError(str(exc)) from exc
+
+    @magic_arguments()
+    @argument("--name", "-n", help="A stable name for the cell (shown in history; used to explain re-runs).")
+    @argument("--force", "-f", action="store_true", help="Run the cell even if a matching record exists.")
+    @argument("--deps", metavar="A,B", help="Extra variables (or literal tags) that enter the cell's key.")
+    @argument("--ignore", metavar="X,Y", help="Variables neither fingerprinted nor recorded (e.g. a connection).")
+    @argument("--deps-file", metavar="PATH", nargs="+", action="extend", default=[],
+              help="Files the cell reads; an edit to one makes the cell run again.")
+    @argument("--db", metavar="PATH", help="Use this log file for this cell instead of the default log.")
+    @cell_magic
+    def durable(self, line: str, cell: str) -> Any:
+        """Run the cell durably: replay it from the log when its code and inputs match a record, else run it
+        and record its variables, output and result."""
+        __tracebackhide__ = True
+        from .cell import CellOptions, DurableCell, default_cell_id
+
+        args = parse_argstring(self.durable, line)
+        if not self.enabled:
+            return self.shell.run_cell(cell, store_history=False).result
+        opts = CellOptions(name=args.name, force=args.force, deps=_names(args.deps), ignore=_names(args.ignore),
+                           deps_files=list(args.deps_file))
+        log = self.log(args.db)
+        try:
+            return DurableCell(self.shell, log, cell, opts, default_cell_id(self.shell)).run()
+        finally:
+            if args.db:
+                log.close()
+
+    @line_magic
+    def durable_status(self, line: str) -> None:
+        """Show the log path, its size, the current run and the executions by state."""
+        log = self.log()
+        counts = dict(log.conn.execute("SELECT state, count(*) FROM execution GROUP BY state").fetchall())
+        size = log.path.stat().st_size if log.path.exists() else 0
+        print(f"log: {log.path} ({size / 1e6:.1f} MB)")
+        print(f"run: {log.run_id}")
+        print("executions: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+
+
+def load_ipython_extension(ip: Any) -> None:
+    magics = DurableMagics(shell=ip, parent=ip)
+    ip.register_magics(magics)
+    if magics not in ip.configurables:
+        ip.configurables.append(magics)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    session.close_log()
