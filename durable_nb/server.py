@@ -1,0 +1,135 @@
+"""Jupyter server extension: a read-only REST endpoint the "Durable log" side panel reads.
+
+GET {base_url}durable-nb/api/log?notebook=dir/nb.ipynb[&log=PATH] answers, under Jupyter's own
+authentication and authorization (resource "contents", action "read"):
+    {"log": "dir/nb.durable.db", "exists": true, "runs": [...], "executions": [...]}
+
+Only files under the server's root directory are read (symlinks resolved before the check; hidden paths
+refused unless the contents manager allows them), opened read-only, and only through the documented views
+`runs` and `executions`: never blob bytes, never code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.serverapp import ServerApp
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+from .errors import LogError, NewerLogError
+from .log.connect import connect
+
+ENDPOINT = "durable-nb/api/log"
+LOG_SUFFIX = ".durable.db"
+# Enough for a long session; the panel shows the newest first and needs no paging.
+MAX_RUNS = 50
+MAX_EXECUTIONS = 500
+
+RUN_COLUMNS = "run_id, started_at, ended_at, host, pid, notebook, executions"
+EXECUTION_COLUMNS = (
+    "execution_id, run_id, cell_name, cell_id, execution_count, state, started_at, finished_at, duration, "
+    "replayed_from, saved_seconds, reason, error_type, error_message, replayable, bytes_stored"
+)
+
+
+RUN_QUERY = f"SELECT {RUN_COLUMNS} FROM runs ORDER BY run_id DESC LIMIT {MAX_RUNS}"
+# The newest executions, returned oldest first so each run lists its cells in the order they ran.
+EXEC_QUERY = (f"SELECT * FROM (SELECT {EXECUTION_COLUMNS} FROM executions ORDER BY execution_id DESC "
+              f"LIMIT {MAX_EXECUTIONS}) ORDER BY execution_id")
+
+
+class LogRequestError(Exception):
+    """A request the endpoint refuses; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def default_log_path(notebook: str) -> str:
+    """`dir/nb.ipynb` -> `dir/nb.durable.db`: where %%durable puts a notebook's log unless told otherwise."""
+    path = Path(notebook)
+    return str(path.with_name(path.stem + LOG_SUFFIX)) if path.suffix == ".ipynb" else str(path) + LOG_SUFFIX
+
+
+def resolve_under_root(root: Path, requested: str, *, allow_hidden: bool = False) -> Path:
+    """The real path of `requested` (absolute, or relative to root), refused unless it lies under root."""
+    root = root.resolve()
+    candidate = Path(requested)
+    full = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not full.is_relative_to(root):
+        raise LogRequestError(403, f"{requested} is outside the Jupyter server root {root}; the durable log "
+                                   "panel only reads logs under the root. Start Jupyter in a folder that "
+                                   "contains the log, or keep the log next to its notebook.")
+    relative = full.relative_to(root)
+    if not allow_hidden and any(part.startswith(".") for part in relative.parts):
+        raise LogRequestError(403, f"{relative} is a hidden path; Jupyter is configured not to serve hidden "
+                                   "files (ContentsManager.allow_hidden).")
+    return full
+
+
+def read_log(root: Path, notebook: str, log: str | None, *, allow_hidden: bool = False) -> dict[str, Any]:
+    """The panel's data for `notebook` (its log is `log` when given, else the default next to it)."""
+    if not notebook and not log:
+        raise LogRequestError(400, "missing query parameter: give ?notebook=PATH (relative to the server "
+                                   "root) or ?log=PATH.")
+    path = resolve_under_root(root, log or default_log_path(notebook), allow_hidden=allow_hidden)
+    shown = str(path.relative_to(root.resolve()))
+    if not path.is_file():
+        return {"log": shown, "exists": False, "runs": [], "executions": []}
+    try:
+        conn = connect(path, readonly=True)
+    except NewerLogError as exc:
+        raise LogRequestError(409, str(exc)) from exc
+    except LogError as exc:
+        raise LogRequestError(422, str(exc)) from exc
+    try:
+        runs, executions = _rows(conn, RUN_QUERY), _rows(conn, EXEC_QUERY)
+    except sqlite3.DatabaseError as exc:
+        raise LogRequestError(422, f"durable log {shown} cannot be read: {exc}.") from exc
+    finally:
+        conn.close()
+    return {"log": shown, "exists": True, "runs": runs, "executions": executions}
+
+
+
+def _rows(conn: sqlite3.Connection, query: str) -> list[dict[str, Any]]:
+    cursor = conn.execute(query)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+class LogHandler(APIHandler):
+    auth_resource = "contents"
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        root = Path(self.settings["server_root_dir"]).expanduser()
+        allow_hidden = bool(getattr(self.contents_manager, "allow_hidden", False))
+        notebook = self.get_query_argument("notebook", "")
+        log = self.get_query_argument("log", None)
+        try:
+            # SQLite may wait on busy_timeout while a kernel writes: keep the event loop free.
+            data = await asyncio.to_thread(read_log, root, notebook, log, allow_hidden=allow_hidden)
+        except LogRequestError as exc:
+            self.set_status(exc.status)
+            self.finish({"message": str(exc)})
+            return
+        self.finish(data)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "durable_nb.server"}]
+
+
+def _load_jupyter_server_extension(serverapp: ServerApp) -> None:
+    web_app = serverapp.web_app
+    route = url_path_join(web_app.settings["base_url"], ENDPOINT)
+    web_app.add_handlers(".*$", [(route, LogHandler)])  # type: ignore[no-untyped-call]
