@@ -19,8 +19,30 @@ lint: $(STAMP)
 	$(BIN)/ruff check durable_nb tests benchmarks
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser-deps js-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The browser tests drive Debian's Chromium (never a downloaded browser) against the built extension.
+EXT_SRC := $(wildcard extension/src/*.ts extension/style/*) extension/package.json extension/tsconfig.json
+EXT_STAMP := $(VENV)/.labextension
+NODE_STAMP := extension/node_modules/.package-lock.json
+
+.PHONY: browser-deps js-test
+browser-deps: $(EXT_STAMP)
+	test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+$(NODE_STAMP): extension/package-lock.json
+	command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	cd extension && npm ci --no-audit --no-fund
+
+# Rebuild the extension when its sources change, then reinstall so the venv's share/jupyter gets the build.
+$(EXT_STAMP): $(STAMP) $(NODE_STAMP) $(EXT_SRC)
+	cd extension && PATH="$(CURDIR)/$(BIN):$$PATH" npm run build:prod
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+js-test: $(NODE_STAMP)
+	cd extension && npm test
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
