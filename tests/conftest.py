@@ -1,0 +1,4 @@
+"""Shared pytest fixtures. Fixture modules live next to this file; importing a fixture here registers it."""
+
+from s3server import s3  # noqa: F401  (fixture: a real rclone S3 server on 127.0.0.1)
+from shells import new_shell, secret, shell  # noqa: F401  (fixtures: IPython shells with durable_nb loaded)
