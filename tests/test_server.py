@@ -1,0 +1,136 @@
+"""The read-only log endpoint behind the "Durable log" panel: path rules, data, and a real Jupyter server."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from jupyterproc import running_jupyter
+
+from durable_nb.log.connect import connect
+from durable_nb.server import LogRequestError, default_log_path, read_log, resolve_under_root
+
+SECRET_CODE = "token = 'do-not-leak'"
+
+
+def write_log(path: Path, cells: list[tuple[str, str | None, str]]) -> None:
+    """A log with one run and one execution per (cell_id, cell_name, state), written through the schema."""
+    conn = connect(path)
+    now = time.time()
+    conn.execute("INSERT INTO run (uuid, started_at, host, pid, notebook, python, platform) "
+                 "VALUES ('u1', ?, 'testhost', 1, 'nb.ipynb', '3.11', 'linux')", (now - 60,))
+    for n, (cell_id, name, state) in enumerate(cells):
+        conn.execute(
+            "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, "
+            "state, started_at, duration, saved_seconds, reason) "
+            "VALUES (1, ?, ?, ?, 'k', ?, 'h', ?, ?, 2.5, ?, ?)",
+            (name, cell_id, n + 1, SECRET_CODE, state, now - 50 + n, 2.5 if state == "replayed" else None,
+             "input df changed" if state == "recorded" and n else None))
+    conn.close()
+
+
+def test_default_log_path_sits_next_to_the_notebook() -> None:
+    assert default_log_path("dir/nb.ipynb") == "dir/nb.durable.db"
+    assert default_log_path("nb.ipynb") == "nb.durable.db"
+    assert default_log_path("dir/script.py") == "dir/script.py.durable.db"
+
+
+def test_paths_outside_the_root_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "outside.durable.db").write_bytes(b"")
+    (root / "link.durable.db").symlink_to(tmp_path / "outside.durable.db")
+    assert resolve_under_root(root, "sub/a.durable.db") == (root / "sub/a.durable.db").resolve()
+    for bad in ["../outside.durable.db", str(tmp_path / "outside.durable.db"), "link.durable.db"]:
+        with pytest.raises(LogRequestError) as info:
+            resolve_under_root(root, bad)
+        assert info.value.status == 403
+        assert "outside the Jupyter server root" in str(info.value)
+
+
+def test_hidden_paths_follow_the_contents_manager_rule(tmp_path: Path) -> None:
+    with pytest.raises(LogRequestError, match="hidden path"):
+        resolve_under_root(tmp_path, ".secret/nb.durable.db")
+    assert resolve_under_root(tmp_path, ".secret/nb.durable.db", allow_hidden=True).name == "nb.durable.db"
+
+
+def test_missing_log_is_reported_not_created(tmp_path: Path) -> None:
+    data = read_log(tmp_path, "dir/nb.ipynb", None)
+    assert data == {"log": "dir/nb.durable.db", "exists": False, "runs": [], "executions": []}
+    assert not (tmp_path / "dir").exists()
+
+
+def test_reads_runs_and_executions_without_code(tmp_path: Path) -> None:
+    write_log(tmp_path / "nb.durable.db", [("c1", "prep", "recorded"), ("c2", None, "replayed")])
+    before = (tmp_path / "nb.durable.db").stat().st_mtime_ns
+    data = read_log(tmp_path, "nb.ipynb", None)
+    assert data["exists"] is True
+    assert [r["executions"] for r in data["runs"]] == [2]
+    rows = data["executions"]
+    assert [(e["cell_id"], e["cell_name"], e["state"]) for e in rows] == [
+        ("c1", "prep", "recorded"), ("c2", None, "replayed")]
+    assert rows[1]["saved_seconds"] == 2.5
+    assert all("code" not in e for e in rows)
+    assert SECRET_CODE not in repr(data)
+    assert (tmp_path / "nb.durable.db").stat().st_mtime_ns == before
+
+
+def test_explicit_log_path_wins(tmp_path: Path) -> None:
+    write_log(tmp_path / "logs" / "shared.durable.db", [("c9", "train", "failed")])
+    data = read_log(tmp_path, "nb.ipynb", str(tmp_path / "logs" / "shared.durable.db"))
+    assert data["log"] == "logs/shared.durable.db"
+    assert [e["state"] for e in data["executions"]] == ["failed"]
+
+
+def test_a_database_that_is_not_a_log_is_refused_untouched(tmp_path: Path) -> None:
+    other = tmp_path / "nb.durable.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    before = other.read_bytes()
+    with pytest.raises(LogRequestError) as info:
+        read_log(tmp_path, "nb.ipynb", None)
+    assert info.value.status == 422
+    assert "not a durable_nb log" in str(info.value)
+    assert other.read_bytes() == before
+
+
+def test_a_newer_log_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "nb.durable.db"
+    write_log(path, [])
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_migration VALUES (999, 'future', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LogRequestError) as info:
+        read_log(tmp_path, "nb.ipynb", None)
+    assert info.value.status == 409
+
+
+def test_missing_parameters_are_a_clear_400(tmp_path: Path) -> None:
+    with pytest.raises(LogRequestError, match=r"\?notebook=PATH") as info:
+        read_log(tmp_path, "", None)
+    assert info.value.status == 400
+
+
+@pytest.mark.integration
+def test_endpoint_in_a_real_jupyter_server(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "dir").mkdir(parents=True)
+    write_log(root / "dir" / "nb.durable.db", [("c1", "prep", "replayed")])
+    write_log(tmp_path / "outside.durable.db", [("c2", "x", "recorded")])
+    with running_jupyter("server", root, tmp_path / "logs") as jupyter:
+        query = "/durable-nb/api/log?" + urllib.parse.urlencode({"notebook": "dir/nb.ipynb"})
+        status, _ = jupyter.get(query, auth=False)
+        assert status == 403, "the endpoint must sit behind Jupyter's own authentication"
+        status, data = jupyter.get(query)
+        assert status == 200
+        assert data["log"] == os.path.join("dir", "nb.durable.db")
+        assert [e["cell_id"] for e in data["executions"]] == ["c1"]  # type: ignore[union-attr]
+        outside = "/durable-nb/api/log?" + urllib.parse.urlencode(
+            {"notebook": "dir/nb.ipynb", "log": str(tmp_path / "outside.durable.db")})
+        status, data = jupyter.get(outside)
+        assert status == 403
+        assert "outside the Jupyter server root" in str(data["message"])
