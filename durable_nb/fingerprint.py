@@ -328,7 +328,9 @@ def _dict(h: _Hasher, value: dict[object, object]) -> None:
     if h.seen(value):
         return
     h.tag(b"D", len(value))
-    h.items(itertools.chain.from_iterable(value.items()))
+    # Keys then values, each as one sequence, so big dicts of scalars take the homogeneous fast paths.
+    h.sequence(list(value))
+    h.sequence(list(value.values()))
 
 
 def _mappingproxy(h: _Hasher, value: types.MappingProxyType[object, object]) -> None:
