@@ -17,6 +17,7 @@ _PUBLIC = {
     "DurableLog": "durable_nb.log.store",
     "open_log": "durable_nb.session",
     "DurableError": "durable_nb.errors",
+    "fleet": "durable_nb.fleets",  # not durable_nb.fleet: a submodule of that name would shadow the function
 }
 
 __all__ = sorted(_PUBLIC)
