@@ -92,7 +92,7 @@ def compute_key(analysis: CellAnalysis, shell: Any, opts: CellOptions) -> Key:
     if problems:
         # An input we cannot fingerprint could have changed unseen: such a record must never match.
         material += time.time_ns().__str__()
-    return Key(xxhash.xxh3_128_hexdigest(material), inputs, files, problems)
+    return Key(xxhash.xxh3_128_hexdigest(material.encode()), inputs, files, problems)
 
 
 def _file_fingerprint(path: str) -> str:
@@ -141,7 +141,7 @@ class DurableCell:
         __tracebackhide__ = True
         transformed = self.shell.transform_cell(self.code)
         analysis = analyze(transformed)
-        code_hash = xxhash.xxh3_128_hexdigest(analysis.normalized)
+        code_hash = xxhash.xxh3_128_hexdigest(analysis.normalized.encode())
         key = compute_key(analysis, self.shell, self.opts)
         start = ExecutionStart(self.opts.name, self.cell_id, self.shell.execution_count, key.value, self.code,
                                code_hash, key.inputs, key.files, None)
@@ -201,7 +201,9 @@ class DurableCell:
                     raise
                 except Exception as exc:
                     raise DecodeError(f"variable {out.name} ({out.type}): {type(exc).__name__}: {exc}") from exc
-                values[out.name] = _adopt(values[out.name], self.shell.user_ns)
+        # Only once everything is unpickled: unpickling an instance re-sets its class's attributes.
+        for name, value in values.items():
+            values[name] = _adopt(value, self.shell.user_ns)
         for out in aliases:
             target = str(out.target)
             if target not in values and target not in self.shell.user_ns:
@@ -307,14 +309,16 @@ class DurableCell:
         stored = 0
         for name in changed:
             value = ns[name]
-            target = first_name.get(id(value)) or unchanged_inputs.get(id(value))
+            mutated = before.get(name) is value
+            # A value mutated in place is stored whole: names still pointing at it are restored in place.
+            target = first_name.get(id(value)) or (None if mutated else unchanged_inputs.get(id(value)))
             if target is not None:
                 cells.write_output(self.log, execution_id, StoredOutput(name, "alias", target=target))
                 continue
             first_name[id(value)] = name
             out = self._encode(name, value, problems)
             if out is not None:
-                out.inplace = before.get(name) is value
+                out.inplace = mutated
                 cells.write_output(self.log, execution_id, out)
                 stored += out.size
         for name in deleted:

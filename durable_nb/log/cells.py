@@ -49,11 +49,12 @@ class Recorded:
 
 def start(log: DurableLog, s: ExecutionStart) -> int:
     """Commit the execution as `running` before user code starts, so a crash leaves a visible trace."""
+    run_id = log.run_id
     with log.transaction() as conn:
         cur = conn.execute(
             "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, state, "
             "started_at, reason, inputs, deps_files) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-            (log.run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, time.time(),
+            (run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, time.time(),
              s.reason, json.dumps(s.inputs), json.dumps(s.deps_files)),
         )
         return int(cur.lastrowid or 0)
@@ -136,12 +137,13 @@ def events(log: DurableLog, execution_id: int) -> list[tuple[str, Any]]:
 
 def record_replay(log: DurableLog, s: ExecutionStart, source: Recorded, duration: float) -> int:
     now = time.time()
+    run_id = log.run_id
     with log.transaction() as conn:
         cur = conn.execute(
             "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, state, "
             "started_at, finished_at, duration, replayed_from, saved_seconds, inputs, deps_files, replayable) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'replayed', ?, ?, ?, ?, ?, ?, ?, 0)",
-            (log.run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, now - duration,
+            (run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, now - duration,
              now, duration, source.id, max(source.duration - duration, 0.0), json.dumps(s.inputs),
              json.dumps(s.deps_files)),
         )

@@ -1,0 +1,84 @@
+"""IPython shells for unit tests: a fresh InteractiveShell per test, its own log and its own user secret."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.displaypub import CapturingDisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+
+from durable_nb import session
+
+
+class Shell:
+    """An InteractiveShell with durable_nb loaded, whose displays are collected in `displays`."""
+
+    def __init__(self, db: Path) -> None:
+        cfg = Config()
+        cfg.HistoryManager.hist_file = ":memory:"
+        InteractiveShell.clear_instance()
+        # IPython's display() only publishes through the singleton instance.
+        self.ip = InteractiveShell.instance(config=cfg)
+        self.ip.display_pub = CapturingDisplayPublisher()
+        self.ip.run_cell("%load_ext durable_nb", store_history=False)
+        self.ip.run_cell(f"%config DurableMagics.db = {str(db)!r}", store_history=False)
+
+    @property
+    def ns(self) -> dict[str, Any]:
+        return self.ip.user_ns
+
+    @property
+    def displays(self) -> list[dict[str, Any]]:
+        return [o["data"] for o in self.ip.display_pub.outputs]
+
+    def statuses(self) -> list[dict[str, Any]]:
+        return [d["application/vnd.durable-nb.status+json"] for d in self.displays
+                if "application/vnd.durable-nb.status+json" in d]
+
+    def last_status(self) -> dict[str, Any]:
+        return self.statuses()[-1]
+
+    def run(self, code: str) -> Any:
+        """Run a cell (store_history so Out/_ are set); re-raise what the cell raised."""
+        result = self.ip.run_cell(code, store_history=True)
+        if result.error_before_exec is not None:
+            raise result.error_before_exec
+        if result.error_in_exec is not None:
+            raise result.error_in_exec
+        return result.result
+
+    def durable(self, body: str, options: str = "") -> Any:
+        return self.run(f"%%durable {options}\n{body}")
+
+
+@pytest.fixture
+def secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "secret"
+    monkeypatch.setenv("DURABLE_NB_SECRET_FILE", str(path))
+    return path
+
+
+@pytest.fixture
+def new_shell(tmp_path: Path, secret: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], Shell]]:
+    """A factory: each call is a new "kernel" on the same log (tmp_path/t.durable.db)."""
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "t.durable.db"
+    made: list[Shell] = []
+
+    def make() -> Shell:
+        session.close_log()
+        made.append(Shell(db))
+        return made[-1]
+
+    yield make
+    session.close_log()
+    InteractiveShell.clear_instance()
+
+
+@pytest.fixture
+def shell(new_shell: Callable[[], Shell]) -> Shell:
+    return new_shell()

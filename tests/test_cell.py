@@ -1,0 +1,243 @@
+"""The durable cell's semantics, one test per line of DESIGN.md section 3 that runs in one process.
+
+Each "new_shell()" is a fresh namespace on the same log, standing in for a kernel restart; tests that need a
+real restart, SIGKILL or two processes live in tests/integration/.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+
+from shells import Shell
+
+COUNT = "__import__('pathlib').Path('runs.log').open('a').write('{}\\n')\n"
+
+
+def runs(tag: str) -> int:
+    p = Path("runs.log")
+    return p.read_text().split().count(tag) if p.exists() else 0
+
+
+def body(tag: str, code: str) -> str:
+    """A cell body that leaves a mark in runs.log every time its code really runs."""
+    return COUNT.format(tag) + code
+
+
+def test_first_run_records_then_a_new_kernel_replays(new_shell: Callable[[], Shell]) -> None:
+    sh = new_shell()
+    sh.durable(body("c", "x = 21 * 2\nprint('hello', x)"))
+    assert sh.ns["x"] == 42
+    assert sh.last_status()["state"] == "recorded"
+    sh2 = new_shell()
+    sh2.durable(body("c", "x = 21 * 2\nprint('hello', x)"))
+    assert sh2.ns["x"] == 42
+    assert runs("c") == 1
+    status = sh2.last_status()
+    assert status["state"] == "replayed"
+    assert status["message"].startswith("replayed from log · recorded ")
+
+
+def test_upstream_value_changes_reruns(new_shell: Callable[[], Shell]) -> None:
+    sh = new_shell()
+    sh.run("a = 1")
+    sh.durable(body("c", "b = a + 1"))
+    sh2 = new_shell()
+    sh2.run("a = 2")
+    sh2.durable(body("c", "b = a + 1"))
+    assert sh2.ns["b"] == 3 and runs("c") == 2
+    assert sh2.last_status()["reason"] == "input a changed"
+
+
+@pytest.mark.parametrize("mutation", ["arr[0] = 5", "lst.append(9)", "df.loc[0, 'v'] = 7.5"])
+def test_upstream_mutated_in_place_reruns(shell: Shell, mutation: str) -> None:
+    shell.run("import numpy as np, pandas as pd\narr = np.zeros(3)\nlst = [1]\ndf = pd.DataFrame({'v': [1.0]})")
+    cell = body("c", "total = float(arr.sum()) + sum(lst) + float(df.v.sum())")
+    shell.durable(cell)
+    shell.durable(cell)
+    assert runs("c") == 1
+    shell.run(mutation)
+    shell.durable(cell)
+    assert runs("c") == 2
+    assert "changed" in shell.last_status()["reason"]
+
+
+def test_cell_mutating_its_input_replays_the_mutation(new_shell: Callable[[], Shell]) -> None:
+    sh = new_shell()
+    sh.run("lst = [1, 2]\nalias = lst")
+    sh.durable(body("c", "lst.append(3)"))
+    sh2 = new_shell()
+    sh2.run("lst = [1, 2]\nalias = lst")
+    sh2.durable(body("c", "lst.append(3)"))
+    assert runs("c") == 1
+    assert sh2.ns["lst"] == [1, 2, 3]
+    assert sh2.ns["alias"] is sh2.ns["lst"]
+
+
+def test_cell_that_raises_is_failed_and_never_replayed(new_shell: Callable[[], Shell]) -> None:
+    sh = new_shell()
+    with pytest.raises(ZeroDivisionError):
+        sh.durable(body("c", "partial = 1\n1 / 0"))
+    assert sh.last_status()["state"] == "failed"
+    sh2 = new_shell()
+    with pytest.raises(ZeroDivisionError):
+        sh2.durable(body("c", "partial = 1\n1 / 0"))
+    assert runs("c") == 2
+    assert "previous run failed" in sh2.last_status()["reason"]
+
+
+def test_unpicklable_variable_is_named_others_kept_not_replayed(new_shell: Callable[[], Shell]) -> None:
+    cell = body("c", "import threading\nlock = threading.Lock()\nkept = [1, 2]")
+    sh = new_shell()
+    sh.durable(cell)
+    status = sh.last_status()
+    assert status["state"] == "not-replayable"
+    assert "variable lock" in status["problems"][0] and "--ignore lock" in status["problems"][0]
+    sh2 = new_shell()
+    sh2.durable(cell)
+    assert runs("c") == 2, "a cell with a hole in it must not replay"
+    sh2.durable(cell, "--ignore lock")
+    sh3 = new_shell()
+    sh3.durable(cell, "--ignore lock")
+    assert runs("c") == 3
+    assert sh3.ns["kept"] == [1, 2] and "lock" not in sh3.ns
+
+
+def test_equal_frames_built_differently_replay(new_shell: Callable[[], Shell]) -> None:
+    cell = body("c", "s = df.a.sum()")
+    sh = new_shell()
+    sh.run("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3], 'b': ['x', 'y', 'z']})")
+    sh.durable(cell)
+    sh2 = new_shell()
+    sh2.run("import pandas as pd\ndf = pd.concat([pd.DataFrame({'a': [1], 'b': ['x']}),"
+            " pd.DataFrame({'a': [2, 3], 'b': ['y', 'z']})], ignore_index=True)")
+    sh2.durable(cell)
+    assert runs("c") == 1 and sh2.ns["s"] == 6
+
+
+def test_helper_function_edited_elsewhere_reruns(shell: Shell) -> None:
+    shell.run("def scale(v):\n    return v * 2\ndef helper(v):\n    return scale(v) + 1")
+    cell = body("c", "y = helper(10)")
+    shell.durable(cell)
+    shell.durable(cell)
+    assert runs("c") == 1
+    shell.run("def scale(v):\n    return v * 3")
+    shell.durable(cell)
+    assert runs("c") == 2 and shell.ns["y"] == 31
+    assert "input scale changed" in shell.last_status()["reason"]
+
+
+def test_comment_and_whitespace_edits_still_replay(new_shell: Callable[[], Shell]) -> None:
+    sh = new_shell()
+    sh.durable(body("c", "x = [1, 2]"))
+    sh2 = new_shell()
+    sh2.run("unrelated = 'a cell inserted above'")
+    sh2.durable(body("c", "# a comment\nx  =  [1,2]   # another\n\n"))
+    assert runs("c") == 1 and sh2.ns["x"] == [1, 2]
+
+
+def test_aliases_and_deletions_survive_replay(new_shell: Callable[[], Shell]) -> None:
+    cell = body("c", "a = {'k': [1]}\nb = a\ntmp = 5\ndel tmp")
+    sh = new_shell()
+    sh.run("tmp = 1")
+    sh.durable(cell)
+    sh2 = new_shell()
+    sh2.run("tmp = 1")
+    sh2.durable(cell)
+    assert runs("c") == 1
+    assert sh2.ns["b"] is sh2.ns["a"]
+    assert "tmp" not in sh2.ns
+
+
+def test_functions_and_classes_work_after_replay(new_shell: Callable[[], Shell]) -> None:
+    cell = body("c", "class Point:\n    def norm(self):\n        return abs(self.x) + OFFSET\n"
+                     "def make(x):\n    p = Point()\n    p.x = x\n    return p\np = make(-3)")
+    sh = new_shell()
+    sh.run("OFFSET = 0")
+    sh.durable(cell)
+    sh2 = new_shell()
+    sh2.run("OFFSET = 0")
+    sh2.durable(cell)
+    assert runs("c") == 1
+    assert sh2.run("isinstance(p, Point) and isinstance(make(2), Point)") is True
+    sh2.run("OFFSET = 100")
+    assert sh2.run("make(2).norm()") == 102, "replayed functions must read the live namespace"
+
+
+def test_outputs_replay_in_order_and_result_sets_out(new_shell: Callable[[], Shell]) -> None:
+    cell = body("c", "import sys\nfrom IPython.display import display, HTML, clear_output\n"
+                     "print('one')\nclear_output(wait=True)\nprint('err', file=sys.stderr)\n"
+                     "display(HTML('<b>t</b>'))\nh = display('first', display_id='d1')\nh.update('second')\n"
+                     "print('two')\n6 * 7")
+    sh = new_shell()
+    assert sh.durable(cell) == 42
+    recorded = [d for d in sh.displays if "application/vnd.durable-nb.status+json" not in d]
+    sh2 = new_shell()
+    assert sh2.durable(cell) == 42
+    assert runs("c") == 1
+    replayed = [d for d in sh2.displays if "application/vnd.durable-nb.status+json" not in d]
+    assert replayed == recorded and len(replayed) == 3
+    assert sh2.ns["_"] == 42 and 42 in sh2.ns["Out"].values()
+
+
+def test_stdout_replays(new_shell: Callable[[], Shell], capsys: pytest.CaptureFixture[str]) -> None:
+    cell = body("c", "print('line 1')\nprint('line 2')")
+    new_shell().durable(cell)
+    assert capsys.readouterr().out.count("line 1") == 1
+    new_shell().durable(cell)
+    out = capsys.readouterr().out
+    assert "line 1\nline 2" in out and runs("c") == 1
+
+
+def test_deps_file_edit_reruns(shell: Shell, tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_text("a\n1\n")
+    cell = body("c", "text = open('data.csv').read()")
+    shell.durable(cell, "--deps-file data.csv")
+    shell.durable(cell, "--deps-file data.csv")
+    assert runs("c") == 1
+    (tmp_path / "data.csv").write_text("a\n2\n")
+    shell.durable(cell, "--deps-file data.csv")
+    assert runs("c") == 2 and shell.last_status()["reason"] == "file data.csv changed"
+
+
+def test_force_reruns_and_says_so(shell: Shell) -> None:
+    shell.durable(body("c", "x = 1"))
+    shell.durable(body("c", "x = 1"), "--force")
+    assert runs("c") == 2 and shell.last_status()["reason"] == "--force"
+
+
+def test_wrong_option_is_a_usage_error(shell: Shell) -> None:
+    with pytest.raises(UsageError, match="unrecognized arguments"):
+        shell.durable("x = 1", "--nope")
+
+
+def test_help_documents_every_option(shell: Shell) -> None:
+    doc = shell.ip.find_cell_magic("durable").__doc__
+    for option in ("--name", "--force", "--deps", "--ignore", "--deps-file", "--db"):
+        assert option in doc
+
+
+def test_foreign_pickles_are_not_loaded(new_shell: Callable[[], Shell], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    cell = body("c", "class Thing:\n    pass\nthing = Thing()\nn = 3")
+    new_shell().durable(cell)
+    monkeypatch.setenv("DURABLE_NB_SECRET_FILE", str(tmp_path / "colleague-secret"))
+    sh = new_shell()
+    sh.durable(cell)
+    assert runs("c") == 2, "a value pickled under another user's secret must not be unpickled"
+    assert "not trusted" in sh.last_status()["reason"] or "untrusted" in sh.last_status()["reason"]
+
+
+def test_tampered_blob_is_a_miss(new_shell: Callable[[], Shell], tmp_path: Path) -> None:
+    cell = body("c", "import numpy as np\narr = np.arange(1000)")
+    new_shell().durable(cell)
+    with sqlite3.connect(tmp_path / "t.durable.db") as conn:
+        conn.execute("UPDATE chunk SET data = zeroblob(length(data))")
+    sh = new_shell()
+    sh.durable(cell)
+    assert runs("c") == 2 and sh.ns["arr"][5] == 5
+    assert "could not be loaded" in sh.last_status()["reason"]
