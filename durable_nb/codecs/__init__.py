@@ -1,0 +1,88 @@
+"""How values become bytes: one codec per format, tried in order arrow → npy → json → pickle.
+
+A codec writes its blobs through a `BlobSink` (one sink per value: `sink.blob_ids` are then exactly the
+value's blobs, in the order `decode` expects its sources) and returns a JSON-able `meta` dict.
+Heavy libraries are imported inside the codecs, so importing this registry stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from ..errors import DecodeError, EncodeError, UntrustedError
+from . import arrow, json, npy, pickle
+
+if TYPE_CHECKING:
+    from ..log.blobs import BlobSink, BlobSource
+
+
+class Codec(Protocol):
+    name: str
+    version: int
+    safe: bool  # decoding runs no code from the log
+
+    def accepts(self, value: Any) -> bool: ...
+
+    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]: ...
+
+    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any: ...
+
+
+class Encoded(NamedTuple):
+    codec: str
+    version: int
+    meta: dict[str, Any]
+    type_name: str
+    size: int  # raw bytes of the value's blobs plus inline data
+
+
+CODECS: tuple[Codec, ...] = (arrow.ArrowCodec(), npy.NpyCodec(), json.JsonCodec(), pickle.PickleCodec())
+CODEC_VERSIONS: dict[str, int] = {c.name: c.version for c in CODECS}
+_BY_NAME: dict[str, Codec] = {c.name: c for c in CODECS}
+
+
+def type_name(value: Any) -> str:
+    cls = type(value)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def encode_value(value: Any, sink: BlobSink) -> Encoded:
+    """Encode with the first codec that accepts `value` and round-trips it exactly; pickle is the last resort.
+    Raises EncodeError naming the type and why pickle could not take it either."""
+    reason = "no codec accepts it"
+    for codec in CODECS:
+        mark = sink.mark()
+        try:
+            if not codec.accepts(value):
+                continue
+            meta = codec.encode(value, sink)
+        except Exception as exc:  # a codec that fails hands the value to the next one
+            sink.discard(mark)
+            reason = _reason(exc)
+            continue
+        size = sum(sink.sizes[mark:]) + int(meta.get("inline_size", 0))
+        return Encoded(codec.name, codec.version, meta, type_name(value), size)
+    raise EncodeError(f"cannot store a value of type {type_name(value)}: {reason}. Make it picklable, or "
+                      "delete it at the end of the cell (del NAME) if it need not survive a replay.")
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def decode_value(codec: str, version: int, meta: dict[str, Any], sources: Sequence[BlobSource], *,
+                 allow_pickle: bool) -> Any:
+    """Rebuild a value. Unsafe codecs need `allow_pickle` (checked before any byte is read)."""
+    found = _BY_NAME.get(codec)
+    if found is None:
+        raise DecodeError(f"codec {codec!r} is unknown to this durable_nb (known: {', '.join(_BY_NAME)}); "
+                          "upgrade durable_nb (pip install -U durable_nb) to replay this value.")
+    if version > found.version:
+        raise DecodeError(f"codec {codec} version {version} is newer than this durable_nb reads "
+                          f"({found.version}); upgrade durable_nb (pip install -U durable_nb) to replay it.")
+    if not found.safe and not allow_pickle:
+        raise UntrustedError(f"this value is pickled ({codec}) and the log is not trusted here: loading it "
+                             "would run code from the log. Trust the log if you wrote it (durable-nb trust "
+                             "LOG), or re-run the cell.")
+    return found.decode(meta, sources)

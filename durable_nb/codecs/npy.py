@@ -1,0 +1,70 @@
+"""Numeric numpy arrays (and numpy scalars) as their raw buffer plus dtype/shape/order in meta.
+
+Encoding hands the array's own memory to the sink (no copy for contiguous arrays); decoding allocates the
+result once and fills it in place, so it comes back writable with the same dtype, shape and order.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..log.blobs import BlobSink, BlobSource
+
+
+class NpyCodec:
+    name = "npy"
+    version = 1
+    safe = True
+
+    def accepts(self, value: Any) -> bool:
+        np = sys.modules.get("numpy")
+        if np is None:  # numpy not imported: the value cannot be a numpy object
+            return False
+        if type(value) is np.ndarray or isinstance(value, np.generic):
+            dtype = value.dtype
+            return not dtype.hasobject and dtype.itemsize > 0
+        return False
+
+    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+        import numpy as np
+
+        scalar = isinstance(value, np.generic)
+        arr = np.asarray(value)
+        order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+        sink.put(_raw_bytes(arr, order))
+        return {"dtype": np.lib.format.dtype_to_descr(arr.dtype), "shape": list(arr.shape), "order": order,
+                "scalar": scalar}
+
+    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+        import numpy as np
+
+        dtype = np.lib.format.descr_to_dtype(_descr(meta["dtype"]))
+        arr = np.empty(tuple(meta["shape"]), dtype=dtype, order=meta["order"])
+        sources[0].readinto(_raw_bytes(arr, meta["order"]))
+        return arr[()] if meta["scalar"] else arr
+
+
+def _raw_bytes(arr: np.ndarray[Any, Any], order: str) -> np.ndarray[Any, Any]:
+    """The array's bytes as a flat uint8 array: a view when `arr` is contiguous in `order`, else a copy.
+    (datetime64 arrays export no buffer themselves; a uint8 view does.)"""
+    import numpy as np
+
+    flat = np.ravel(arr, order="F" if order == "F" else "C")
+    return flat.view(np.uint8) if flat.size else np.empty(0, np.uint8)
+
+
+def _descr(descr: Any) -> Any:
+    """JSON turns a structured dtype's tuples into lists; descr_to_dtype wants (name, dtype[, shape])
+    tuples back, with tuple names (title, name) and tuple shapes."""
+    if not isinstance(descr, list):
+        return descr
+    fields = []
+    for name, dtype, *shape in descr:
+        field = (tuple(name) if isinstance(name, list) else name, _descr(dtype))
+        fields.append(field + ((tuple(shape[0]),) if shape else ()))
+    return fields

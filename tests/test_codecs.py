@@ -1,0 +1,350 @@
+from __future__ import annotations
+
+import decimal
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from durable_nb.codecs import CODEC_VERSIONS, Encoded, decode_value, encode_value
+from durable_nb.errors import DecodeError, EncodeError, UntrustedError
+from durable_nb.log.blobs import BlobStore
+from durable_nb.log.connect import connect, write_transaction
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Log:
+    def __init__(self, path: Path, chunk_size: int = 8 * 1024 * 1024) -> None:
+        self.path = path
+        self.conn = connect(path)
+        self.store = BlobStore(self.conn, chunk_size=chunk_size)
+
+    def encode(self, value: Any) -> tuple[Encoded, list[int]]:
+        with write_transaction(self.conn, self.path):
+            sink = self.store.sink()
+            encoded = encode_value(value, sink)
+        json.dumps(encoded.meta)  # meta must be JSON-able
+        return encoded, sink.blob_ids
+
+    def decode(self, encoded: Encoded, blob_ids: list[int], *, allow_pickle: bool = True) -> Any:
+        sources = [self.store.source(b) for b in blob_ids]
+        return decode_value(encoded.codec, encoded.version, json.loads(json.dumps(encoded.meta)), sources,
+                            allow_pickle=allow_pickle)
+
+    def round_trip(self, value: Any) -> tuple[Encoded, Any]:
+        encoded, blob_ids = self.encode(value)
+        return encoded, self.decode(encoded, blob_ids)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[Log]:
+    log = Log(tmp_path / "x.durable.db")
+    yield log
+    log.conn.close()
+
+
+def _frame() -> pd.DataFrame:
+    n = 200
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "i64": np.arange(n, dtype="int64"), "i8": np.arange(n, dtype="int8"),
+        "u32": np.arange(n, dtype="uint32"),
+        "f64": rng.random(n), "f32": rng.random(n).astype("float32"),
+        "nan": np.where(np.arange(n) % 3 == 0, np.nan, 1.5),
+        "bool": np.arange(n) % 2 == 0,
+        "str": [f"s{i}" for i in range(n)],
+        "str_na": pd.array([None if i % 5 == 0 else f"v{i}" for i in range(n)], dtype="str"),
+        "ts": pd.date_range("2024-01-01", periods=n, freq="h"),
+        "ts_tz": pd.date_range("2024-01-01", periods=n, freq="min", tz="Europe/Paris"),
+        "ts_s": pd.date_range("2024-01-01", periods=n, freq="D").astype("datetime64[s]"),
+        "td": pd.to_timedelta(np.arange(n), unit="s"),
+        "cat": pd.Categorical(["a", "b", "c", "a"] * (n // 4)),
+        "ocat": pd.Categorical([1, 2] * (n // 2), categories=[2, 1], ordered=True),
+        "Int64": pd.array([None if i % 7 == 0 else i for i in range(n)], dtype="Int64"),
+        "boolean": pd.array([None if i % 7 == 0 else i % 2 == 0 for i in range(n)], dtype="boolean"),
+        "bytes": [b"b%d" % i for i in range(n)],
+        "dec": [decimal.Decimal(i) / 4 for i in range(n)],
+    })
+
+
+def _assert_frame_exact(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(got, want, check_exact=True, check_index_type=True, check_column_type=True,
+                                  check_freq=True, check_flags=True)
+    assert [type(c) for c in got.columns] == [type(c) for c in want.columns]
+
+
+def test_dataframe_of_common_dtypes_round_trips_through_arrow(log: Log) -> None:
+    df = _frame()
+    encoded, back = log.round_trip(df)
+    assert encoded.codec == "arrow"
+    assert encoded.type_name == "pandas.DataFrame"
+    _assert_frame_exact(back, df)
+    back.loc[0, "i64"] = 99  # decoded frames are writable
+    assert back.loc[0, "i64"] == 99
+
+
+@pytest.mark.parametrize("index", [
+    pd.RangeIndex(5, 205, 1, name="r"),
+    pd.Index([f"k{i}" for i in range(200)], name="key"),
+    pd.MultiIndex.from_arrays([np.arange(200) // 10, [f"x{i}" for i in range(200)]], names=["a", "b"]),
+    pd.date_range("2020-01-01", periods=200, freq="D", name="day"),
+    pd.CategoricalIndex(["u", "v"] * 100),
+], ids=["range", "named", "multi", "datetime-freq", "categorical"])
+def test_dataframe_indexes_round_trip(log: Log, index: pd.Index) -> None:
+    df = _frame().iloc[:, :4].set_axis(index)
+    encoded, back = log.round_trip(df)
+    assert encoded.codec == "arrow"
+    _assert_frame_exact(back, df)
+
+
+def test_non_str_column_names_round_trip(log: Log) -> None:
+    df = pd.DataFrame(np.arange(12.0).reshape(4, 3), columns=[0, 1, 2])
+    encoded, back = log.round_trip(df)
+    assert encoded.codec == "arrow"
+    _assert_frame_exact(back, df)
+
+
+def test_series_and_index_round_trip(log: Log) -> None:
+    series = pd.Series(np.arange(50.0), index=pd.Index([f"r{i}" for i in range(50)], name="row"), name=3)
+    encoded, back = log.round_trip(series)
+    assert encoded.codec == "arrow"
+    pd.testing.assert_series_equal(back, series, check_exact=True, check_index_type=True)
+    assert back.name == 3 and type(back.name) is int
+    multi = pd.MultiIndex.from_product([[1, 2], ["a", "b"]], names=["n", "s"])
+    for index in (multi, pd.RangeIndex(3, 30, 3), pd.RangeIndex(0, 0)):
+        encoded, back = log.round_trip(index)
+        assert encoded.codec == "arrow"
+        pd.testing.assert_index_equal(back, index, exact=True)
+
+
+@pytest.mark.parametrize("df", [
+    pd.DataFrame({"mixed": pd.Series([1, "a", 2.5], dtype=object)}),
+    pd.DataFrame({"obj_none": pd.Series(["a", None, "b"], dtype=object)}),
+    pd.DataFrame({"obj_str": pd.Series(["a", "b"], dtype=object)}),
+    pd.DataFrame({"dicts": [{"a": 1}, {"b": 2}, {}]}),
+    pd.DataFrame({"x": [1, 2]}, index=[1, "a"]),
+    pd.DataFrame([[1, 2]], columns=[1, "a"]),
+    pd.DataFrame({"x": [1, 2]}, index=pd.MultiIndex.from_tuples([(1, "a"), (2, "b")], names=["s", 7])),
+], ids=["mixed-object", "object-with-none", "object-str", "dicts", "mixed-index", "mixed-column-names",
+    "int-level-name"])
+def test_inexact_frames_fall_back_to_pickle(log: Log, df: pd.DataFrame) -> None:
+    encoded, back = log.round_trip(df)
+    assert encoded.codec == "pickle"
+    _assert_frame_exact(back, df)
+    assert [type(x) for x in back.iloc[:, 0]] == [type(x) for x in df.iloc[:, 0]]
+
+
+def test_frame_with_attrs_falls_back_to_pickle(log: Log) -> None:
+    df = pd.DataFrame({"a": [1, 2]})
+    df.attrs["unit"] = "m"
+    encoded, back = log.round_trip(df)
+    assert encoded.codec == "pickle"
+    assert back.attrs == {"unit": "m"}
+
+
+def test_dataframe_decode_streams_per_column_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from durable_nb.codecs import arrow
+
+    monkeypatch.setattr(arrow, "GROUP_BYTES", 1000)
+    log = Log(tmp_path / "g.durable.db", chunk_size=512)
+    df = pd.DataFrame({"a": np.arange(500.0), "b": np.arange(500), "c": [str(i) for i in range(500)]})
+    encoded, blob_ids = log.encode(df)
+    assert encoded.meta["groups"] == [1, 1, 1]
+    assert len(blob_ids) == 4  # schema + one group per column
+    _assert_frame_exact(log.decode(encoded, blob_ids), df)
+    df2 = df.assign(d=np.ones(500))
+    _, blob_ids2 = log.encode(df2)
+    assert set(blob_ids[1:]) <= set(blob_ids2)  # unchanged columns are stored once
+
+
+@pytest.mark.parametrize("arr", [
+    np.arange(24, dtype="float64").reshape(2, 3, 4),
+    np.asfortranarray(np.arange(12, dtype="int32").reshape(3, 4)),
+    np.array(3.5),
+    np.empty((0, 5), dtype="uint16"),
+    np.array([True, False]),
+    np.array([1 + 2j, 3 - 1j], dtype="complex64"),
+    np.array(["2024-01-01", "NaT"], dtype="datetime64[ns]"),
+    np.array([1, 2], dtype="timedelta64[s]"),
+    np.array([1, 2], dtype=">i4"),
+    np.array(["ab", "c"], dtype="U2"),
+    np.zeros(3, dtype=[("x", "<f8"), ("y", "<i4", (2,))]),
+    np.arange(20.0)[::3],
+], ids=["f64-3d", "F-order", "0-d", "empty", "bool", "c64", "M8", "m8", "big-endian", "unicode", "structured",
+        "strided"])
+def test_arrays_round_trip_through_npy(log: Log, arr: np.ndarray[Any, Any]) -> None:
+    encoded, back = log.round_trip(arr)
+    assert encoded.codec == "npy"
+    assert type(back) is np.ndarray and back.dtype == arr.dtype and back.shape == arr.shape
+    assert back.tobytes() == arr.tobytes()  # bitwise, so NaT and NaN count too
+    if arr.flags.f_contiguous and not arr.flags.c_contiguous:
+        assert back.flags.f_contiguous
+    assert back.flags.writeable
+    assert encoded.size == arr.nbytes
+
+
+def test_numpy_scalars_round_trip(log: Log) -> None:
+    for scalar in (np.float32(1.5), np.int64(-3), np.datetime64("2024-01-01", "D"), np.bool_(True)):
+        encoded, back = log.round_trip(scalar)
+        assert encoded.codec == "npy"
+        assert type(back) is type(scalar) and back == scalar
+
+
+def test_object_arrays_go_to_pickle(log: Log) -> None:
+    arr = np.array([1, "a", None], dtype=object)
+    encoded, back = log.round_trip(arr)
+    assert encoded.codec == "pickle"
+    assert list(back) == [1, "a", None]
+
+
+@pytest.mark.parametrize("value", [
+    None, True, 0, -(2**100), 1.5, -0.0, float("inf"), "", "é\ud800", [], {},
+    {"a": [1, 2.0, None, {"b": "c"}], "": False}, [[[[]]]],
+])
+def test_plain_data_round_trips_through_json(log: Log, value: Any) -> None:
+    encoded, back = log.round_trip(value)
+    assert encoded.codec == "json"
+    assert back == value and type(back) is type(value)
+    assert json.dumps(encoded.meta, allow_nan=False)  # meta stays strict JSON
+
+
+def test_json_nan_and_large_values(log: Log) -> None:
+    encoded, back = log.round_trip([float("nan")])
+    assert encoded.codec == "json" and math.isnan(back[0])
+    big = {"k": list(range(30_000))}
+    encoded, blob_ids = log.encode(big)
+    assert encoded.codec == "json" and len(blob_ids) == 1 and "inline" not in encoded.meta
+    assert log.decode(encoded, blob_ids) == big
+
+
+@pytest.mark.parametrize("value", [
+    (1, 2), [1, (2,)], {1: "a"}, OrderedDict(a=1), [True, np.int64(3)], (lambda x: [x, x])([1]),
+])
+def test_inexact_plain_data_goes_to_pickle(log: Log, value: Any) -> None:
+    encoded, back = log.round_trip(value)
+    assert encoded.codec == "pickle"
+    assert back == value and type(back) is type(value)
+
+
+def test_aliasing_and_cycles_survive_through_pickle(log: Log) -> None:
+    inner: list[int] = [1]
+    cyclic: list[Any] = [inner, inner]
+    cyclic.append(cyclic)
+    encoded, back = log.round_trip(cyclic)
+    assert encoded.codec == "pickle"
+    assert back[0] is back[1] and back[2] is back
+
+
+def test_same_value_twice_is_one_blob(log: Log) -> None:
+    arr = np.random.default_rng(2).random(1000)
+    _, first = log.encode(arr)
+    _, second = log.encode(arr.copy())
+    assert first == second
+    assert log.conn.execute("SELECT count(*) FROM blob").fetchone()[0] == 1
+
+
+def test_pickle_uses_out_of_band_buffers(log: Log) -> None:
+    value = {"arr": np.arange(1000.0), "tag": (1, 2)}
+    encoded, blob_ids = log.encode(value)
+    assert encoded.codec == "pickle" and encoded.meta["buffers"] == 1 and len(blob_ids) == 2
+    back = log.decode(encoded, blob_ids)
+    assert np.array_equal(back["arr"], value["arr"]) and back["tag"] == (1, 2)
+    back["arr"][0] = 7.0  # buffers come back writable
+
+
+def test_pickle_requires_trust_before_reading(log: Log) -> None:
+    encoded, blob_ids = log.encode((1, 2))
+    with write_transaction(log.conn, log.path):
+        log.conn.execute("DELETE FROM chunk")  # no byte could be read: the refusal must come first
+    with pytest.raises(UntrustedError, match="not trusted"):
+        log.decode(encoded, blob_ids, allow_pickle=False)
+
+
+def test_pickle_digest_mismatch_is_refused(log: Log) -> None:
+    encoded, blob_ids = log.encode((1, 2))
+    meta = dict(encoded.meta, blake2b="0" * 64)
+    with pytest.raises(DecodeError, match="does not match its recorded digest"):
+        log.decode(encoded._replace(meta=meta), blob_ids)
+
+
+def test_tampered_chunk_is_never_decoded(log: Log) -> None:
+    arr = np.random.default_rng(3).random(10_000)
+    encoded, blob_ids = log.encode(arr)
+    with write_transaction(log.conn, log.path):
+        log.conn.execute("UPDATE chunk SET data = CAST(zeroblob(length(data)) AS BLOB)")
+    with pytest.raises(DecodeError, match="failed verification: the log was modified"):
+        log.decode(encoded, blob_ids)
+
+
+def test_multi_chunk_values(tmp_path: Path) -> None:
+    log = Log(tmp_path / "c.durable.db", chunk_size=4096)
+    arr = np.random.default_rng(4).random(50_000)
+    df = pd.DataFrame({"x": arr, "s": [str(i) for i in range(50_000)]})
+    for value in (arr, df):
+        encoded, blob_ids = log.encode(value)
+        back = log.decode(encoded, blob_ids)
+        if isinstance(value, pd.DataFrame):
+            _assert_frame_exact(back, value)
+        else:
+            assert np.array_equal(back, value)
+    assert log.conn.execute("SELECT max(chunk_count) FROM blob").fetchone()[0] > 50
+
+
+def test_unpicklable_value_names_type_and_reason(log: Log) -> None:
+    with write_transaction(log.conn, log.path), pytest.raises(EncodeError) as info:
+        encode_value({"lock": threading.Lock()}, log.store.sink())
+    assert "dict" in str(info.value) and "cannot pickle '_thread.lock' object" in str(info.value)
+    assert log.conn.execute("SELECT count(*) FROM blob").fetchone()[0] == 0
+
+
+def test_unknown_or_newer_codec_is_a_decode_error(log: Log) -> None:
+    with pytest.raises(DecodeError, match="unknown"):
+        decode_value("parquet9", 1, {}, [], allow_pickle=True)
+    with pytest.raises(DecodeError, match="newer"):
+        decode_value("npy", CODEC_VERSIONS["npy"] + 1, {}, [], allow_pickle=True)
+
+
+def test_main_module_closures_and_classes_pickle_by_value(tmp_path: Path) -> None:
+    db = tmp_path / "m.durable.db"
+    record = textwrap.dedent(f"""
+        from durable_nb.codecs import encode_value
+        from durable_nb.log.blobs import BlobStore
+        from durable_nb.log.connect import connect, write_transaction
+        import json
+        class Point:
+            def __init__(self, x): self.x = x
+            def double(self): return Point(self.x * 2)
+        def make_adder(n):
+            return lambda v: v + n
+        conn = connect({str(db)!r})
+        with write_transaction(conn, {str(db)!r}):
+            sink = BlobStore(conn).sink()
+            enc = encode_value({{"p": Point(21), "add": make_adder(2), "cls": Point}}, sink)
+        print(json.dumps([enc.codec, enc.version, enc.meta, sink.blob_ids]))
+    """)
+    replay = textwrap.dedent(f"""
+        import json, sys
+        from durable_nb.codecs import decode_value
+        from durable_nb.log.blobs import BlobStore
+        from durable_nb.log.connect import connect
+        codec, version, meta, ids = json.loads(sys.stdin.read())
+        store = BlobStore(connect({str(db)!r}, readonly=True))
+        v = decode_value(codec, version, meta, [store.source(i) for i in ids], allow_pickle=True)
+        print(v["p"].double().x, v["add"](40), isinstance(v["p"], v["cls"]))
+    """)
+    first = subprocess.run([sys.executable, "-c", record], capture_output=True, text=True, cwd=REPO,
+                           check=True)
+    second = subprocess.run([sys.executable, "-c", replay], input=first.stdout, capture_output=True,
+                            text=True, cwd=REPO, check=True)
+    assert second.stdout.split() == ["42", "42", "True"]
