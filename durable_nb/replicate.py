@@ -4,9 +4,10 @@ Replication is asynchronous: Litestream ships committed WAL frames every `sync_i
 miss the last ~second of writes whatever `synchronous` setting the log uses.
 
 Process model: Litestream runs as a child of the Python process that started it. On Linux the child gets
-PR_SET_PDEATHSIG=SIGTERM, so when the owner dies (even by SIGKILL) Litestream receives SIGTERM, does a final
-sync and exits: no orphans. A supervisor thread restarts Litestream when it dies and parses its log lines for
-the last successful sync and for errors, which become messages naming the cause and the fix.
+PR_SET_PDEATHSIG=SIGTERM, so when the owner dies (even by SIGKILL) Litestream receives SIGTERM and exits:
+no orphans. Writes of the last sync interval before that may not have been shipped. A supervisor thread
+restarts Litestream when it dies and parses its log lines for the last successful sync and for errors, which
+become messages naming the cause and the fix.
 
 Credentials come from the standard AWS chain (boto3: env vars, profiles, SSO...), then
 LITESTREAM_ACCESS_KEY_ID / LITESTREAM_SECRET_ACCESS_KEY, and reach Litestream only through its environment:
@@ -219,6 +220,9 @@ def parse_log_line(line: str) -> dict[str, str]:
 def explain(text: str, location: S3Location) -> str:
     """A message naming the cause and the fix for a Litestream error text."""
     where, bucket = location.where(), location.bucket
+    if "no matching backup files" in text or "no snapshots available" in text:
+        return (f"the replica {location.url} at {where} holds no backup. Check the bucket and path "
+                "(durable-nb fleet ls s3://BUCKET/PREFIX lists the logs there).")
     if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
         return (
             f"bucket {bucket!r} does not exist at {where}. Create it first (Litestream does not create "
@@ -424,7 +428,7 @@ class Replicator:
         self._error, self._error_at = message, time.time()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM Litestream (it does a final sync), wait for it, and stop supervising."""
+        """SIGTERM Litestream, wait for it to exit, and stop supervising."""
         with self._lock:
             self._stopping.set()
             proc = self._proc

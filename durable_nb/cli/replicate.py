@@ -74,7 +74,6 @@ def _replicate(args: argparse.Namespace) -> int:
                 print(f"durable-nb replicate: {error}", file=sys.stderr, flush=True)
             shown = error
     finally:
-        # Litestream gets SIGTERM and does its final sync before we exit.
         replicator.stop()
     print(format_status(replicator.status()), file=sys.stderr)
     return 0
