@@ -145,6 +145,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         """
         CREATE TABLE activity_call (
             id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
             run_id INTEGER NOT NULL REFERENCES run(id),
             execution_id INTEGER REFERENCES execution(id) ON DELETE SET NULL,
             function TEXT NOT NULL,

@@ -1,0 +1,72 @@
+"""Retry policy of an activity: which errors are retried, and how long to wait before each new attempt.
+
+The wait before retry n (1-based) is `min(max_delay, delay * backoff ** (n - 1))`, of which the fraction
+`jitter` is drawn at random (so many clients that failed together do not retry together): with jitter=0.5 a
+nominal 4 s wait becomes a uniform draw in [2 s, 4 s].
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+RetryOn: TypeAlias = "type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]"
+
+
+class Permanent(Exception):
+    """An error that must not be retried.
+
+    Either wrap the real error, `raise durable_nb.Permanent(ValueError("bad request"))` (the wrapped error is
+    what the caller sees), or subclass it, `class BadRequest(durable_nb.Permanent): ...` (raised as is).
+    """
+
+    def __init__(self, error: BaseException | str | None = None) -> None:
+        self.error = error if isinstance(error, BaseException) else None
+        super().__init__(error if error is not None else "permanent error")
+
+    def unwrap(self) -> BaseException:
+        """The error the caller should see."""
+        return self.error if self.error is not None else self
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 0
+    delay: float = 1.0
+    backoff: float = 2.0
+    max_delay: float = 60.0
+    jitter: float = 0.5
+    retry_on: RetryOn = Exception
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.delay < 0 or self.backoff < 1 or self.max_delay < 0:
+            raise ValueError(
+                f"retry settings out of range: retries={self.retries} (>= 0), delay={self.delay} (>= 0), "
+                f"backoff={self.backoff} (>= 1), max_delay={self.max_delay} (>= 0)")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter={self.jitter}: expected a fraction of the delay between 0 and 1")
+        if not (_is_error_class(self.retry_on) or callable(self.retry_on) or (
+                isinstance(self.retry_on, tuple) and all(_is_error_class(t) for t in self.retry_on))):
+            raise TypeError(f"retry_on={self.retry_on!r}: expected an exception class, a tuple of them, or a "
+                            "predicate taking the exception and returning True to retry")
+
+    def should_retry(self, error: BaseException, attempt: int) -> bool:
+        """After failed attempt number `attempt` (1-based), is another one allowed for this error?"""
+        if attempt > self.retries or isinstance(error, Permanent) or not isinstance(error, Exception):
+            return False
+        retry_on = self.retry_on
+        if isinstance(retry_on, (tuple, type)):
+            return isinstance(error, retry_on)
+        return bool(retry_on(error))
+
+    def wait_before(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1 = the second attempt)."""
+        nominal = min(self.max_delay, self.delay * self.backoff ** (retry - 1))
+        return nominal * (1 - self.jitter * self.rng.random())
+
+
+def _is_error_class(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseException)
