@@ -20,7 +20,7 @@ from s3server import S3Server
 from durable_nb.cli import main as cli_main
 from durable_nb.fleets import fleet
 from durable_nb.log.connect import connect, write_transaction
-from durable_nb.replicate import ReplicationError, Replicator, restore
+from durable_nb.replicate import ReplicationError, Replicator, restore, restore_if_missing
 
 pytestmark = pytest.mark.integration
 FAST = {"sync_interval": "100ms"}
@@ -99,6 +99,9 @@ def test_replicate_then_restore_elsewhere(s3: S3Server, tmp_path: Path) -> None:
         assert executions(out) >= synced_before == 20
         with pytest.raises(ReplicationError, match=r"already exists.*--force"):
             restore(url, out, endpoint=s3.endpoint)
+        fresh = tmp_path / "fresh-machine" / "nb.durable.db"
+        assert restore_if_missing(fresh, url, endpoint=s3.endpoint) and executions(fresh) >= 20
+        assert not restore_if_missing(fresh, url, endpoint=s3.endpoint)
     finally:
         rep.stop()
     assert not rep.status()["running"] and rep.pid is None
