@@ -1,0 +1,277 @@
+"""Big values through the log (connect + write_transaction + BlobStore + codecs) against plain files.
+
+(a) a 1 GiB float64 ndarray, (b) a ~500 MB DataFrame (ints, floats, Arrow strings, datetimes). Baselines in
+the same run: np.save + fsync / np.load, and Arrow IPC file + fsync / IPC read + to_pandas. Peers: a pickle
+file (ipycache, %store) and joblib.Memory (record = first call, replay = cache hit).
+
+Every measured run happens in a forked child, so that each starts from the same allocator state and its memory
+can be measured: peak extra memory = the child's RSS high-water mark (VmHWM, reset through
+/proc/self/clear_refs before the run) minus its RSS when the run starts. For a replay that includes the value
+being rebuilt (1× its size), for a record only what recording adds on top of the live value.
+
+`record_*` / `replay_*` are small and swappable (e.g. to route them through the full %%durable cell path).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import fmt_seconds, report
+
+REPEAT = 3
+ARRAY_BYTES = 1 << 30
+FRAME_ROWS = 9_000_000
+
+Value = Any
+Recorder = Callable[[Value, Path], None]
+Replayer = Callable[[Path], Value]
+
+
+# --- durable_nb ---------------------------------------------------------------------------------------------
+
+def record_durable(value: Value, path: Path) -> None:
+    import json
+
+    from durable_nb.codecs import encode_value
+    from durable_nb.log.blobs import BlobStore
+    from durable_nb.log.connect import connect, write_transaction
+
+    conn = connect(path / "log.durable.db")
+    with write_transaction(conn, path):
+        sink = BlobStore(conn).sink()
+        encoded = encode_value(value, sink)
+    conn.close()
+    entry = [encoded.codec, encoded.version, encoded.meta, sink.blob_ids]
+    (path / "entry.json").write_text(json.dumps(entry))
+
+
+def replay_durable(path: Path) -> Value:
+    import json
+
+    from durable_nb.codecs import decode_value
+    from durable_nb.log.blobs import BlobStore
+    from durable_nb.log.connect import connect
+
+    codec, version, meta, blob_ids = json.loads((path / "entry.json").read_text())
+    conn = connect(path / "log.durable.db", readonly=True)
+    store = BlobStore(conn)
+    value = decode_value(codec, version, meta, [store.source(b) for b in blob_ids], allow_pickle=True)
+    conn.close()
+    return value
+
+
+# --- baselines and peers ------------------------------------------------------------------------------------
+
+def _fsync_write(file: Path, write: Callable[[Any], None]) -> None:
+    with open(file, "wb") as out:
+        write(out)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def record_npy(value: Value, path: Path) -> None:
+    import numpy as np
+
+    _fsync_write(path / "a.npy", lambda out: np.save(out, value))
+
+
+def replay_npy(path: Path) -> Value:
+    import numpy as np
+
+    return np.load(path / "a.npy")
+
+
+def record_arrow(value: Value, path: Path) -> None:
+    import pyarrow as pa
+
+    def write(out: Any) -> None:
+        table = pa.Table.from_pandas(value)
+        with pa.ipc.new_stream(out, table.schema) as stream:
+            stream.write_table(table)
+
+    _fsync_write(path / "a.arrows", write)
+
+
+def replay_arrow(path: Path) -> Value:
+    import pyarrow as pa
+
+    with pa.OSFile(str(path / "a.arrows")) as source:
+        return pa.ipc.open_stream(source).read_all().to_pandas()
+
+
+def record_pickle(value: Value, path: Path) -> None:
+    _fsync_write(path / "a.pkl", lambda out: pickle.dump(value, out, protocol=5))
+
+
+def replay_pickle(path: Path) -> Value:
+    with open(path / "a.pkl", "rb") as source:
+        return pickle.load(source)
+
+
+_JOBLIB_VALUE: Value = None
+
+
+def _produce() -> Value:
+    return _JOBLIB_VALUE
+
+
+def record_joblib(value: Value, path: Path) -> None:
+    import joblib
+
+    global _JOBLIB_VALUE
+    _JOBLIB_VALUE = value
+    joblib.Memory(path / "joblib", verbose=0).cache(_produce)()
+
+
+def replay_joblib(path: Path) -> Value:
+    import joblib
+
+    return joblib.Memory(path / "joblib", verbose=0).cache(_produce)()
+
+
+# --- measurement --------------------------------------------------------------------------------------------
+
+def _rss(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def _in_child(fn: Callable[[], object]) -> tuple[float, int]:
+    """Run fn in a forked child; return its wall time and peak extra RSS."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report "seconds extra_bytes" or an error, never return into the parent's code
+        os.close(read_end)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            before = _rss("VmRSS")
+            start = time.perf_counter()
+            fn()
+            message = f"{time.perf_counter() - start} {_rss('VmHWM') - before}"
+        except BaseException as exc:
+            message = f"error {type(exc).__name__}: {exc}"
+        os.write(write_end, message.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        message = pipe.read()
+    os.waitpid(pid, 0)
+    if message.startswith("error"):
+        raise RuntimeError(f"benchmark child failed: {message}")
+    seconds, extra = message.split()
+    return float(seconds), int(extra)
+
+
+def _runs(fn: Callable[[], object], setup: Callable[[], object] | None = None) -> tuple[float, int]:
+    """Median time and max peak extra memory over REPEAT forked runs."""
+    times, peaks = [], []
+    for _ in range(REPEAT):
+        if setup is not None:
+            setup()
+        seconds, extra = _in_child(fn)
+        times.append(seconds)
+        peaks.append(extra)
+    return statistics.median(times), max(peaks)
+
+
+def _fresh(path: Path) -> Callable[[], None]:
+    def setup() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    return setup
+
+
+def _record_then_replay(record: Recorder, replay: Replayer, value: Value,
+                        folder: Path) -> tuple[float, int, float, int]:
+    """Each record run starts from an empty folder; the replays read what the last one left."""
+    rec_s, rec_mem = _runs(lambda: record(value, folder), setup=_fresh(folder))
+    rep_s, rep_mem = _runs(lambda: replay(folder))
+    return rec_s, rec_mem, rep_s, rep_mem
+
+
+def _compare(label: str, value: Value, size: int, baseline: tuple[Recorder, Replayer, str],
+             root: Path) -> None:
+    contenders: dict[str, tuple[Recorder, Replayer]] = {
+        "durable_nb": (record_durable, replay_durable),
+        baseline[2]: baseline[:2],
+        "pickle file": (record_pickle, replay_pickle),
+        "joblib.Memory": (record_joblib, replay_joblib),
+    }
+    figures: dict[str, tuple[float, int, float, int]] = {}
+    for name, (record, replay) in contenders.items():
+        folder = root / name.replace(" ", "_")
+        figures[name] = _record_then_replay(record, replay, value, folder)
+        if name != "durable_nb":
+            shutil.rmtree(folder, ignore_errors=True)
+    base_rec, _, base_rep, _ = figures[baseline[2]]
+    rec_s, rec_mem, rep_s, rep_mem = figures["durable_nb"]
+    report(f"{label}: record", rec_s, base_rec, baseline_name=baseline[2], limit=3)
+    report(f"{label}: replay", rep_s, base_rep, baseline_name=baseline[2], limit=1.5)
+    report(f"{label}: record peak extra RSS / value size", rec_mem / size, unit="×", limit=1.2,
+           limit_kind="abs")
+    report(f"{label}: replay peak extra RSS / value size", rep_mem / size, unit="×", limit=1.2,
+           limit_kind="abs")
+    for name, (p_rec, p_rec_mem, p_rep, p_rep_mem) in figures.items():
+        print(f"    {name:<22} record {fmt_seconds(p_rec):>9} ({p_rec_mem / size:4.2f}× mem)   "
+              f"replay {fmt_seconds(p_rep):>9} ({p_rep_mem / size:4.2f}× mem)", flush=True)
+    stored = (root / "durable_nb" / "log.durable.db").stat().st_size
+    print(f"    log file {stored / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB value", flush=True)
+    shutil.rmtree(root / "durable_nb", ignore_errors=True)
+
+
+def _frame() -> tuple[Any, int]:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = FRAME_ROWS
+    rng = np.random.default_rng(0)
+    ids = np.arange(n, dtype=np.int64)
+    names = pc.binary_join_element_wise(pa.scalar("user-", pa.large_string()),
+                                        pc.cast(pa.array(ids % 500_000), pa.large_string()),
+                                        pa.scalar("", pa.large_string()))
+    offsets = rng.integers(0, 10**15, n).astype("timedelta64[ns]")
+    table = pa.table({
+        "id": ids,
+        "count": rng.integers(0, 1000, n),
+        "x": rng.random(n),
+        "y": rng.standard_normal(n),
+        "name": names,
+        "at": pa.array(np.datetime64("2024-01-01", "ns") + offsets),
+    })
+    df = table.to_pandas()
+    return df, int(df.memory_usage(deep=False, index=True).sum())
+
+
+def main() -> None:
+    import joblib  # noqa: F401  (imported here so that no child pays an import inside its timing)
+    import numpy as np
+
+    import durable_nb.codecs
+    import durable_nb.log.blobs  # noqa: F401
+
+    with tempfile.TemporaryDirectory(prefix="bench_values_", dir=os.environ.get("BENCH_TMP")) as tmp:
+        root = Path(tmp)
+        arr = np.random.default_rng(0).random(ARRAY_BYTES // 8)
+        _compare("1 GiB float64 ndarray", arr, arr.nbytes,
+                 (record_npy, replay_npy, "np.save+fsync / np.load"), root)
+        del arr
+        df, size = _frame()
+        print(f"    DataFrame: {len(df):,} rows, {size / 2**20:.0f} MiB ({', '.join(map(str, df.dtypes))})",
+              flush=True)
+        _compare("~500 MB mixed DataFrame", df, size,
+                 (record_arrow, replay_arrow, "Arrow IPC+fsync / read+to_pandas"), root)
+
+
+if __name__ == "__main__":
+    main()
