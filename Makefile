@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m durable_nb.demo example_notebooks/crash_resume.ipynb
+	$(BIN)/python -m durable_nb.demo example_notebooks/crash_resume.ipynb --workdir demo-run
 
 lint: $(STAMP)
 	$(BIN)/ruff check durable_nb tests benchmarks

@@ -109,8 +109,7 @@ class _Walker(ast.NodeVisitor):
 
     def _bind(self, name: str) -> None:
         if self.scopes:
-            local, declared = self.scopes[-1]
-            if name in declared:
+            if name in self.scopes[-1][1]:
                 self.binds.append(name)
             return
         self.bound.add(name)
@@ -207,13 +206,13 @@ class _Walker(ast.NodeVisitor):
             self.visit(expr)
         self._bind(node.name)
         # A class body is a scope whose locals are not visible to the methods defined in it.
-        local, declared = _local_names(node.body, None)
+        class_locals, declared = _local_names(node.body, None)
         self.scopes.append((set(), declared))
         for stmt in node.body:
             if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
                 self.visit(stmt)
             else:
-                self.scopes[-1] = (local, declared)
+                self.scopes[-1] = (class_locals, declared)
                 self.visit(stmt)
                 self.scopes[-1] = (set(), declared)
         self.scopes.pop()

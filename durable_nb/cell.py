@@ -15,8 +15,8 @@ import xxhash
 
 from . import capture, trust
 from .analysis import CellAnalysis, analyze
-from .errors import DecodeError, DurableError, EncodeError, LogError
-from .fingerprint import Unfingerprintable, fingerprint, fingerprint_file, referenced_globals
+from .errors import DecodeError, DurableError, EncodeError, LogError, Unfingerprintable
+from .fingerprint import fingerprint, fingerprint_file, referenced_globals
 from .log import cells
 from .log.cells import ExecutionStart, Recorded, StoredOutput
 from .log.store import DurableLog
@@ -432,10 +432,7 @@ def _update_in_place(current: Any, value: Any) -> bool:
         return False
     if isinstance(current, list | bytearray):
         current[:] = value
-    elif isinstance(current, dict):
-        current.clear()
-        current.update(value)
-    elif isinstance(current, set):
+    elif isinstance(current, dict | set):
         current.clear()
         current.update(value)
     else:

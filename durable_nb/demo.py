@@ -7,6 +7,7 @@ SIGKILL, run it again, and report what replayed. `make demo` runs `python -m dur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
 import shutil
@@ -37,16 +38,17 @@ class CellRun:
                 parts.append(out["content"]["data"].get("text/plain", ""))
         return "".join(parts)
 
-    def durable_states(self) -> list[str]:
-        """The final state of each durable status display this cell showed (updates replace by display_id)."""
-        states: dict[str, str] = {}
+    def durable_statuses(self) -> list[dict[str, Any]]:
+        """The final payload of each durable status display this cell showed (updates replace by display_id)."""
+        found: dict[str, dict[str, Any]] = {}
         for out in self.outputs:
-            data = out["content"].get("data", {})
-            status = data.get("application/vnd.durable-nb.status+json")
+            status = out["content"].get("data", {}).get("application/vnd.durable-nb.status+json")
             if status is not None:
-                key = out["content"].get("transient", {}).get("display_id", str(len(states)))
-                states[key] = status["state"]
-        return list(states.values())
+                found[out["content"].get("transient", {}).get("display_id", str(len(found)))] = status
+        return list(found.values())
+
+    def durable_states(self) -> list[str]:
+        return [s["state"] for s in self.durable_statuses()]
 
 
 class KernelDied(RuntimeError):
@@ -103,7 +105,8 @@ class NotebookKernel:
 
     def kill(self) -> None:
         """SIGKILL, as the OOM killer or a crash would: no atexit, no cleanup."""
-        os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
 
     @property
     def pid(self) -> int:
@@ -118,7 +121,7 @@ class NotebookKernel:
 def code_cells(notebook: Path) -> list[tuple[str, str]]:
     import nbformat
 
-    nb = nbformat.read(notebook, as_version=4)
+    nb = nbformat.read(notebook, as_version=4)  # type: ignore[no-untyped-call]
     return [(c.get("id") or str(i), c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
 
 
@@ -137,7 +140,10 @@ def run_all(notebook: Path, *, kill_when: str | None = None, kill_after: float =
             try:
                 run = kernel.execute(source, cell_id=cell_id)
             except KernelDied:
-                run = CellRun(index, source, status="killed")
+                run = CellRun(index, source, status="killed", seconds=kill_after)
+            finally:
+                if timer is not None:
+                    timer.cancel()
             run.index = index
             results.append(run)
             if run.status != "ok":
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--workdir", type=Path, default=Path("demo-run"),
                         help="A fresh copy of the notebook runs here (the log is written beside it).")
-    parser.add_argument("--kill-when", default="the slow cell", help="Kill the first run in the first cell containing this.")
+    parser.add_argument("--kill-when", default="the slow cell",
+                        help="Kill the first run in the first cell containing this.")
     args = parser.parse_args(argv)
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
@@ -185,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_runs(runs: list[CellRun]) -> None:
     for run in runs:
-        states = ", ".join(run.durable_states()) or "plain"
-        first_line = run.source.strip().splitlines()[0][:50] if run.source.strip() else ""
-        print(f"  cell {run.index}: {run.status:<6} {run.seconds:6.2f} s  [{states}]  {first_line}")
+        first_line = run.source.strip().splitlines()[0][:40] if run.source.strip() else ""
+        print(f"  cell {run.index}: {run.status:<6} {run.seconds:6.2f} s  {first_line}")
+        for status in run.durable_statuses():
+            print(f"      {status['state']}: {status['message']}")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class DurableMagics(Magics):
         from .cell import CellOptions, DurableCell, default_cell_id
 
         args = parse_argstring(self.durable, line)
+        assert self.shell is not None
         if not self.enabled:
             return self.shell.run_cell(cell, store_history=False).result
         opts = CellOptions(name=args.name, force=args.force, deps=_names(args.deps), ignore=_names(args.ignore),

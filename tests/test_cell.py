@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-
 from shells import Shell
 
 COUNT = "__import__('pathlib').Path('runs.log').open('a').write('{}\\n')\n"

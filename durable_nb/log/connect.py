@@ -71,7 +71,7 @@ def _configure(conn: sqlite3.Connection, path: Path, readonly: bool, durability:
 
 
 def _is_empty(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    return bool(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0)
 
 
 def _classify(exc: sqlite3.DatabaseError, path: Path) -> LogError:
