@@ -18,6 +18,9 @@ _PUBLIC = {
     "open_log": "durable_nb.session",
     "DurableError": "durable_nb.errors",
     "fleet": "durable_nb.fleets",  # not durable_nb.fleet: a submodule of that name would shadow the function
+    "activity": "durable_nb.activity",
+    "step": "durable_nb.activity",
+    "Permanent": "durable_nb.retry",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -14,6 +14,7 @@ from typing import Any
 import xxhash
 
 from . import capture, trust
+from .activity import execution_scope
 from .analysis import CellAnalysis, analyze
 from .errors import DecodeError, DurableError, EncodeError, LogError, Unfingerprintable
 from .fingerprint import fingerprint, fingerprint_file, referenced_globals
@@ -230,7 +231,7 @@ class DurableCell:
         recorder = capture.Recorder(self.shell)
         t0 = time.perf_counter()
         try:
-            with recorder:
+            with recorder, execution_scope(execution_id):
                 result = self._exec_user_code(transformed, analysis)
         except BaseException as exc:
             duration = time.perf_counter() - t0
