@@ -545,10 +545,10 @@ class _Recorder:
             if not batch and not running:
                 return
             with write_transaction(self.conn, self.path):
-                for call in running:
-                    self._upsert(self._params(call), [astuple(f) for f in call.failures])
                 for call, params in batch:
                     self._upsert(params, [astuple(f) for f in call.failures])
+                for call in running:
+                    self._upsert(self._params(call), [astuple(f) for f in call.failures])
         if done is not None:
             done.unlink(missing_ok=True)
 
@@ -675,12 +675,7 @@ class _Spec:
     def function_fingerprint(self) -> str:
         generation = _SCOPE.generation
         if self._fp[0] != generation:
-            try:
-                self._fp = (generation, _deps().fingerprint(self.fn))
-            except Unfingerprintable as exc:
-                raise EncodeError(f"activity {self.name}: its code or a global it uses cannot be "
-                                  f"fingerprinted ({exc}). Pass version='...' and key=... to key it by "
-                                  "hand, or make that global a plain value.") from exc
+            self._fp = (generation, _function_fingerprint(self.fn))
         return self._fp[1]
 
     def call_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -732,6 +727,29 @@ class _Spec:
             return await asyncio.wait_for(self.fn(*args, **kwargs), self.timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"activity {self.name} did not finish within {self.timeout} s") from None
+
+
+def _function_fingerprint(fn: Any) -> str:
+    """The function's code, defaults, closure and the globals it reads. A value that cannot be fingerprinted
+    (an API client, a lock, a connection: common in activities) counts by its type only."""
+    fingerprint = _deps().fingerprint
+    try:
+        return fingerprint(fn)
+    except Unfingerprintable:
+        pass
+
+    def value(v: object) -> object:
+        try:
+            return fingerprint(v)
+        except Unfingerprintable:
+            return ("unfingerprintable", type(v).__module__, type(v).__qualname__)
+
+    from .fingerprint import referenced_globals
+
+    cells = [c.cell_contents for c in fn.__closure__ or () if c.cell_contents is not None]
+    names = sorted(referenced_globals(fn))
+    return fingerprint((fn.__code__, value(fn.__defaults__), value(fn.__kwdefaults__), [value(c) for c in cells],
+                        [(n, value(fn.__globals__.get(n))) for n in names]))
 
 
 def _run_in_thread(name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
