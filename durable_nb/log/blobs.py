@@ -25,6 +25,9 @@ CHUNK_SIZE = 8 * 1024 * 1024
 SAMPLE_SIZE = 64 * 1024
 MIN_GAIN = 0.8
 ZSTD_LEVEL = 1
+# Uncompressed chunks are copied out in pieces this small: sqlite3.Blob has no readinto, and small `bytes`
+# come from reused heap memory where chunk-sized ones would be fresh pages faulted in on every chunk.
+READ_PIECE = 64 * 1024
 
 
 def _bytes_view(buffer: Any) -> memoryview:
@@ -273,7 +276,8 @@ class BlobSource:
             with self._conn.blobopen("chunk", "data", rowid, readonly=True) as blob:
                 if len(blob) != len(part):
                     raise self._tampered()
-                part[:] = blob.read()
+                for start in range(0, len(part), READ_PIECE):
+                    part[start:start + READ_PIECE] = blob.read(READ_PIECE)
             return
         if compression != "zstd":
             raise DecodeError(f"blob {self.hash} uses compression {compression!r}, unknown to this "
