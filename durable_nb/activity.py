@@ -316,9 +316,9 @@ _COLUMNS = ("uid", "run_id", "execution_id", "function", "key", "occurrence", "k
             "finished_at", "attempts", "attempt_started_at", "codec", "codec_version", "type", "meta", "size",
             "inline", "parts", "signature")
 _INLINE_AT = _COLUMNS.index("inline")
-_UPSERT = (f"INSERT INTO activity_call ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-           "ON CONFLICT(uid) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[8:]) +
-           " RETURNING id")
+_UPSERT_MANY = (f"INSERT INTO activity_call ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+                "ON CONFLICT(uid) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[8:]))
+_UPSERT = _UPSERT_MANY + " RETURNING id"
 _FAILURE_ROW = ("INSERT OR IGNORE INTO attempt (call_id, n, state, started_at, finished_at, delay, "
                 "error_type, error_message, traceback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -545,8 +545,12 @@ class _Recorder:
             if not batch and not running:
                 return
             with write_transaction(self.conn, self.path):
+                # Most calls have no failed attempts: one executemany for them (the flusher shares the GIL
+                # with the caller's loop, so its per-row Python work is what slows the caller down).
+                self.conn.executemany(_UPSERT_MANY, [p for c, p in batch if not c.failures])
                 for call, params in batch:
-                    self._upsert(params, [astuple(f) for f in call.failures])
+                    if call.failures:
+                        self._upsert(params, [astuple(f) for f in call.failures])
                 for call in running:
                     self._upsert(self._params(call), [astuple(f) for f in call.failures])
         if done is not None:
@@ -638,8 +642,14 @@ def flush() -> None:
 atexit.register(flush)
 
 
+_last: tuple[DurableLog | None, _Recorder | None] = (None, None)
+
+
 def _recorder() -> _Recorder:
+    global _last
     log = session.current_log()
+    if _last[0] is log and _last[1] is not None:
+        return _last[1]
     rec = _RECORDERS.get(log)
     if rec is None:
         with _recorders_lock:
@@ -647,6 +657,7 @@ def _recorder() -> _Recorder:
             if rec is None:
                 _hook_ipython()
                 rec = _RECORDERS[log] = _Recorder(log)
+    _last = (log, rec)
     return rec
 
 

@@ -1,0 +1,107 @@
+"""Activities: cost to record and to replay one trivial call, against a bare call and against DBOS steps.
+
+Figures (medians): record per call in the default durability (target ≤ 50 µs), replay per call (≤ 10 µs),
+record with durability="full", and the same loop as `@DBOS.step`s inside a `@DBOS.workflow` on SQLite, run
+here in the same process: durable_nb must be at least 50× faster. DESIGN.md's reference for a minimal step
+log on these machines is ~30 µs to record and ~5 µs to replay.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import report
+
+CALLS = 5000
+DBOS_STEPS = 300
+REPEAT = 3
+
+
+def inc(i: int) -> int:
+    return i + 1
+
+
+def _per_call(loop: Callable[[], Any], n: int) -> float:
+    t0 = time.perf_counter()
+    loop()
+    return (time.perf_counter() - t0) / n
+
+
+def bare() -> float:
+    return statistics.median(_per_call(lambda: [inc(i) for i in range(CALLS)], CALLS) for _ in range(REPEAT))
+
+
+def durable(folder: Path, durability: str) -> tuple[float, float]:
+    """(record, replay) seconds per call, each the median over REPEAT fresh logs."""
+    import durable_nb.activity as act
+    from durable_nb import session
+
+    step = act.activity(inc)
+    records, replays = [], []
+    for n in range(REPEAT):
+        session.open_log(folder / f"{durability}-{n}.db", durability=durability)  # type: ignore[arg-type]
+        act.reset_scope()
+        step(-1)  # first use: imports, recorder, flusher thread
+        records.append(_per_call(lambda: [step(i) for i in range(CALLS)], CALLS))
+        act.flush()
+        act.reset_scope()
+        step(-1)
+        replays.append(_per_call(lambda: [step(i) for i in range(CALLS)], CALLS))
+        session.close_log()
+    return statistics.median(records), statistics.median(replays)
+
+
+def dbos(folder: Path) -> float:
+    """Seconds per `@DBOS.step` inside one `@DBOS.workflow`, DBOS's system database on SQLite."""
+    import logging
+
+    from dbos import DBOS
+
+    DBOS(config={"name": "bench-activity", "system_database_url": f"sqlite:///{folder}/dbos.sqlite",
+                 "log_level": "WARNING", "console_log_level": "WARNING"})
+
+    @DBOS.step()
+    def dbos_step(i: int) -> int:
+        return i + 1
+
+    @DBOS.workflow()
+    def workflow(n: int) -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            dbos_step(i)
+        return (time.perf_counter() - t0) / n
+
+    DBOS.launch()
+    try:
+        return statistics.median(workflow(DBOS_STEPS) for _ in range(REPEAT))
+    finally:
+        DBOS.destroy()
+        logging.getLogger("dbos").handlers.clear()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        base = bare()
+        record, replay = durable(folder, "normal")
+        full_record, _ = durable(folder, "full")
+        peer = dbos(folder)
+    report("bare function call (baseline)", base)
+    report("activity record per trivial call (normal)", record, base, baseline_name="bare call",
+           limit=50e-6, limit_kind="abs")
+    report("activity replay per call", replay, base, baseline_name="bare call", limit=10e-6, limit_kind="abs")
+    report("activity record per call, durability=full", full_record, record, baseline_name="normal")
+    report("DBOS @step in a @workflow (SQLite), per step", peer)
+    report("activity record vs DBOS step (time ratio)", record, peer, baseline_name="DBOS",
+           limit=1 / 50)
+    print(f"{'  → durable_nb is':<58} {peer / record:>10.0f}×   faster than DBOS per recorded step "
+          f"(DESIGN.md minimal step log: ~30 µs record / ~5 µs replay)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
