@@ -13,10 +13,10 @@ from typing import Any
 
 import xxhash
 
-from . import capture, trust
+from . import capture, environment, trust
 from .activity import execution_scope
 from .analysis import CellAnalysis, analyze
-from .errors import DecodeError, DurableError, EncodeError, LogError, Unfingerprintable
+from .errors import DecodeError, DurableError, EncodeError, LogError, Unfingerprintable, UntrustedError
 from .fingerprint import fingerprint, fingerprint_file, referenced_globals
 from .log import cells
 from .log.cells import ExecutionStart, Recorded, StoredOutput
@@ -152,8 +152,12 @@ class DurableCell:
             if recorded is not None:
                 try:
                     return self._replay(recorded, start)
+                except UntrustedError:
+                    reason = trust.untrusted_reason(self.log.path)
                 except DecodeError as exc:
-                    reason = f"recorded value could not be loaded here: {exc}"
+                    differs = environment.differences(self.log, recorded.id)
+                    reason = f"recorded value could not be loaded here: {exc}" + (
+                        f" ({'; '.join(differs)})" if differs else "")
         prev = cells.previous(self.log, cell_id=self.cell_id, cell_name=self.opts.name, code_hash=code_hash)
         start.reason = reason or explain(prev, key, code_hash, self.opts)
         return self._execute(transformed, analysis, start)
@@ -166,8 +170,9 @@ class DurableCell:
         events = cells.events(self.log, recorded.id)
         result = values.pop(RESULT, None)
         self._apply(values, deleted, inplace)
+        differs = environment.differences(self.log, recorded.id)
         self.status.show(self._payload("replayed", recorded_at=recorded.started_at, duration=recorded.duration,
-                                       execution_id=recorded.id))
+                                       execution_id=recorded.id, reason="; ".join(differs) or None))
         capture.replay(self.shell, events)
         cells.record_replay(self.log, start, recorded, time.perf_counter() - t0)
         return result
@@ -180,7 +185,9 @@ class DurableCell:
         inplace: set[str] = set()
         deleted: list[str] = []
         aliases: list[StoredOutput] = []
-        for out in cells.outputs(self.log, execution_id):
+        outputs = cells.outputs(self.log, execution_id)
+        self._check_trusted(outputs)
+        for out in outputs:
             if out.kind == "deleted":
                 deleted.append(out.name)
             elif out.kind == "alias" or (out.kind == "result" and out.target):
@@ -193,13 +200,14 @@ class DurableCell:
                 if out.inplace:
                     inplace.add(out.name)
                 sources = [self.log.blobs.source(b) for b in out.blob_ids]
-                allowed = trust.verify(trust.payload(out.codec, out.codec_version or 0, out.meta,
-                                                     [s.hash for s in sources]), out.signature)
                 try:
                     values[out.name] = decode_value(out.codec, out.codec_version or 0, out.meta, sources,
-                                                    allow_pickle=allowed)
+                                                    allow_pickle=True)  # signatures checked above
                 except DecodeError:
                     raise
+                except ImportError as exc:
+                    raise DecodeError(f"variable {out.name} ({out.type}) needs module {exc.name or '?'}, which "
+                                      f"cannot be imported here ({exc}); install it to replay") from exc
                 except Exception as exc:
                     raise DecodeError(f"variable {out.name} ({out.type}): {type(exc).__name__}: {exc}") from exc
         # Only once everything is unpickled: unpickling an instance re-sets its class's attributes.
@@ -211,6 +219,19 @@ class DurableCell:
                 raise DecodeError(f"variable {out.name} was the same object as {target}, which is not defined")
             values[out.name] = values[target] if target in values else self.shell.user_ns[target]
         return values, deleted, inplace
+
+    def _check_trusted(self, outputs: list[StoredOutput]) -> None:
+        """Raise UntrustedError unless every pickled output is signed by this user; checked before any value is
+        read, so an untrusted record costs no decoding."""
+        from .codecs import CODECS
+
+        safe = {c.name for c in CODECS if c.safe}
+        for out in outputs:
+            if out.kind in ("value", "result") and out.codec is not None and out.codec not in safe:
+                hashes = [self.log.blobs.source(b).hash for b in out.blob_ids]
+                if not trust.verify(trust.payload(out.codec, out.codec_version or 0, out.meta, hashes),
+                                    out.signature):
+                    raise UntrustedError(f"variable {out.name} ({out.type}) is pickled and not signed by you")
 
     def _apply(self, values: dict[str, Any], deleted: list[str], inplace: set[str]) -> None:
         ns = self.shell.user_ns
@@ -363,6 +384,7 @@ class DurableCell:
         blob_ids = list(sink.blob_ids)
         hashes = [self.log.blobs.source(b).hash for b in blob_ids]
         signature = trust.sign(trust.payload(enc.codec, enc.version, enc.meta, hashes))
+        environment.note_package(self.log, enc.type_name)
         return StoredOutput(name, "value", enc.codec, enc.version, enc.type_name, enc.meta, enc.size,
                             signature=signature, blob_ids=blob_ids)
 

@@ -13,9 +13,14 @@ import hmac
 import json
 import os
 import secrets
+import sqlite3
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from .log.store import DurableLog
 
 KEY_ENV = "DURABLE_NB_SECRET_FILE"
 
@@ -51,3 +56,250 @@ def sign(data: bytes) -> str:
 
 def verify(data: bytes, signature: str | None) -> bool:
     return bool(signature) and hmac.compare_digest(sign(data), str(signature))
+
+
+def untrusted_reason(log_path: str | os.PathLike[str]) -> str:
+    """The status text of a cell whose record holds pickled values this user has not signed."""
+    return f"untrusted log: run durable-nb trust {_shown(Path(log_path))} to allow pickled values"
+
+
+def _shown(path: Path) -> str:
+    """The log's path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# -- reviewing a whole log: verify and trust ------------------------------------------------------------------
+
+
+@dataclass
+class StoredValue:
+    """One stored value of a log (a cell output or an activity result) and where its bytes are."""
+
+    where: str
+    codec: str
+    version: int
+    meta: dict[str, Any]
+    blob_ids: list[int]
+    inline: bytes | None
+    signature: str | None
+    table: str  # the row holding the signature: output or activity_call
+    row_key: tuple[Any, ...]
+
+
+@dataclass
+class Finding:
+    where: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}"
+
+
+@dataclass
+class Review:
+    """What `verify_log` found. `tampered`: bytes or records that changed after they were written (never
+    decoded); `unsigned`: intact pickled values this user's key did not sign (they replay once trusted)."""
+
+    path: Path
+    blobs: int = 0
+    blob_bytes: int = 0
+    values: int = 0
+    pickled: int = 0
+    signed_by_you: int = 0
+    tampered: list[Finding] = field(default_factory=list)
+    unsigned: list[StoredValue] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.tampered
+
+    def lines(self) -> list[str]:
+        out = [f"checked {self.blobs} blobs ({self.blob_bytes / 1e6:.1f} MB) and {self.values} stored values "
+               f"({self.pickled} pickled) in {self.path}"]
+        out += [f"TAMPERED {f}" for f in self.tampered]
+        if self.unsigned:
+            out.append(f"{len(self.unsigned)} pickled values are not signed by your key (recorded by someone "
+                       f"else, or re-signed since); after reviewing the log, run durable-nb trust "
+                       f"{_shown(self.path)} to allow them:")
+            out += [f"  untrusted {v.where} ({v.codec})" for v in self.unsigned]
+        if self.ok:
+            out.append("no tampering found" + ("" if self.unsigned else "; every pickled value is signed by you"))
+        else:
+            out.append(f"{len(self.tampered)} tampered values or blobs: they are treated as missing and never "
+                       "decoded; their cells run again when replayed")
+        return out
+
+
+@dataclass
+class Trusted:
+    """What `trust_log` did: the values it signed, those already signed, those refused (tampered)."""
+
+    path: Path
+    signed: list[StoredValue] = field(default_factory=list)
+    already: int = 0
+    refused: list[Finding] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"signed {len(self.signed)} pickled values in {self.path} with your key"
+               f" ({self.already} were already signed by you)"]
+        out += [f"  signed {v.where} ({v.codec})" for v in self.signed]
+        out += [f"NOT SIGNED {f} — tampered values are never trusted; re-run their cells" for f in self.refused]
+        return out
+
+
+def stored_values(conn: sqlite3.Connection) -> list[StoredValue]:
+    """Every value of the log that has a codec: cell outputs, then activity results."""
+    blobs: dict[tuple[str, tuple[Any, ...]], list[int]] = {}
+    for execution_id, name, blob_id in conn.execute(
+            "SELECT execution_id, name, blob_id FROM output_blob ORDER BY execution_id, name, seq"):
+        blobs.setdefault(("output", (execution_id, name)), []).append(blob_id)
+    for call_id, blob_id in conn.execute("SELECT call_id, blob_id FROM activity_blob ORDER BY call_id, seq"):
+        blobs.setdefault(("activity_call", (call_id,)), []).append(blob_id)
+    found = []
+    for execution_id, name, cell, codec, version, type_name, meta, signature in conn.execute(
+            "SELECT o.execution_id, o.name, coalesce(e.cell_name, e.cell_id), o.codec, o.codec_version, o.type, "
+            "o.meta, o.signature FROM output o JOIN execution e ON e.id = o.execution_id "
+            "WHERE o.codec IS NOT NULL ORDER BY o.execution_id, o.rowid"):
+        shown = "result" if name == "__result__" else f"variable {name}"
+        where = f"execution {execution_id}{f' (cell {cell})' if cell else ''} {shown} ({type_name})"
+        found.append(StoredValue(where, codec, version or 0, _meta(meta),
+                                 blobs.get(("output", (execution_id, name)), []), None, signature, "output",
+                                 (execution_id, name)))
+    for call_id, function, codec, version, type_name, meta, inline, signature in conn.execute(
+            "SELECT id, function, codec, codec_version, type, meta, inline, signature FROM activity_call "
+            "WHERE codec IS NOT NULL ORDER BY id"):
+        found.append(StoredValue(f"activity call {call_id} ({function}) result ({type_name})", codec,
+                                 version or 0, _meta(meta), blobs.get(("activity_call", (call_id,)), []),
+                                 None if inline is None else bytes(inline), signature, "activity_call",
+                                 (call_id,)))
+    return found
+
+
+def _meta(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {"unreadable meta": text}
+    return value if isinstance(value, dict) else {"unreadable meta": text}
+
+
+def verify_log(path: str | os.PathLike[str]) -> Review:
+    """Check every blob's content hash, every pickle stream's digest and every pickled value's signature.
+    Reads the log read-only; nothing is decoded."""
+    from .log.store import DurableLog
+
+    with DurableLog(path, readonly=True) as log:
+        return _review(log.conn, log.path)
+
+
+def trust_log(log: str | os.PathLike[str] | DurableLog, *, dry_run: bool = False) -> Trusted:
+    """Re-sign with this user's key every intact pickled value (cell outputs and activity results) of a log
+    the user has reviewed, so they replay here. Tampered values are refused, never signed."""
+    from .errors import NotALogError
+    from .log.store import DurableLog
+
+    if isinstance(log, DurableLog):
+        return _trust(log, dry_run)
+    if not Path(log).exists():
+        raise NotALogError(f"durable log {log} does not exist; check the path (a shared log is usually a "
+                           "*.durable.db file sent beside the notebook).")
+    with DurableLog(log) as opened:
+        return _trust(opened, dry_run)
+
+
+def _trust(log: DurableLog, dry_run: bool) -> Trusted:
+    review = _review(log.conn, log.path)
+    done = Trusted(log.path, list(review.unsigned), review.signed_by_you, list(review.tampered))
+    if dry_run or not done.signed:
+        return done
+    hashes = dict(log.conn.execute("SELECT id, hash FROM blob").fetchall())
+    with log.transaction() as conn:
+        for value in done.signed:
+            signature = sign(payload(value.codec, value.version, value.meta, _hashes(value, hashes)))
+            where = "execution_id = ? AND name = ?" if value.table == "output" else "id = ?"
+            conn.execute(f"UPDATE {value.table} SET signature = ? WHERE {where}", (signature, *value.row_key))
+    return done
+
+
+def _hashes(value: StoredValue, blob_hashes: dict[int, str]) -> list[str]:
+    if value.inline is not None:
+        import xxhash
+
+        return [xxhash.xxh3_128_hexdigest(value.inline)]
+    return [blob_hashes[b] for b in value.blob_ids]
+
+
+def _review(conn: sqlite3.Connection, path: Path) -> Review:
+    from .codecs import CODECS
+
+    safe = {c.name: c.safe for c in CODECS}
+    review = Review(path)
+    values = stored_values(conn)
+    bad_blobs, hashes = _check_blobs(conn, review, values)
+    for value in values:
+        review.values += 1
+        problems = [bad_blobs[b] for b in value.blob_ids if b in bad_blobs]
+        problems += [f"blob {b} is missing from the log" for b in value.blob_ids if b not in hashes]
+        if value.inline is not None and value.codec == "pickle" and _stream_digest(value.inline) != \
+                value.meta.get("blake2b"):
+            problems.append("the pickle stream does not match its recorded BLAKE2b digest")
+        if problems:
+            review.tampered.append(Finding(value.where, "; ".join(dict.fromkeys(problems))))
+        if safe.get(value.codec, False):
+            continue
+        review.pickled += 1
+        if problems:
+            continue
+        if verify(payload(value.codec, value.version, value.meta, _hashes(value, hashes)), value.signature):
+            review.signed_by_you += 1
+        else:
+            review.unsigned.append(value)
+    return review
+
+
+def _pickle_streams(values: list[StoredValue]) -> dict[int, set[str]]:
+    """blob id → the BLAKE2b digests that the pickled values whose main stream it is recorded for it."""
+    streams: dict[int, set[str]] = {}
+    for value in values:
+        if value.codec == "pickle" and value.blob_ids:
+            streams.setdefault(value.blob_ids[0], set()).add(str(value.meta.get("blake2b")))
+    return streams
+
+
+def _check_blobs(conn: sqlite3.Connection, review: Review,
+                 values: list[StoredValue]) -> tuple[dict[int, str], dict[int, str]]:
+    """Read every blob once through BlobSource (which verifies its content hash) into one reused buffer;
+    returns the failures and the hashes by blob id."""
+    from .errors import DecodeError
+    from .log.blobs import BlobSource
+
+    streams = _pickle_streams(values)
+
+    rows = conn.execute("SELECT id, hash, size FROM blob ORDER BY id").fetchall()
+    buffer = bytearray(max((r[2] for r in rows), default=0))
+    bad: dict[int, str] = {}
+    for blob_id, blob_hash, size in rows:
+        review.blobs += 1
+        review.blob_bytes += size
+        view = memoryview(buffer)[:size]
+        try:
+            BlobSource(conn, blob_id).readinto(view)
+        except DecodeError:
+            bad[blob_id] = f"blob {blob_hash} ({size} bytes) fails its content hash"
+            continue
+        if blob_id in streams and streams[blob_id] != {_stream_digest(view)}:
+            bad[blob_id] = f"the pickle stream in blob {blob_hash} does not match its recorded BLAKE2b digest"
+    users = {b for v in values for b in v.blob_ids}
+    review.tampered += [Finding(f"blob {blob_hash} (used by no value)", bad[blob_id])
+                        for blob_id, blob_hash, _ in rows if blob_id in bad and blob_id not in users]
+    return bad, {r[0]: r[1] for r in rows}
+
+
+def _stream_digest(data: bytes | bytearray | memoryview) -> str:
+    from .codecs.pickle import _digest
+
+    # The pickle codec's own digest function: one definition of what its meta records (hashlib takes views).
+    return _digest(cast(bytes, data))
