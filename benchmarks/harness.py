@@ -9,6 +9,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 RESULTS: list[dict[str, object]] = []
 
@@ -52,3 +54,19 @@ def report(name: str, value: float, baseline: float | None = None, *, baseline_n
             line += f"   [target ≤ {limit:g}{'×' if limit_kind == 'ratio' else ' ' + unit}: {'ok' if ok else 'MISSED'}]"
     print(line, flush=True)
     RESULTS.append({"name": name, "value": value, "baseline": baseline, "ratio": ratio, "ok": ok})
+
+
+def durable_shell(db: Path) -> Any:
+    """A fresh IPython shell with durable_nb loaded on log `db` (displays collected, not printed)."""
+    from IPython.core.displaypub import CapturingDisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    cfg = Config()
+    cfg.HistoryManager.hist_file = ":memory:"
+    InteractiveShell.clear_instance()
+    ip = InteractiveShell.instance(config=cfg)
+    ip.display_pub = CapturingDisplayPublisher()
+    ip.run_cell("%load_ext durable_nb")
+    ip.run_cell(f"%config DurableMagics.db = {str(db)!r}")
+    return ip

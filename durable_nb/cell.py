@@ -25,7 +25,7 @@ from .status import StatusLine, iso, message
 
 KEY_FORMAT = 1
 RESULT = "__result__"
-_IPYTHON_CACHE = re.compile(r"^(_+\d*|_i+\d*|_[ido]h|In|Out)$")
+_IPYTHON_CACHE = re.compile(r"^(_+\d*|_i+\d*|_[ido]h)$")
 # Rebinding these cannot be observed through an alias, so a mutation check would be wasted work.
 _IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.ModuleType)
 
@@ -50,8 +50,22 @@ class Key:
 def visible_names(shell: Any) -> set[str]:
     """User variables: not IPython's caches and helpers, not dunders."""
     hidden = shell.user_ns_hidden
-    return {n for n in shell.user_ns if not (n in hidden and shell.user_ns[n] is hidden[n])
-            and not _IPYTHON_CACHE.match(n) and not (n.startswith("__") and n.endswith("__"))}
+    return {n for n, v in shell.user_ns.items()
+            if not (n[:1] == "_" and (_IPYTHON_CACHE.match(n) or n.endswith("__")))
+            and not (n in hidden and v is hidden[n])}
+
+
+_transformed: dict[tuple[int, str], str] = {}
+
+
+def _transform(shell: Any, code: str) -> str:
+    """IPython's input transforms (magics, `!cmd`), memoized: Run All replays are dominated by small costs."""
+    key = (id(shell.input_transformer_manager), code)
+    if key not in _transformed:
+        if len(_transformed) > 1024:
+            _transformed.clear()
+        _transformed[key] = shell.transform_cell(code)
+    return _transformed[key]
 
 
 def _user_function(value: object, ns: dict[str, Any]) -> bool:
@@ -140,7 +154,7 @@ class DurableCell:
 
     def run(self) -> Any:
         __tracebackhide__ = True
-        transformed = self.shell.transform_cell(self.code)
+        transformed = _transform(self.shell, self.code)
         analysis = analyze(transformed)
         code_hash = xxhash.xxh3_128_hexdigest(analysis.normalized.encode())
         key = compute_key(analysis, self.shell, self.opts)

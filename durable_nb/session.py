@@ -65,6 +65,10 @@ def current_log() -> DurableLog:
     return _current if _current is not None else open_log()
 
 
+def current_if_open() -> DurableLog | None:
+    return _current
+
+
 def close_log() -> None:
     global _current
     with _lock:

@@ -135,16 +135,14 @@ def events(log: DurableLog, execution_id: int) -> list[tuple[str, Any]]:
         "SELECT kind, data FROM event WHERE execution_id = ? ORDER BY seq", (execution_id,))]
 
 
-def record_replay(log: DurableLog, s: ExecutionStart, source: Recorded, duration: float) -> int:
+def record_replay(log: DurableLog, s: ExecutionStart, source: Recorded, duration: float) -> None:
+    """A replay is bookkeeping: its row is deferred to the next commit (see DurableLog.defer)."""
     now = time.time()
-    run_id = log.run_id
-    with log.transaction() as conn:
-        cur = conn.execute(
-            "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, state, "
-            "started_at, finished_at, duration, replayed_from, saved_seconds, inputs, deps_files, replayable) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'replayed', ?, ?, ?, ?, ?, ?, ?, 0)",
-            (run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, now - duration,
-             now, duration, source.id, max(source.duration - duration, 0.0), json.dumps(s.inputs),
-             json.dumps(s.deps_files)),
-        )
-        return int(cur.lastrowid or 0)
+    log.defer(
+        "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, state, "
+        "started_at, finished_at, duration, replayed_from, saved_seconds, inputs, deps_files, replayable) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 'replayed', ?, ?, ?, ?, ?, ?, ?, 0)",
+        (log.run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, now - duration,
+         now, duration, source.id, max(source.duration - duration, 0.0), json.dumps(s.inputs),
+         json.dumps(s.deps_files)),
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,11 @@ Durability = Literal["normal", "full"]
 # Large pages halve the cost of multi-GB blob writes; they only take effect on a new, empty file.
 PAGE_SIZE = 65536
 BUSY_TIMEOUT_MS = 5000
+# SQLite's automatic checkpoint runs inside COMMIT: after a 1 GiB value it would copy 1 GiB before the cell
+# returns. Writers turn it off and checkpoint from a background thread once the WAL passes CHECKPOINT_BYTES;
+# the WAL is cut back to WAL_SIZE_LIMIT when it is next reset.
+CHECKPOINT_BYTES = 64 << 20
+WAL_SIZE_LIMIT = 64 << 20
 # A writer that waits longer than busy_timeout (another kernel recording a multi-GB value) keeps retrying
 # for this long before giving up with a clear error.
 WRITE_WAIT_SECONDS = 120.0
@@ -61,6 +68,8 @@ def _configure(conn: sqlite3.Connection, path: Path, readonly: bool, durability:
         if not readonly:
             if _is_empty(conn):
                 conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise LogNotWritableError(f"durable log {path} could not switch to WAL mode (got {mode}).")
@@ -137,6 +146,45 @@ def _statements(sql: str) -> Iterator[str]:
         yield buf.strip()
 
 
+_checkpointing: set[Path] = set()
+_checkpoint_lock = threading.Lock()
+
+
+def _checkpoint_if_large(path: Path) -> None:
+    try:
+        size = os.stat(f"{path}-wal").st_size
+    except FileNotFoundError:
+        return
+    # Once reset, a WAL keeps its size (up to WAL_SIZE_LIMIT) while holding little: only growth past
+    # both limits means pages wait to be copied.
+    if size > CHECKPOINT_BYTES + WAL_SIZE_LIMIT:
+        checkpoint_in_background(path)
+
+
+def checkpoint_in_background(path: Path) -> None:
+    """Copy WAL pages into the database from a short-lived connection in a daemon thread. PASSIVE never
+    blocks writers or Litestream's read lock (TRUNCATE/RESTART would)."""
+    with _checkpoint_lock:
+        if path in _checkpointing:
+            return
+        _checkpointing.add(path)
+
+    def run() -> None:
+        try:
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass  # a later checkpoint (automatic, or at close) does the work
+        finally:
+            with _checkpoint_lock:
+                _checkpointing.discard(path)
+
+    threading.Thread(target=run, name="durable-nb-checkpoint", daemon=True).start()
+
+
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection, path: str | Path) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE (so two kernels never deadlock on a lock upgrade), retrying while another writer
@@ -153,6 +201,7 @@ def write_transaction(conn: sqlite3.Connection, path: str | Path) -> Iterator[sq
     try:
         yield conn
         conn.execute("COMMIT")
+        _checkpoint_if_large(Path(path))
     except BaseException as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

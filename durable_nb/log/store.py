@@ -12,13 +12,14 @@ import platform
 import socket
 import sqlite3
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .connect import Durability, connect, write_transaction
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .blobs import BlobStore
 
 # Versions recorded with every run: they decide whether a replay happens in "the same environment".
+FLUSH_DELAY = 0.5
 KEY_PACKAGES = ("durable_nb", "ipython", "ipykernel", "numpy", "pandas", "pyarrow", "cloudpickle")
 
 
@@ -40,6 +42,10 @@ class DurableLog:
         self.notebook = notebook
         self.conn: sqlite3.Connection = connect(self.path, readonly=readonly, durability=durability)
         self._run_id: int | None = None
+        # One connection, used from the kernel thread and from background flushes: one transaction at a time.
+        self._lock = threading.RLock()
+        self._deferred: list[tuple[str, tuple[Any, ...]]] = []
+        self._flush_timer: threading.Timer | None = None
         if not readonly:
             self.reap_crashed()
 
@@ -60,9 +66,34 @@ class DurableLog:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE, retried while another process writes)."""
-        with write_transaction(self.conn, self.path) as conn:
-            yield conn
+        """One write transaction (BEGIN IMMEDIATE, retried while another process writes). Deferred rows
+        are written in it too."""
+        with self._lock, write_transaction(self.conn, self.path) as conn:
+            deferred, self._deferred = self._deferred, []
+            try:
+                for sql, params in deferred:
+                    conn.execute(sql, params)
+                yield conn
+            except BaseException:
+                self._deferred[:0] = deferred
+                raise
+
+    def defer(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Write a bookkeeping row with the next transaction, or within FLUSH_DELAY seconds: a replay then
+        costs no commit of its own. A crash may lose such rows, never a recorded value."""
+        with self._lock:
+            self._deferred.append((sql, params))
+            if self._flush_timer is None:
+                self._flush_timer = threading.Timer(FLUSH_DELAY, self.flush)
+                self._flush_timer.daemon = True
+                self._flush_timer.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_timer = None
+            if self._deferred and not self.readonly:
+                with self.transaction():
+                    pass
 
     @property
     def run_id(self) -> int:
@@ -90,6 +121,9 @@ class DurableLog:
 
     def close(self) -> None:
         try:
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+            self.flush()
             self.end_run()
         finally:
             self.conn.close()

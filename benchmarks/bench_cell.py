@@ -1,0 +1,48 @@
+"""Overhead of `%%durable` on a trivial cell, against the same cell run plainly in the same shell and run.
+
+Targets (issue 2): record ≤ 1 ms, replay ≤ 0.5 ms of overhead per cell. Each figure is the median over many
+cells; the overhead is the durable median minus the plain median.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.harness import durable_shell, report
+
+N = 400
+
+
+def _times(ip, cells: list[str]) -> list[float]:  # type: ignore[no-untyped-def]
+    out = []
+    for cell in cells:
+        t0 = time.perf_counter()
+        result = ip.run_cell(cell, store_history=True)
+        out.append(time.perf_counter() - t0)
+        assert result.success, result.error_in_exec
+        ip.display_pub.outputs.clear()
+    return out
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["DURABLE_NB_SECRET_FILE"] = str(Path(tmp) / "secret")
+        ip = durable_shell(Path(tmp) / "bench.durable.db")
+        ip.run_cell("a = 1")
+        _times(ip, ["%%durable\nwarm = a + 1"] * 5 + ["warm2 = a + 1"] * 5)
+        plain = statistics.median(_times(ip, [f"x = a + {i}" for i in range(N)]))
+        record = statistics.median(_times(ip, [f"%%durable\nx = a + {i}" for i in range(N)]))
+        replay = statistics.median(_times(ip, ["%%durable\nx = a + 7"] * N))
+    report("plain trivial cell (baseline)", plain)
+    report("%%durable trivial cell, record: overhead", record - plain, limit=1e-3, limit_kind="abs")
+    report("%%durable trivial cell, record: total", record, plain, baseline_name="plain cell")
+    report("%%durable trivial cell, replay: overhead", replay - plain, limit=0.5e-3, limit_kind="abs")
+    report("%%durable trivial cell, replay: total", replay, plain, baseline_name="plain cell")
+
+
+if __name__ == "__main__":
+    main()
