@@ -7,6 +7,7 @@ Settings are traitlets on `DurableMagics`: `%config DurableMagics.db = "x.durabl
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -37,6 +38,16 @@ class DurableMagics(Magics):
     ).tag(config=True)
     enabled = Bool(True, help="When False, %%durable cells simply run, nothing is recorded or replayed.").tag(
         config=True)
+    replicate_url = Unicode(
+        os.environ.get("DURABLE_NB_REPLICATE_URL", ""),
+        help="s3://BUCKET/PATH: stream the log there with Litestream from the moment the extension loads, and "
+             "restore the log from it first if the log file does not exist yet.",
+    ).tag(config=True)
+    replicate_endpoint = Unicode(
+        os.environ.get("DURABLE_NB_REPLICATE_ENDPOINT", ""),
+        help="Endpoint of an S3-compatible server (MinIO, R2, rclone...); empty for AWS.",
+    ).tag(config=True)
+    sync_interval = Unicode("1s", help="How often Litestream ships new writes (e.g. 1s, 100ms).").tag(config=True)
 
     @observe("db", "durability")
     def _reopen(self, change: Any) -> None:
@@ -46,7 +57,7 @@ class DurableMagics(Magics):
         try:
             if path:
                 return DurableLog(path, durability=self.durability, notebook=None)
-            return session.open_log(self.db or None, durability=self.durability)
+            return session.current_if_open() or session.open_log(self.db or None, durability=self.durability)
         except LogError as exc:
             raise UsageError(str(exc)) from exc
 
@@ -88,12 +99,72 @@ class DurableMagics(Magics):
         print(f"run: {log.run_id}")
         print("executions: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
 
+    @line_magic
+    def durable_trust(self, line: str) -> None:
+        """%durable_trust [LOG]: after reviewing a log (yours by default, or a colleague's LOG), sign its pickled
+        values with your key so they replay here. Tampered values are reported and never signed."""
+        from .trust import trust_log
+
+        path = line.strip()
+        try:
+            done = trust_log(path if path else self.log())
+        except LogError as exc:
+            raise UsageError(str(exc)) from exc
+        print("\n".join(done.lines()))
+
+
+    @magic_arguments()
+    @argument("url", nargs="?", help="s3://BUCKET/PATH of the replica.")
+    @argument("--endpoint", help="Endpoint URL of an S3-compatible server (MinIO, R2, rclone...).")
+    @argument("--region", help="Region of the bucket (default us-east-1 for custom endpoints).")
+    @argument("--sync-interval", help="How often Litestream ships new writes (default: the sync_interval setting).")
+    @argument("--stop", action="store_true", help="Stop replicating the current log.")
+    @line_magic
+    def durable_replicate(self, line: str) -> None:
+        """Stream the current log to S3-compatible storage with Litestream, in the background. Asynchronous:
+        a restore can miss the last ~second of writes. Credentials come from the standard AWS chain."""
+        from . import replicate
+
+        args = parse_argstring(self.durable_replicate, line)
+        log = self.log()
+        if args.stop:
+            stopped = replicate.stop_replication(log.path)
+            print(f"replication of {log.path.name} stopped" if stopped else "no replication was running")
+            return
+        if not args.url:
+            raise UsageError("%durable_replicate needs a replica URL (s3://BUCKET/PATH) or --stop.")
+        try:
+            rep = replicate.start_replication(
+                log.path, args.url, endpoint=args.endpoint or None, region=args.region,
+                sync_interval=args.sync_interval or self.sync_interval)
+        except replicate.ReplicationError as exc:
+            raise UsageError(f"{exc} The notebook keeps working; the log stays local.") from exc
+        print(replicate.format_status(rep.status()))
+
+    def start_configured_replication(self) -> None:
+        """The `replicate_url` setting: restore a missing log from its replica, then replicate it. A problem
+        is reported, never raised: the notebook keeps working with a local log."""
+        if not self.replicate_url:
+            return
+        from . import replicate
+
+        path = session.configured_path(self.db or None)
+        options = {"endpoint": self.replicate_endpoint or None}
+        try:
+            if replicate.restore_if_missing(path, self.replicate_url, **options):
+                print(f"durable: restored {path} from {self.replicate_url}")
+            log = self.log()
+            replicate.start_replication(log.path, self.replicate_url, sync_interval=self.sync_interval, **options)
+        except (replicate.ReplicationError, UsageError) as exc:
+            print(f"durable: not replicating ({exc}); the log stays local.", file=sys.stderr)
+
 
 def load_ipython_extension(ip: Any) -> None:
     magics = DurableMagics(shell=ip, parent=ip)
     ip.register_magics(magics)
     if magics not in ip.configurables:
         ip.configurables.append(magics)
+    magics.start_configured_replication()
 
 
 def unload_ipython_extension(ip: Any) -> None:

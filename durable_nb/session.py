@@ -45,11 +45,15 @@ def default_log_path() -> Path:
     return Path("durable.db")
 
 
+def configured_path(path: str | os.PathLike[str] | None = None) -> Path:
+    return Path(path).expanduser() if path is not None else default_log_path()
+
+
 def open_log(path: str | os.PathLike[str] | None = None, *, durability: Durability = "normal") -> DurableLog:
     """Open (creating if needed) the log at `path` (default: the rules above) and make it this process's
     current log. Re-opening the current path returns the same object."""
     global _current
-    target = Path(path).expanduser() if path is not None else default_log_path()
+    target = configured_path(path)
     with _lock:
         if _current is not None and _current.path == target.resolve() and _current.durability == durability:
             return _current
