@@ -41,3 +41,7 @@ class DecodeError(DurableError):
 
 class UntrustedError(DecodeError):
     """A pickled value comes from a log this user has not chosen to trust."""
+
+
+class NotRecordedError(DurableError):
+    """The log has no such execution, run or recorded variable."""

@@ -210,6 +210,46 @@ MIGRATIONS: tuple[Migration, ...] = (
         FROM activity_call c WHERE c.state IN ('recorded', 'running', 'crashed');
         """,
     ),
+    Migration(
+        3,
+        "history views: names instead of fingerprints, run totals, output storage",
+        """
+        DROP VIEW runs;
+        DROP VIEW executions;
+        DROP VIEW outputs;
+
+        CREATE VIEW runs AS
+        SELECT r.id AS run_id, r.uuid, r.started_at, r.ended_at, r.host, r.pid, r.notebook, r.python, r.platform,
+               r.packages,
+               (SELECT count(*) FROM execution e WHERE e.run_id = r.id) AS executions,
+               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'recorded') AS recorded,
+               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'replayed') AS replayed,
+               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'failed') AS failed,
+               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'crashed') AS crashed,
+               (SELECT coalesce(sum(e.saved_seconds), 0.0) FROM execution e WHERE e.run_id = r.id)
+                   AS saved_seconds,
+               (SELECT count(*) FROM activity_call c WHERE c.run_id = r.id) AS activities
+        FROM run r;
+
+        CREATE VIEW executions AS
+        SELECT e.id AS execution_id, e.run_id, e.cell_name, e.cell_id, e.execution_count, e.state,
+               e.started_at, e.finished_at, e.duration, e.saved_seconds, e.replayed_from, e.reason,
+               (SELECT group_concat(j.key, ', ') FROM json_each(e.inputs) j) AS inputs,
+               (SELECT group_concat(o.name, ', ') FROM output o
+                WHERE o.execution_id = coalesce(e.replayed_from, e.id) AND o.kind != 'result') AS outputs,
+               e.bytes_stored, e.replayable, e.error_type, e.error_message, e.key, e.code_hash
+        FROM execution e;
+
+        CREATE VIEW outputs AS
+        SELECT o.execution_id, o.name, o.kind, o.codec, o.codec_version, o.type, o.size, o.target,
+               o.inplace, o.signature IS NOT NULL AS signed,
+               (SELECT count(*) FROM output_blob b WHERE b.execution_id = o.execution_id AND b.name = o.name)
+                   AS blobs,
+               (SELECT coalesce(sum(bl.stored_size), 0) FROM output_blob b JOIN blob bl ON bl.id = b.blob_id
+                WHERE b.execution_id = o.execution_id AND b.name = o.name) AS stored_size
+        FROM output o;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
