@@ -141,11 +141,13 @@ class Trusted:
     signed: list[StoredValue] = field(default_factory=list)
     already: int = 0
     refused: list[Finding] = field(default_factory=list)
+    dry_run: bool = False
 
     def lines(self) -> list[str]:
-        out = [f"signed {len(self.signed)} pickled values in {self.path} with your key"
-               f" ({self.already} were already signed by you)"]
-        out += [f"  signed {v.where} ({v.codec})" for v in self.signed]
+        verb = "would sign" if self.dry_run else "signed"
+        out = [f"{verb} {len(self.signed)} pickled values in {self.path} with your key"
+               f" ({self.already} were already signed by you){' (--dry-run: nothing signed)' * self.dry_run}"]
+        out += [f"  {verb} {v.where} ({v.codec})" for v in self.signed]
         out += [f"NOT SIGNED {f} — tampered values are never trusted; re-run their cells" for f in self.refused]
         return out
 
@@ -164,7 +166,8 @@ def stored_values(conn: sqlite3.Connection) -> list[StoredValue]:
             "o.meta, o.signature FROM output o JOIN execution e ON e.id = o.execution_id "
             "WHERE o.codec IS NOT NULL ORDER BY o.execution_id, o.rowid"):
         shown = "result" if name == "__result__" else f"variable {name}"
-        where = f"execution {execution_id}{f' (cell {cell})' if cell else ''} {shown} ({type_name})"
+        where = (f"execution {execution_id}{f' (cell {cell})' if cell else ''} {shown} "
+                 f"({str(type_name).removeprefix('__main__.')})")
         found.append(StoredValue(where, codec, version or 0, _meta(meta),
                                  blobs.get(("output", (execution_id, name)), []), None, signature, "output",
                                  (execution_id, name)))
@@ -212,7 +215,7 @@ def trust_log(log: str | os.PathLike[str] | DurableLog, *, dry_run: bool = False
 
 def _trust(log: DurableLog, dry_run: bool) -> Trusted:
     review = _review(log.conn, log.path)
-    done = Trusted(log.path, list(review.unsigned), review.signed_by_you, list(review.tampered))
+    done = Trusted(log.path, list(review.unsigned), review.signed_by_you, list(review.tampered), dry_run)
     if dry_run or not done.signed:
         return done
     hashes = dict(log.conn.execute("SELECT id, hash FROM blob").fetchall())
