@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import sys
 import time
 import traceback
 import types
@@ -283,15 +284,7 @@ class DurableCell:
 
     def _exec_user_code(self, transformed: str, analysis: CellAnalysis) -> Any:
         __tracebackhide__ = True
-        tree = ast.parse(transformed)
-        filename = self.shell.compile.cache(transformed, self.shell.execution_count, raw_code=self.code)
-        last = tree.body.pop() if analysis.has_result else None
-        ns = self.shell.user_ns
-        exec(compile(tree, filename, "exec"), self.shell.user_global_ns, ns)
-        if isinstance(last, ast.Expr):
-            expr = ast.Expression(last.value)
-            return eval(compile(expr, filename, "eval"), self.shell.user_global_ns, ns)
-        return None
+        return exec_cell(self.shell, self.code, transformed, analysis)
 
     def _record_failure(self, execution_id: int, events: list[tuple[str, Any]], duration: float,
                         exc: BaseException) -> None:
@@ -413,6 +406,27 @@ class DurableCell:
             "message": message(state, recorded_at=recorded_at, duration=duration, reason=reason, error=error,
                                problems=problems),
         }
+
+
+def exec_cell(shell: Any, code: str, transformed: str, analysis: CellAnalysis) -> Any:
+    """Run the cell body in the user namespace; return the value of a final expression (shown as Out[n])."""
+    __tracebackhide__ = True
+    tree = ast.parse(transformed)
+    filename = shell.compile.cache(transformed, shell.execution_count, raw_code=code)
+    last = tree.body.pop() if analysis.has_result else None
+    exec(compile(tree, filename, "exec"), shell.user_global_ns, shell.user_ns)
+    if isinstance(last, ast.Expr):
+        return eval(compile(ast.Expression(last.value), filename, "eval"), shell.user_global_ns, shell.user_ns)
+    return None
+
+
+def run_unlogged(shell: Any, code: str, problem: str) -> Any:
+    """The log cannot be used: the cell runs anyway, so the work is not blocked, and the user is told why
+    nothing was recorded."""
+    __tracebackhide__ = True
+    print(f"durable: this cell is not recorded: {problem}", file=sys.stderr, flush=True)
+    transformed = _transform(shell, code)
+    return exec_cell(shell, code, transformed, analyze(transformed))
 
 
 class _RecordedDisplay:

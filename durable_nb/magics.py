@@ -74,7 +74,7 @@ class DurableMagics(Magics):
         """Run the cell durably: replay it from the log when its code and inputs match a record, else run it
         and record its variables, output and result."""
         __tracebackhide__ = True
-        from .cell import CellOptions, DurableCell, default_cell_id
+        from .cell import CellOptions, DurableCell, default_cell_id, run_unlogged
 
         args = parse_argstring(self.durable, line)
         assert self.shell is not None
@@ -82,7 +82,10 @@ class DurableMagics(Magics):
             return self.shell.run_cell(cell, store_history=False).result
         opts = CellOptions(name=args.name, force=args.force, deps=_names(args.deps), ignore=_names(args.ignore),
                            deps_files=list(args.deps_file))
-        log = self.log(args.db)
+        try:
+            log = self.log(args.db)
+        except UsageError as exc:
+            return run_unlogged(self.shell, cell, str(exc))
         try:
             return DurableCell(self.shell, log, cell, opts, default_cell_id(self.shell)).run()
         finally:

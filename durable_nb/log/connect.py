@@ -37,10 +37,11 @@ def connect(path: str | Path, *, readonly: bool = False, durability: Durability 
                            f"(durable-nb restore URL -o {path}).")
     conn = _open(path, readonly)
     try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        # Before anything is written (even the switch to WAL): refuse files that are not our logs.
+        check_version(conn, path)
         _configure(conn, path, readonly, durability)
-        if readonly:
-            check_version(conn, path)
-        else:
+        if not readonly:
             migrate(conn, path)
     except BaseException:
         conn.close()
@@ -64,7 +65,6 @@ def _open(path: Path, readonly: bool) -> sqlite3.Connection:
 
 def _configure(conn: sqlite3.Connection, path: Path, readonly: bool, durability: Durability) -> None:
     try:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if not readonly:
             if _is_empty(conn):
                 conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
