@@ -7,12 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from shells import Shell
 
 from durable_nb import session
 from durable_nb.errors import CorruptLogError, NewerLogError, NotALogError
 from durable_nb.log.connect import connect
 from durable_nb.log.schema import SCHEMA_VERSION
-from shells import Shell
 
 
 def snapshot(path: Path) -> tuple[bytes, float]:
