@@ -63,13 +63,16 @@ def test_restart_replays_namespace_result_and_classes(tmp_path: Path, kernel_env
         "%%durable\nimport numpy as np\nclass Box:\n    def __init__(self, v):\n        self.v = v\n"
         "boxes = [Box(i) for i in range(3)]\narr = np.arange(5)\nsame = arr\nprint('built')\narr.sum()",
         "assert isinstance(boxes[0], Box) and same is arr\nassert _ == 10 and Out[2] == 10\nprint('checked')",
+        "%%durable\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 3, 2])\nprint('plotted')",
     ])
     first = run_all(nb, env=kernel_env)
-    assert [r.status for r in first] == ["ok", "ok", "ok"], first[-1].text()
+    assert [r.status for r in first] == ["ok"] * 4, first[-1].text()
     second = run_all(nb, env=kernel_env)
-    assert [r.status for r in second] == ["ok", "ok", "ok"], second[-1].text()
-    assert second[1].durable_states() == ["replayed"]
+    assert [r.status for r in second] == ["ok"] * 4, second[-1].text()
+    assert second[1].durable_states() == ["replayed"] and second[3].durable_states() == ["replayed"]
     assert "built" in second[1].text() and "checked" in second[2].text()
+    pngs = [o for o in second[3].outputs if "image/png" in o["content"].get("data", {})]
+    assert len(pngs) == 1, "the inline figure is recorded with the cell and replayed"
 
 
 def test_sigkill_at_random_instants_never_replays_half_records(tmp_path: Path, kernel_env: dict[str, str]) -> None:
