@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..views import HistoryMethods
 from .connect import Durability, connect, write_transaction
 
 if TYPE_CHECKING:
@@ -31,8 +32,9 @@ FLUSH_DELAY = 0.5
 KEY_PACKAGES = ("durable_nb", "ipython", "ipykernel", "numpy", "pandas", "pyarrow", "cloudpickle")
 
 
-class DurableLog:
-    """An open durable log. `readonly=True` opens any log (a colleague's, a restored one) without writing."""
+class DurableLog(HistoryMethods):
+    """An open durable log. `readonly=True` opens any log (a colleague's, a restored one) without writing.
+    The history views are its methods (`.history()`, `.load(name)`, ...; see durable_nb.views)."""
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
                  durability: Durability = "normal", notebook: str | None = None) -> None:

@@ -1,0 +1,225 @@
+"""Read-only questions about a log, answered in SQL without pandas: what an execution was, where a variable
+was recorded, what a log holds. The pandas views (durable_nb.views) and the CLI sit on these.
+
+Nothing here reads `chunk.data`: values are compared by their blobs' content hashes, never by their bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import NotRecordedError
+from .connect import applied_version
+
+STATES = ("running", "recorded", "replayed", "failed", "crashed")
+# The states whose variables a later cell saw: a replay restores its source's outputs.
+_COMPLETED = "('recorded', 'replayed')"
+
+
+@dataclass
+class OutputRecord:
+    execution_id: int
+    name: str
+    kind: str
+    codec: str | None
+    codec_version: int | None
+    type: str | None
+    meta: dict[str, Any]
+    size: int
+    target: str | None
+    signature: str | None
+    blob_hashes: list[str] = field(default_factory=list)
+
+    def content(self) -> str:
+        """What identifies the value's content: equal strings mean equal stored values."""
+        return json.dumps([self.kind, self.codec, self.target, self.blob_hashes,
+                           None if self.blob_hashes else self.meta], sort_keys=True)
+
+
+@dataclass
+class ExecutionRecord:
+    id: int
+    run_id: int
+    cell_name: str | None
+    cell_id: str | None
+    state: str
+    started_at: float
+    finished_at: float | None
+    duration: float | None
+    saved_seconds: float | None
+    replayed_from: int | None
+    reason: str | None
+    code: str
+    code_hash: str
+    key: str
+    inputs: dict[str, str]
+    deps_files: dict[str, str]
+    bytes_stored: int
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+
+    @property
+    def cell(self) -> str:
+        return cell_label(self.cell_name, self.cell_id, self.code_hash)
+
+    @property
+    def source_id(self) -> int:
+        """The execution holding the outputs: a replay's outputs are its source's."""
+        return self.replayed_from or self.id
+
+
+def cell_label(name: str | None, cell_id: str | None, code_hash: str | None) -> str:
+    if name:
+        return name
+    if cell_id:
+        return f"cell {cell_id[:8]}"
+    return f"code {(code_hash or '?')[:8]}"
+
+
+_EXECUTION_COLUMNS = ("id, run_id, cell_name, cell_id, state, started_at, finished_at, duration, saved_seconds, "
+                      "replayed_from, reason, code, code_hash, key, inputs, deps_files, bytes_stored, error_type, "
+                      "error_message, traceback")
+
+
+def execution(conn: sqlite3.Connection, execution_id: int, path: Path) -> ExecutionRecord:
+    row = conn.execute(f"SELECT {_EXECUTION_COLUMNS} FROM execution WHERE id = ?", (execution_id,)).fetchone()
+    if row is None:
+        low, high = conn.execute("SELECT min(id), max(id) FROM execution").fetchone()
+        held = f"its executions are {low}–{high}" if low is not None else "it has no executions yet"
+        raise NotRecordedError(f"execution {execution_id} is not in {path} ({held}); list them with "
+                               f"`durable-nb history {path}`.")
+    values = list(row)
+    values[14], values[15] = json.loads(values[14]), json.loads(values[15])
+    return ExecutionRecord(*values)
+
+
+def check_run(conn: sqlite3.Connection, run_id: int, path: Path) -> None:
+    if conn.execute("SELECT 1 FROM run WHERE id = ?", (run_id,)).fetchone() is None:
+        runs = [r[0] for r in conn.execute("SELECT id FROM run ORDER BY id")]
+        raise NotRecordedError(f"run {run_id} is not in {path} (runs: {_span(runs)}); list them with "
+                               f"`durable-nb runs {path}`.")
+
+
+def _span(ids: list[int]) -> str:
+    if not ids:
+        return "none yet"
+    return f"{ids[0]}–{ids[-1]}" if len(ids) > 1 else str(ids[0])
+
+
+def outputs(conn: sqlite3.Connection, execution_id: int) -> list[OutputRecord]:
+    rows = conn.execute(
+        "SELECT o.execution_id, o.name, o.kind, o.codec, o.codec_version, o.type, o.meta, o.size, o.target, "
+        "o.signature, (SELECT json_group_array(b.hash) FROM (SELECT bl.hash FROM output_blob ob "
+        "JOIN blob bl ON bl.id = ob.blob_id WHERE ob.execution_id = o.execution_id AND ob.name = o.name "
+        "ORDER BY ob.seq) b) FROM output o WHERE o.execution_id = ? ORDER BY o.rowid", (execution_id,))
+    return [OutputRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7], r[8], r[9],
+                         json.loads(r[10])) for r in rows]
+
+
+def blob_ids(conn: sqlite3.Connection, execution_id: int, name: str) -> list[int]:
+    return [r[0] for r in conn.execute(
+        "SELECT blob_id FROM output_blob WHERE execution_id = ? AND name = ? ORDER BY seq", (execution_id, name))]
+
+
+def events(conn: sqlite3.Connection, execution_id: int) -> list[tuple[str, Any]]:
+    return [(kind, json.loads(data)) for kind, data in conn.execute(
+        "SELECT kind, data FROM event WHERE execution_id = ? ORDER BY seq", (execution_id,))]
+
+
+def find_output(conn: sqlite3.Connection, name: str, path: Path, *, execution: int | None = None,
+                run: int | None = None, at: float | None = None) -> tuple[int, OutputRecord]:
+    """The latest completed execution (at or before `execution`, within `run`, finished by `at`) that
+    recorded `name`; returns (that execution's id, the output record, from the replay's source if a replay)."""
+    where: list[str] = [f"e.state IN {_COMPLETED}"]
+    params: list[Any] = [name]
+    if execution is not None:
+        where.append("e.id <= ?")
+        params.append(execution)
+    if run is not None:
+        where.append("e.run_id = ?")
+        params.append(run)
+    if at is not None:
+        where.append("e.finished_at <= ?")
+        params.append(at)
+    row = conn.execute(
+        "SELECT e.id, coalesce(e.replayed_from, e.id) FROM execution e JOIN output o "
+        "ON o.execution_id = coalesce(e.replayed_from, e.id) AND o.name = ? "
+        f"WHERE {' AND '.join(where)} ORDER BY e.id DESC LIMIT 1", params).fetchone()
+    if row is None:
+        raise NotRecordedError(_never_recorded(conn, name, path, execution, run, at))
+    found = next(o for o in outputs(conn, row[1]) if o.name == name)
+    return int(row[0]), found
+
+
+def _never_recorded(conn: sqlite3.Connection, name: str, path: Path, execution: int | None, run: int | None,
+                    at: float | None) -> str:
+    bounds = [f"at or before execution {execution}" if execution is not None else "",
+              f"in run {run}" if run is not None else "",
+              "by the time asked" if at is not None else ""]
+    scope = " ".join(b for b in bounds if b)
+    known = [r[0] for r in conn.execute(
+        "SELECT DISTINCT name FROM output WHERE kind IN ('value', 'module', 'alias') ORDER BY name LIMIT 12")]
+    listing = ", ".join(known) if known else "none"
+    return (f"variable {name} was never recorded in {path}{' ' + scope if scope else ''} "
+            f"(recorded variables include: {listing}). Only variables bound by %%durable cells are recorded.")
+
+
+@dataclass
+class LogStatus:
+    path: Path
+    file_bytes: int
+    wal_bytes: int
+    free_bytes: int
+    schema_version: int
+    runs: int
+    current_run: int | None
+    last_activity: float | None
+    executions: dict[str, int]
+    activities: dict[str, int]
+    saved_seconds: float
+    replication: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        found = dict(self.__dict__)
+        found["path"] = str(self.path)
+        return found
+
+
+def status(conn: sqlite3.Connection, path: Path, current_run: int | None = None) -> LogStatus:
+    """Sizes and counts: cheap aggregates over indexed tables, no blob bytes."""
+    page_size, free_pages = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "freelist_count"))
+    wal = path.with_name(path.name + "-wal")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    acts: dict[str, int] = {}
+    if "activity_call" in tables:
+        acts = dict(conn.execute("SELECT state, count(*) FROM activity_call GROUP BY state").fetchall())
+    if current_run is None:
+        latest = conn.execute("SELECT max(id) FROM run WHERE ended_at IS NULL").fetchone()[0]
+        current_run = None if latest is None else int(latest)
+    return LogStatus(
+        path=path,
+        file_bytes=path.stat().st_size if path.exists() else 0,
+        wal_bytes=wal.stat().st_size if wal.exists() else 0,
+        free_bytes=int(page_size) * int(free_pages),
+        schema_version=applied_version(conn),
+        runs=int(conn.execute("SELECT count(*) FROM run").fetchone()[0]),
+        current_run=current_run,
+        last_activity=conn.execute("SELECT max(coalesce(finished_at, started_at)) FROM execution").fetchone()[0],
+        executions=dict(conn.execute("SELECT state, count(*) FROM execution GROUP BY state").fetchall()),
+        activities=acts,
+        saved_seconds=float(conn.execute("SELECT coalesce(sum(saved_seconds), 0) FROM execution").fetchone()[0]),
+    )
+
+
+def last_execution_per_cell(conn: sqlite3.Connection, run_id: int) -> dict[str, int]:
+    """cell label → the id of that cell's last execution in the run."""
+    found: dict[str, int] = {}
+    for ex_id, name, cell_id, code_hash in conn.execute(
+            "SELECT id, cell_name, cell_id, code_hash FROM execution WHERE run_id = ? ORDER BY id", (run_id,)):
+        found[cell_label(name, cell_id, code_hash)] = int(ex_id)
+    return found
