@@ -55,6 +55,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -1058,3 +1059,14 @@ def step(name: str, *key_parts: Any) -> Step:
     if not isinstance(name, str) or not name:
         raise TypeError(f"step name must be a non-empty string, got {name!r}")
     return Step(name, key_parts)
+
+
+class _CallableModule(types.ModuleType):
+    """`durable_nb.activity` is this module as soon as anything imports it (the cell runner does), which
+    shadows the re-exported function: so the module itself decorates, `@durable_nb.activity(retries=5)`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return activity(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

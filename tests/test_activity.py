@@ -481,3 +481,18 @@ def test_sigkill_loses_no_returned_call(tmp_path: Path, secret: Path, flush_dela
         assert not list((tmp_path / "k.db-activities").glob("*.jsonl"))
     finally:
         session.close_log()
+
+
+def test_the_package_attribute_decorates_even_once_the_submodule_is_imported(db: Path) -> None:
+    import durable_nb
+
+    @durable_nb.activity(retries=1)
+    def with_options(x: int) -> int:
+        return x + 1
+
+    @durable_nb.activity
+    def bare(x: int) -> int:
+        return x + 2
+
+    assert with_options(1) == 2 and bare(1) == 3
+    assert rows(db, "SELECT count(*) FROM activities") == [(2,)]
