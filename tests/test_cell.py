@@ -240,3 +240,23 @@ def test_tampered_blob_is_a_miss(new_shell: Callable[[], Shell], tmp_path: Path)
     sh.durable(cell)
     assert runs("c") == 2 and sh.ns["arr"][5] == 5
     assert "could not be loaded" in sh.last_status()["reason"]
+
+
+def test_default_log_follows_the_notebook_then_the_environment(tmp_path: Path, secret: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from durable_nb import session
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DURABLE_NB_DB", raising=False)
+    assert session.default_log_path() == Path("durable.db")
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "analysis.ipynb"))
+    assert session.default_log_path() == tmp_path / "analysis.durable.db"
+    monkeypatch.setenv("DURABLE_NB_DB", str(tmp_path / "chosen.db"))
+    assert session.default_log_path() == tmp_path / "chosen.db"
+
+
+def test_config_db_setting_moves_the_log(shell: Shell, tmp_path: Path) -> None:
+    shell.run(f"%config DurableMagics.db = {str(tmp_path / 'elsewhere.durable.db')!r}")
+    shell.durable("z = 3")
+    assert (tmp_path / "elsewhere.durable.db").exists()
+    assert shell.last_status()["log"] == str(tmp_path / "elsewhere.durable.db")
