@@ -128,3 +128,35 @@ def test_sigkill_mid_loop_then_rerun_calls_only_unrecorded_iterations(tmp_path: 
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         recorded = conn.execute("SELECT count(*) FROM activities WHERE state = 'recorded'").fetchone()[0]
     assert recorded >= ITERATIONS  # imported from the dead kernel's journal and the live one's
+
+
+EXAMPLES = Path(__file__).parents[2] / "example_notebooks"
+
+
+def run_notebook(path: Path, env: dict[str, str]) -> Any:
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute(env=env)
+    return nb
+
+
+def test_agent_loop_notebook_resumes_after_its_kernel_dies(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from nbclient.exceptions import DeadKernelError
+
+    nb_path = tmp_path / "agent_loop.ipynb"
+    shutil.copy(EXAMPLES / "agent_loop.ipynb", nb_path)
+    env = {**os.environ, "DURABLE_NB_SECRET_FILE": str(tmp_path / "secret")}
+    with pytest.raises(DeadKernelError):
+        run_notebook(nb_path, {**env, "AGENT_CRASH_AT": "12"})
+    nb = run_notebook(nb_path, env)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "30 tasks done" in text
+    # Tasks 0-11 (24 calls) were recorded before the kernel died: only the other 36 ran again.
+    assert "API calls made by this run: 36 of 60" in text, text
