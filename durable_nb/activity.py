@@ -51,6 +51,7 @@ import io
 import itertools
 import json
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -75,7 +76,8 @@ if TYPE_CHECKING:
     from .log.blobs import BlobSource, BlobStore
     from .log.store import DurableLog
 
-__all__ = ["Permanent", "Step", "activity", "current_execution_id", "execution_scope", "reset_scope", "step"]
+__all__ = ["Permanent", "Step", "activity", "current_execution_id", "execution_scope", "flush", "recover",
+           "reset_scope", "step"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -422,26 +424,8 @@ class _Recorder:
         return self._blobs
 
     def _recover(self, log: DurableLog) -> None:
-        """Import the journals of dead runs, then mark their calls still `running` as `crashed`."""
-        dead = set(log.dead_run_ids())
-        uuids = dict(self.conn.execute("SELECT uuid, id FROM run").fetchall())
-        folder = journal_folder(self.path)
-        files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-        orphans = [f for f in files if uuids.get(f.name.split("-")[0]) in dead]
-        with self.wlock, write_transaction(self.conn, self.path):
-            for file in orphans:
-                for line in file.read_bytes().splitlines():
-                    parsed = _parse_line(line)
-                    if parsed is not None:
-                        self._upsert(*parsed)
-            running = {r[0] for r in self.conn.execute(
-                "SELECT DISTINCT run_id FROM activity_call WHERE state = 'running'")}
-            stale = sorted(running & dead)
-            if stale:
-                self.conn.execute(f"UPDATE activity_call SET state = 'crashed' WHERE state = 'running' AND "
-                                  f"run_id IN ({','.join('?' * len(stale))})", stale)
-        for file in orphans:
-            file.unlink(missing_ok=True)
+        with self.wlock:
+            _recover(self.conn, self.path, set(log.dead_run_ids()))
 
     # -- replay
 
@@ -575,10 +559,7 @@ class _Recorder:
                 len(res.parts) if res else 0, call.signature)
 
     def _upsert(self, params: tuple[Any, ...], failures: list[tuple[Any, ...]]) -> int:
-        (call_id,) = self.conn.execute(_UPSERT, params).fetchone()
-        if failures:
-            self.conn.executemany(_FAILURE_ROW, [(call_id, *f) for f in failures])
-        return int(call_id)
+        return _upsert(self.conn, params, failures)
 
     def _remember(self, call: _Call, inline: bytes | None, call_id: int | None,
                   table: dict[tuple[str, int], _Row] | None = None) -> None:
@@ -593,6 +574,48 @@ class _Recorder:
         table.setdefault((call.key, call.occurrence), _Row(
             call_id, enc.codec, enc.version, res.meta_json, inline, False, len(res.parts),
             call.signature))
+
+
+def _upsert(conn: sqlite3.Connection, params: tuple[Any, ...], failures: list[tuple[Any, ...]]) -> int:
+    (call_id,) = conn.execute(_UPSERT, params).fetchone()
+    if failures:
+        conn.executemany(_FAILURE_ROW, [(call_id, *f) for f in failures])
+    return int(call_id)
+
+
+def _recover(conn: sqlite3.Connection, path: Path, dead: set[int]) -> int:
+    """Import the journals of dead runs, then mark their calls still `running` as `crashed`; returns how many
+    journal lines were imported. Runs recording in this process are never touched."""
+    uuids = dict(conn.execute("SELECT uuid, id FROM run").fetchall())
+    live = {r.journal.prefix for r in list(_LIVE)}
+    folder = journal_folder(path)
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    orphans = [f for f in files if uuids.get(f.name.split("-")[0]) in dead
+               and f.name.split("-")[0] + "-" not in live]
+    imported = 0
+    with write_transaction(conn, path):
+        for file in orphans:
+            for line in file.read_bytes().splitlines():
+                parsed = _parse_line(line)
+                if parsed is not None:
+                    _upsert(conn, *parsed)
+                    imported += 1
+        running = {r[0] for r in conn.execute("SELECT DISTINCT run_id FROM activity_call WHERE state = 'running'")}
+        stale = sorted(running & dead)
+        if stale:
+            conn.execute(f"UPDATE activity_call SET state = 'crashed' WHERE state = 'running' AND "
+                         f"run_id IN ({','.join('?' * len(stale))})", stale)
+    for file in orphans:
+        file.unlink(missing_ok=True)
+    return imported
+
+
+def recover(log: DurableLog) -> int:
+    """For writers that open a log (the cell runner, the CLI): import the activity journals that dead processes
+    left beside it, and mark their unfinished calls `crashed`. Returns the number of calls imported."""
+    if log.readonly:
+        return 0
+    return _recover(log.conn, log.path, set(log.dead_run_ids()))
 
 
 class _Flusher:
