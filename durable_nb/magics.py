@@ -47,7 +47,9 @@ class DurableMagics(Magics):
         os.environ.get("DURABLE_NB_REPLICATE_ENDPOINT", ""),
         help="Endpoint of an S3-compatible server (MinIO, R2, rclone...); empty for AWS.",
     ).tag(config=True)
-    sync_interval = Unicode("1s", help="How often Litestream ships new writes (e.g. 1s, 100ms).").tag(config=True)
+    sync_interval = Unicode(
+        os.environ.get("DURABLE_NB_SYNC_INTERVAL", "1s"), help="How often Litestream ships new writes (e.g. 1s, 100ms)."
+    ).tag(config=True)
 
     @observe("db", "durability")
     def _reopen(self, change: Any) -> None:
@@ -94,13 +96,29 @@ class DurableMagics(Magics):
 
     @line_magic
     def durable_status(self, line: str) -> None:
-        """Show the log path, its size, the current run and the executions by state."""
-        log = self.log()
-        counts = dict(log.conn.execute("SELECT state, count(*) FROM execution GROUP BY state").fetchall())
-        size = log.path.stat().st_size if log.path.exists() else 0
-        print(f"log: {log.path} ({size / 1e6:.1f} MB)")
-        print(f"run: {log.run_id}")
-        print("executions: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+        """Show the log path and size, its schema, the runs, the executions and activities by state, the time
+        saved, and the replication state when this kernel replicates the log. Nothing is written."""
+        from .cli.history import format_status
+        from .views import status
+
+        print(format_status(status(self.log())))
+
+    @magic_arguments()
+    @argument("--cell", metavar="NAME", help="Only this cell (its --name or cell id).")
+    @argument("--last", type=int, default=20, metavar="N", help="The last N executions (default 20; 0 = all).")
+    @argument("--failed", action="store_true", help="Only failed and crashed executions.")
+    @line_magic
+    def durable_history(self, line: str) -> None:
+        """A compact table of the log's cell executions: state, when, how long, time saved, why, outputs.
+        The full data: durable_nb.history() (a DataFrame)."""
+        from IPython.display import HTML, display
+
+        from .views import history_html
+
+        args = parse_argstring(self.durable_history, line)
+        if args.last < 0:
+            raise UsageError(f"%durable_history --last {args.last}: N must be 0 (all) or more.")
+        display(HTML(history_html(self.log(), cell=args.cell, last=args.last or None, failed=args.failed)))
 
     @line_magic
     def durable_trust(self, line: str) -> None:
@@ -137,11 +155,17 @@ class DurableMagics(Magics):
         if not args.url:
             raise UsageError("%durable_replicate needs a replica URL (s3://BUCKET/PATH) or --stop.")
         try:
+            # Litestream retries an unreachable endpoint silently for minutes: ask the bucket first, so that a
+            # wrong --endpoint, bucket or key fails this cell instead of a background process.
+            problem = replicate.check_reachable(
+                replicate.parse_s3_url(args.url, endpoint=args.endpoint or None, region=args.region))
+            if problem is not None:
+                raise replicate.ReplicationError(f"not replicating {log.path.name}: {problem}")
             rep = replicate.start_replication(
                 log.path, args.url, endpoint=args.endpoint or None, region=args.region,
                 sync_interval=args.sync_interval or self.sync_interval)
         except replicate.ReplicationError as exc:
-            raise UsageError(f"{exc} The notebook keeps working; the log stays local.") from exc
+            raise UsageError(f"{exc} Nothing was started; the notebook keeps working with its local log.") from exc
         print(replicate.format_status(rep.status()))
 
     def start_configured_replication(self) -> None:

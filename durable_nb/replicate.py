@@ -257,7 +257,7 @@ def explain(text: str, location: S3Location) -> str:
     ):
         return (
             f"cannot reach the S3 endpoint {where}. Check --endpoint and that the server is up; "
-            "replication catches up by itself once it is reachable, the local log keeps working."
+            "meanwhile the local log keeps working, and a running replication catches up once it is back."
         )
     return f"Litestream failed to replicate to {location.url}: {text.strip()[:300]}"
 
