@@ -21,6 +21,9 @@ _PUBLIC = {
     "activity": "durable_nb.activity",
     "step": "durable_nb.activity",
     "Permanent": "durable_nb.retry",
+    # History as data; in durable_nb.views because a durable_nb.history module would shadow history().
+    **dict.fromkeys(["history", "runs", "activities", "outputs", "load", "diff", "timeline"], "durable_nb.views"),
+    "export": "durable_nb.log.maintenance",
 }
 
 __all__ = sorted(_PUBLIC)

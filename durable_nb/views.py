@@ -92,29 +92,68 @@ def _state_order(view: str) -> list[str]:
 
 
 def history(log: DurableLog | str | os.PathLike[str] | None = None, *, cell: str | None = None,
-            state: str | None = None, run: int | None = None, last: int | None = None) -> pd.DataFrame:
+            state: str | tuple[str, ...] | None = None, run: int | None = None,
+            last: int | None = None) -> pd.DataFrame:
     """One row per cell execution (the `executions` view): run, cell, state, times, duration, time saved by
     replays, why it re-ran, input and output names, bytes stored, error. Filters: `cell` (name or id),
-    `state`, `run`, and the `last` N executions."""
-    if state is not None and state not in STATES:
-        raise ValueError(f"state {state!r} is not one of {', '.join(STATES)}")
-    where, params = _filters(cell=cell, state=state, run=run)
+    `state` (one or several), `run`, and the `last` N executions."""
+    states = (state,) if isinstance(state, str) else state
+    for one in states or ():
+        if one not in STATES:
+            raise ValueError(f"state {one!r} is not one of {', '.join(STATES)}")
+    where, params = _filters(cell=cell, state=states, run=run)
     with opened(log) as lg:
         return _frame(lg, "executions", where, params, tail=last, order="execution_id")
 
 
-def _filters(*, cell: str | None = None, state: str | None = None, run: int | None = None,
+def _filters(*, cell: str | None = None, state: str | tuple[str, ...] | None = None, run: int | None = None,
              execution: int | None = None) -> tuple[str, tuple[Any, ...]]:
     clauses: list[str] = []
     params: list[Any] = []
     if cell is not None:
         clauses.append("(cell_name = ? OR cell_id = ?)")
         params += [cell, cell]
+    if isinstance(state, tuple):
+        clauses.append(f"state IN ({','.join('?' * len(state))})")
+        params += state
+        state = None
     for column, value in (("state", state), ("run_id", run), ("execution_id", execution)):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
     return " AND ".join(clauses), tuple(params)
+
+
+def history_html(log: DurableLog | str | os.PathLike[str] | None = None, *, cell: str | None = None,
+                 last: int | None = 20, failed: bool = False) -> str:
+    """The compact table of %durable_history: one line per execution, relative times, escaped text."""
+    import html
+
+    from .cli.history import ago
+    from .gantt import COLORS, duration_text
+
+    frame = history(log, cell=cell, state=("failed", "crashed") if failed else None, last=last)
+    if not len(frame):
+        return "<p><em>no matching durable cell executions in this log yet</em></p>"
+    cells = []
+    for r in frame.itertuples():
+        why = (f"{r.error_type}: {r.error_message}" if isinstance(r.error_type, str)
+               else " ".join(x for x in (_str(r.outputs), f"({r.reason})" if _str(r.reason) else "") if x))
+        saved = f"saved {duration_text(r.saved_seconds)}" if r.saved_seconds == r.saved_seconds and \
+            r.saved_seconds else ""
+        row = [str(r.execution_id), str(r.run_id), queries.cell_label(r.cell_name, r.cell_id, r.code_hash),
+               f'<span style="color:{COLORS.get(str(r.state), "#000")}">{r.state}</span>', ago(r.started_at),
+               duration_text(r.duration) if r.duration == r.duration else "-", saved, why]
+        cells.append("<tr>" + "".join(f"<td>{c if i == 3 else html.escape(c)}</td>" for i, c in enumerate(row))
+                     + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("id", "run", "cell", "state", "started", "took", "saved",
+                                             "outputs / why"))
+    return ('<table class="durable-history" style="font-size:0.85em">'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(cells)}</tbody></table>")
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def runs(log: DurableLog | str | os.PathLike[str] | None = None) -> pd.DataFrame:

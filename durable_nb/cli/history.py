@@ -138,7 +138,7 @@ def table(rows: list[list[str]], headers: list[str], *, squeeze: int) -> str:
     room = max(width - fixed - 2, 12)
     clipped = [[(c[: room - 1] + "…") if i == squeeze and len(c) > room else c for i, c in enumerate(r)]
                for r in rows]
-    return tabulate(clipped, headers=headers, tablefmt="simple", disable_numparse=True)
+    return str(tabulate(clipped, headers=headers, tablefmt="simple", disable_numparse=True))
 
 
 def _emit(frame: pd.DataFrame, args: argparse.Namespace, render: Any, what: str) -> int:
