@@ -496,3 +496,14 @@ def test_the_package_attribute_decorates_even_once_the_submodule_is_imported(db:
 
     assert with_options(1) == 2 and bare(1) == 3
     assert rows(db, "SELECT count(*) FROM activities") == [(2,)]
+
+
+def test_calls_in_a_durable_cell_are_linked_to_its_execution(shell: Any, tmp_path: Path) -> None:
+    shell.run("import durable_nb\n@durable_nb.activity\ndef double(x):\n    return x * 2")
+    shell.durable("out = [double(i) for i in range(3)]")
+    assert shell.ns["out"] == [0, 2, 4]
+    act.flush()
+    log = session.current_log()
+    (execution_id,), = log.conn.execute("SELECT execution_id FROM executions").fetchall()
+    got = log.conn.execute("SELECT execution_id, state FROM activities").fetchall()
+    assert got == [(execution_id, "recorded")] * 3
