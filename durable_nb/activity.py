@@ -494,7 +494,8 @@ class _Recorder:
         return call
 
     def mark_pending(self, call: _Call) -> None:
-        self.pending[id(call)] = call
+        with self.jlock:
+            self.pending[id(call)] = call
         _FLUSHER.wake(self)
 
     def finish(self, call: _Call) -> None:
@@ -663,7 +664,13 @@ def flush() -> None:
         recorder.flush()
 
 
-atexit.register(flush)
+def _flush_at_exit() -> None:
+    for recorder in list(_LIVE):
+        with contextlib.suppress(Exception):  # what stays in the journal is imported by the next process
+            recorder.flush()
+
+
+atexit.register(_flush_at_exit)
 
 
 _last: tuple[DurableLog | None, _Recorder | None] = (None, None)
