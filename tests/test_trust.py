@@ -84,9 +84,18 @@ def test_hostile_pickle_never_runs_until_trusted(kernel: Kernel, users: tuple[Pa
     monkeypatch.setenv(KEY_ENV, str(bob / "secret"))  # from here on, Bob
     assert not marker.exists(), "pickling must not run __reduce__'s callable"
 
+    from durable_nb.errors import UntrustedError
+    from durable_nb.log.maintenance import export
+    from durable_nb.views import history, load
+
     with DurableLog(shared):  # opening it (writable: crash reaping runs)
         pass
-    assert [r[1] for r in executions(shared)] == ["recorded"]  # listing its history
+    assert list(history(shared)["state"]) == ["recorded"]  # listing its history
+    assert [r[1] for r in executions(shared)] == ["recorded"]
+    with pytest.raises(UntrustedError, match="durable-nb trust"):
+        load("evil", log=shared)
+    export(shared, bob / "exported.durable.db")
+    assert verify_log(bob / "exported.durable.db").ok
     review = verify_log(shared)
     assert review.ok and [v.where for v in review.unsigned] == ["execution 1 variable Evil (type)",
                                                                 "execution 1 variable evil (Evil)"]
