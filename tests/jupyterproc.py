@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -26,7 +27,7 @@ class Jupyter:
     root: Path
     log_file: Path
 
-    def get(self, path: str, *, auth: bool = True) -> tuple[int, dict[str, object]]:
+    def get(self, path: str, *, auth: bool = True) -> tuple[int, Any]:
         headers = {"Authorization": f"token {self.token}"} if auth else {}
         request = urllib.request.Request(self.url + path, headers=headers)
         try:

@@ -256,6 +256,8 @@ export class DurableLogPanel extends Widget {
     notebook.activeCellIndex = index;
     notebook.deselectAll();
     this._activate(panel.id);
+    // Activation may focus the cell editor; a click in a list should not start editing.
+    notebook.mode = 'command';
     void notebook.scrollToCell(cell, 'center').then(() => {
       cell.addClass('jp-DurableLog-flash');
       window.setTimeout(() => cell.removeClass('jp-DurableLog-flash'), 1500);

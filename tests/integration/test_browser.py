@@ -1,0 +1,174 @@
+"""The extension in a real browser: Debian's Chromium (Playwright, never a downloaded browser) against a real
+`jupyter lab` / `jupyter notebook` on 127.0.0.1 with a token, in a fresh folder per test.
+
+Screenshots go to test-output/ at the repository root.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import nbformat
+import pytest
+from jupyterproc import Jupyter, running_jupyter
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
+BADGE = ".jp-OutputArea-output[data-durable-state]"
+# Generous: the first kernel start and the first webpack chunk loads are slow on a shared 2-core machine.
+SLOW_MS = 60000
+expect.set_options(timeout=SLOW_MS)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run `make test` (it apt-installs chromium)."
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(SLOW_MS)
+    try:
+        yield page
+    finally:
+        # What the page showed at the end: the first thing to look at when a test fails.
+        OUTPUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUTPUT / f"{request.node.name}-last.png"))
+        context.close()
+
+
+def quiet_settings(logs: Path) -> None:
+    """No news / update toast over the notebook (JUPYTERLAB_SETTINGS_DIR is per test, see jupyterproc)."""
+    path = logs / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    # Windowing off: cells scrolled out of view stay in the DOM, so every badge can be counted.
+    tracker = logs / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True, exist_ok=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
+
+
+def write_notebook(path: Path) -> None:
+    """Two durable cells separated by a tall markdown cell, so the panel has somewhere to scroll to."""
+    nb = nbformat.v4.new_notebook()
+    filler = "\n\n".join(f"Paragraph {i} between the two durable cells." for i in range(40))
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext durable_nb", id="c-load"),
+        nbformat.v4.new_code_cell("%%durable --name prep\nimport time\ntime.sleep(1)\nx = 21", id="c-prep"),
+        nbformat.v4.new_markdown_cell(filler, id="c-filler"),
+        nbformat.v4.new_code_cell("%%durable --name double\ny = x * 2\nprint(y)", id="c-double"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def open_notebook(page: Page, jupyter: Jupyter, url_path: str) -> None:
+    page.goto(f"{jupyter.url}{url_path}?reset&token={jupyter.token}")
+    expect(page.locator(".jp-Notebook")).to_be_visible()
+    # The toolbar's indicator says "idle" before the page has a kernel too (then runs ask "Select Kernel"):
+    # wait for the server to list the page's session with an idle kernel, then for the page to connect.
+    deadline = time.monotonic() + SLOW_MS / 1000
+    while not any(s.get("kernel", {}).get("execution_state") == "idle" for s in sessions(jupyter)):
+        assert time.monotonic() < deadline, f"no kernel started for the notebook; see {jupyter.log_file}"
+        time.sleep(0.2)
+    expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_be_attached()
+    # Make the notebook the current widget, else its menu commands are disabled.
+    page.locator(".jp-Cell .jp-InputPrompt").first.click()
+
+
+def sessions(jupyter: Jupyter) -> list[dict[str, Any]]:
+    status, body = jupyter.get("/api/sessions")
+    assert status == 200, body
+    return cast(list[dict[str, Any]], body)
+
+
+def menu(page: Page, top: str, item: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{top}$")).click()
+    entry = page.locator(".lm-Menu-item:not(.lm-mod-disabled)", has_text=re.compile(f"^{re.escape(item)}"))
+    entry.first.click()
+
+
+def restart_and_run_all(page: Page) -> None:
+    menu(page, "Kernel", "Restart Kernel and Run All Cells")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+
+
+def wait_for_badges(page: Page, *states: str) -> None:
+    badges = page.locator(BADGE)
+    expect(badges).to_have_count(len(states))
+    for n, state in enumerate(states):
+        expect(badges.nth(n)).to_have_attribute("data-durable-state", state)
+
+
+def test_lab_badges_replay_and_panel_scrolls_to_cell(tmp_path: Path, page: Page) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    write_notebook(root / "nb.ipynb")
+    quiet_settings(tmp_path / "logs")
+    with running_jupyter("lab", root, tmp_path / "logs") as jupyter:
+        open_notebook(page, jupyter, "/lab/tree/nb.ipynb")
+        menu(page, "Run", "Run All Cells")
+        wait_for_badges(page, "recorded", "recorded")
+        assert (root / "nb.durable.db").is_file(), "the log sits next to the notebook by default"
+
+        restart_and_run_all(page)
+        wait_for_badges(page, "replayed", "replayed")
+        badge = page.locator(BADGE).first.locator("summary")
+        expect(badge).to_contain_text("replayed")
+        expect(badge).to_contain_text("prep")
+        expect(badge).to_have_attribute("aria-label", re.compile(r"Durable cell prep: replayed.*saved"))
+        # Keyboard: the badge takes focus and Enter opens its details (log path among them).
+        badge.focus()
+        page.keyboard.press("Enter")
+        expect(page.locator(BADGE).first.locator(".jp-DurableBadge-details")).to_contain_text("nb.durable.db")
+        page.screenshot(path=str(OUTPUT / "lab-badges.png"))
+
+        page.locator('.jp-SideBar li[data-id="durable-nb-log"]').click()
+        rows = page.locator(".jp-DurableLog-exec")
+        expect(rows).to_have_count(4)
+        states = [rows.nth(i).get_attribute("data-state") for i in range(4)]
+        assert sorted(states) == ["recorded", "recorded", "replayed", "replayed"], states
+        expect(page.locator(".jp-DurableLog-run")).to_have_count(2)
+
+        target = page.locator('.jp-DurableLog-exec[data-state="replayed"][data-cell-id="c-double"]')
+        expect(target).to_have_count(1)
+        double_cell = page.locator(".jp-Cell", has_text="%%durable --name double")
+        page.locator(".jp-Cell").first.click()
+        page.keyboard.press("Escape")
+        page.keyboard.press("Control+Home")
+        expect(double_cell).not_to_be_in_viewport()
+        target.click()
+        expect(double_cell).to_be_in_viewport()
+        expect(double_cell).to_have_class(re.compile(r"\bjp-mod-active\b"))
+        page.screenshot(path=str(OUTPUT / "lab-panel.png"))
+
+
+def test_notebook7_badges_replay(tmp_path: Path, page: Page) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    write_notebook(root / "nb.ipynb")
+    quiet_settings(tmp_path / "logs")
+    with running_jupyter("notebook", root, tmp_path / "logs") as jupyter:
+        open_notebook(page, jupyter, "/notebooks/nb.ipynb")
+        menu(page, "Run", "Run All Cells")
+        wait_for_badges(page, "recorded", "recorded")
+        restart_and_run_all(page)
+        wait_for_badges(page, "replayed", "replayed")
+        expect(page.locator(BADGE).nth(1)).to_contain_text("double")
+        page.screenshot(path=str(OUTPUT / "notebook7-badges.png"))
