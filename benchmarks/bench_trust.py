@@ -95,7 +95,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-trust-") as tmp:
         os.environ["DURABLE_NB_SECRET_FILE"] = str(Path(tmp) / "secret")
         value = np.random.default_rng(0).random(VALUE_BYTES // 8)  # random: stored uncompressed, like real data
-        hash_alone = median_time(lambda: xxhash.xxh3_128_hexdigest(memoryview(value).cast("B")), repeat=REPEAT)
+        hash_alone = median_time(lambda: xxhash.xxh3_128_hexdigest(value.data.cast("B")), repeat=REPEAT)
         with DurableLog(Path(tmp) / "bench.durable.db") as log:
             # Both codecs store the array's bytes as one blob (deduplicated: pickle adds only its small stream).
             for label, pickled in (("npy", False), ("pickle (out-of-band)", True)):

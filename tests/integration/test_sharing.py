@@ -44,9 +44,9 @@ def test_hostile_log_runs_nothing_until_trusted(tmp_path: Path) -> None:
     cells = ["%load_ext durable_nb",
              f"%%durable --name evil\nimport builtins\nclass Evil:\n    def __reduce__(self):\n"
              f"        return (builtins.open, ({str(marker)!r}, 'w'))\nevil = Evil()"]
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(s) for s in cells]
-    nbformat.write(nb, alice / "evil.ipynb")
+    nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in cells]  # type: ignore[no-untyped-call]
+    nbformat.write(nb, alice / "evil.ipynb")  # type: ignore[no-untyped-call]
     assert [r.status for r in run_all(alice / "evil.ipynb", env={"DURABLE_NB_SECRET_FILE": str(alice / "s")})] \
         == ["ok", "ok"]
     bob_secret = bob / "s"
@@ -58,7 +58,7 @@ def test_hostile_log_runs_nothing_until_trusted(tmp_path: Path) -> None:
     assert done.returncode == 0 and "untrusted execution 1 (cell evil) variable evil (Evil)" in done.stdout
     shutil.copy(alice / "evil.ipynb", bob / "evil.ipynb")
     shutil.copy(shared, bob / "scratch.durable.db")
-    nbformat.write(nb, bob / "scratch.ipynb")
+    nbformat.write(nb, bob / "scratch.ipynb")  # type: ignore[no-untyped-call]
     runs = run_all(bob / "scratch.ipynb", env={"DURABLE_NB_SECRET_FILE": str(bob_secret)})
     assert runs[1].durable_statuses()[0]["reason"].startswith("untrusted log: run durable-nb trust")
     assert not marker.exists(), "nothing from the hostile log may be unpickled before it is trusted"
