@@ -361,24 +361,28 @@ class _Journal:
         if self.fsync:
             os.fsync(self.fd)
 
-    def rotate(self) -> Path | None:
-        """Close the current file (its lines are about to be committed); later lines start a new one."""
-        done, self.path = self.path, None
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        return done
+    def rotate(self) -> tuple[int | None, Path | None]:
+        """Detach the current file (its lines are about to be committed): later lines start a new one. The
+        caller closes the returned descriptor outside its lock (a syscall under the lock hands the GIL to
+        the thread waiting for that lock)."""
+        detached = (self.fd, self.path)
+        self.fd, self.path = None, None
+        return detached
 
 
 def journal_folder(log_path: Path) -> Path:
     return log_path.with_name(log_path.name + "-activities")
 
 
+# Built once: json.dumps with any non-default option builds a new encoder per call.
+_JOURNAL_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def _journal_line(params: tuple[Any, ...], failures: list[_Failure]) -> bytes:
     row = list(params)
     if row[_INLINE_AT] is not None:
         row[_INLINE_AT] = base64.b64encode(row[_INLINE_AT]).decode()
-    return (json.dumps([row, [astuple(f) for f in failures]], separators=(",", ":")) + "\n").encode()
+    return (_JOURNAL_JSON.encode([row, [astuple(f) for f in failures]]) + "\n").encode()
 
 
 def _parse_line(line: bytes) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]] | None:
@@ -494,8 +498,9 @@ class _Recorder:
         return call
 
     def mark_pending(self, call: _Call) -> None:
-        with self.jlock:
-            self.pending[id(call)] = call
+        # No lock: a call registered while flush() swaps the dict may miss being written as `running`
+        # (only its crash visibility); locking here made the caller wait for the flusher's GIL slices.
+        self.pending[id(call)] = call
         _FLUSHER.wake(self)
 
     def finish(self, call: _Call) -> None:
@@ -525,9 +530,11 @@ class _Recorder:
         with self.wlock:
             with self.jlock:
                 batch, self.journaled = self.journaled, []
-                done = self.journal.rotate() if batch else None
-                running = [c for c in list(self.pending.values()) if c.state == "running"]
-                self.pending.clear()
+                fd, done = self.journal.rotate() if batch else (None, None)
+                pending, self.pending = self.pending, {}
+            if fd is not None:
+                os.close(fd)
+            running = [c for c in list(pending.values()) if c.state == "running"]
             if not batch and not running:
                 return
             with write_transaction(self.conn, self.path):
