@@ -19,12 +19,18 @@ key; pass a different `key=` / `version=` for a fresh one. A different call orde
 calls without a recording simply run. The function's fingerprint is taken once per scope (per cell execution,
 per script run): a global it reads that changes in the middle of a loop is not noticed.
 
-**Durability.** A call's result is committed to the log before it is returned to the caller. With
-`durability="normal"` (the default, `synchronous=NORMAL`) it survives a kernel or process crash but may be
-lost on power loss or an OS crash; with `open_log(path, durability="full")` every commit is fsynced and
-survives those too. Concurrent calls (threads, `asyncio.gather`) share commits: the first caller to reach the
-log writes every finished call waiting at that moment in one transaction (group commit, no extra thread).
-A call still running after FLUSH_DELAY seconds is written as `running` by a background thread, so a crash
+**Durability.** A call's result is durable before it is returned to the caller. A small result (one encoded
+buffer of at most INLINE_MAX bytes; most are) is appended as one line to this run's journal,
+`<log>-activities/<run uuid>-<n>.jsonl`: a write(2) survives the death of the process. A background thread
+moves journaled calls into the SQLite log in one transaction every FLUSH_DELAY seconds (and at exit); the
+next process that opens the log imports the journals of dead runs (`recover`). Why a journal: with the
+log's 64 KiB pages one SQLite commit per call costs 150-300 µs, an append a few µs. Bigger results go
+straight into the log as blobs, in their own transaction. With `durability="normal"` (default) a recorded call
+survives a kernel or process crash but may be lost on power loss or an OS crash; with
+`open_log(path, durability="full")` each journal line is fsynced (and the log uses synchronous=FULL), so it
+survives those too. Threads and `asyncio.gather` may call activities concurrently: each call has its own
+uid, and the journal appends are serialized by a lock.
+A call still running after FLUSH_DELAY seconds is written as `running` by the background thread, so a crash
 shows it as `crashed` in the `activities` view; a call that dies sooner leaves no row. Either way it runs
 again on the next run: only `recorded` calls replay.
 
