@@ -7,7 +7,6 @@ Two "users" are two secret files (DURABLE_NB_SECRET_FILE) and two folders; each 
 from __future__ import annotations
 
 import importlib
-import shutil
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -55,10 +54,12 @@ def users(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def share(src: Path, *dsts: Path) -> None:
-    """What the sender does before sending: close the kernel's log (its WAL folds into the file), copy it."""
-    session.close_log()
+    """What the sender does: `durable-nb export` (a self-contained copy; copying a live log's file alone can
+    miss what its write-ahead log still holds)."""
+    from durable_nb.log.maintenance import export
+
     for dst in dsts:
-        shutil.copy(src, dst)
+        export(src, dst)
 
 
 def executions(db: Path) -> list[tuple[Any, ...]]:
@@ -287,3 +288,45 @@ def test_trust_of_a_missing_log_is_a_clear_error(tmp_path: Path, secret: Path,
     assert not (tmp_path / "nope.durable.db").exists()
     with pytest.raises(Exception, match="does not exist"):
         trust_log(tmp_path / "nope.durable.db")
+
+
+class Box:
+    """A result that only pickle can store (an activity returning it is signed like a cell output)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def test_trust_signs_activity_results(users: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import durable_nb.activity as act
+
+    alice, bob = users
+    calls = str(alice / "calls.log")  # a file, not a list: a closure that changes would change the call's key
+
+    @act.activity
+    def build(n: int) -> Box:
+        with open(calls, "a") as fh:
+            fh.write(f"{n}\n")
+        return Box(n)
+
+    def open_as(secret: Path, db: Path) -> None:
+        act.flush()
+        session.close_log()
+        monkeypatch.setenv(KEY_ENV, str(secret))
+        session.open_log(db)
+        act.reset_scope()
+
+    try:
+        open_as(alice / "secret", alice / "a.durable.db")
+        assert build(3).n == 3
+        act.flush()
+        share(alice / "a.durable.db", bob / "a.durable.db")
+        monkeypatch.setenv(KEY_ENV, str(bob / "secret"))
+        review = verify_log(bob / "a.durable.db")
+        assert [v.where for v in review.unsigned if "Box" in v.where and v.where.startswith("activity call 1 (")]
+        assert any("activity call 1 (" in v.where for v in trust_log(bob / "a.durable.db").signed)
+        after = verify_log(bob / "a.durable.db")
+        assert after.ok and not after.unsigned and after.signed_by_you == review.pickled
+    finally:
+        act.flush()
+        session.close_log()
