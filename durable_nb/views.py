@@ -41,12 +41,23 @@ def opened(log: DurableLog | str | os.PathLike[str] | None) -> Iterator[DurableL
     if isinstance(log, DurableLog):
         yield log
     elif log is None:
-        from .session import current_log
-
-        yield current_log()
+        yield _current()
     else:
         with DurableLog(log, readonly=True) as found:
             yield found
+
+
+def _current() -> DurableLog:
+    """The log the %%durable magics use (their `db` setting), else the session's default log."""
+    from .session import current_log
+
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return current_log()
+    shell = get_ipython()
+    magics = shell.magics_manager.registry.get("DurableMagics") if shell is not None else None
+    return magics.log() if magics is not None else current_log()
 
 
 def _frame(log: DurableLog, view: str, where: str = "", params: tuple[Any, ...] = (), *,
@@ -184,6 +195,7 @@ def load(name: str, *, execution: int | None = None, run: int | None = None,
          at: dt.datetime | str | float | None = None, log: DurableLog | str | os.PathLike[str] | None = None) -> Any:
     """The value of variable `name` as last recorded — at or before `execution`, within `run`, or by the time
     `at` (datetime, ISO string or epoch seconds; naive times are local). The namespace is not touched.
+    Only %%durable cells record: a value set by a plain cell in between is not in the log.
     A pickled value loads only from a log this user trusts (see `durable-nb trust`)."""
     with opened(log) as lg:
         if execution is not None:

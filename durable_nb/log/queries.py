@@ -145,7 +145,7 @@ def find_output(conn: sqlite3.Connection, name: str, path: Path, *, execution: i
         params.append(run)
     if at is not None:
         where.append("e.finished_at <= ?")
-        params.append(at)
+        params.append(at + 1e-6)  # a time copied from a view (µs precision) still includes that execution
     row = conn.execute(
         "SELECT e.id, coalesce(e.replayed_from, e.id) FROM execution e JOIN output o "
         "ON o.execution_id = coalesce(e.replayed_from, e.id) AND o.name = ? "
