@@ -100,3 +100,16 @@ def test_full_disk_keeps_the_variables_and_says_so(shell: Shell) -> None:
     assert status["state"] == "not-replayable"
     assert "could not write the log" in status["problems"][0] and "full" in status["problems"][0]
     assert log.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_the_db_file_catches_up_with_the_wal_soon_after_a_cell(shell: Shell, tmp_path: Path) -> None:
+    """Copying only the .db file of an idle kernel's log (a common way to share) must not lose records."""
+    import shutil
+    import time
+
+    shell.durable("shared = [1, 2, 3]")
+    time.sleep(2.0)
+    copy = tmp_path / "copy.durable.db"
+    shutil.copy(tmp_path / "t.durable.db", copy)
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT state FROM execution").fetchall() == [("recorded",)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 import time
@@ -20,9 +19,9 @@ Durability = Literal["normal", "full"]
 PAGE_SIZE = 65536
 BUSY_TIMEOUT_MS = 5000
 # SQLite's automatic checkpoint runs inside COMMIT: after a 1 GiB value it would copy 1 GiB before the cell
-# returns. Writers turn it off and checkpoint from a background thread once the WAL passes CHECKPOINT_BYTES;
-# the WAL is cut back to WAL_SIZE_LIMIT when it is next reset.
-CHECKPOINT_BYTES = 64 << 20
+# returns. Writers turn it off and checkpoint in the background (schedule_checkpoint); the WAL file is cut
+# back to WAL_SIZE_LIMIT when it is next reset.
+CHECKPOINT_DELAY = 1.0
 WAL_SIZE_LIMIT = 64 << 20
 # A writer that waits longer than busy_timeout (another kernel recording a multi-GB value) keeps retrying
 # for this long before giving up with a clear error.
@@ -146,43 +145,34 @@ def _statements(sql: str) -> Iterator[str]:
         yield buf.strip()
 
 
-_checkpointing: set[Path] = set()
-_checkpoint_lock = threading.Lock()
+_scheduled: set[Path] = set()
+_schedule_lock = threading.Lock()
 
 
-def _checkpoint_if_large(path: Path) -> None:
-    try:
-        size = os.stat(f"{path}-wal").st_size
-    except FileNotFoundError:
-        return
-    # Once reset, a WAL keeps its size (up to WAL_SIZE_LIMIT) while holding little: only growth past
-    # both limits means pages wait to be copied.
-    if size > CHECKPOINT_BYTES + WAL_SIZE_LIMIT:
-        checkpoint_in_background(path)
-
-
-def checkpoint_in_background(path: Path) -> None:
-    """Copy WAL pages into the database from a short-lived connection in a daemon thread. PASSIVE never
-    blocks writers or Litestream's read lock (TRUNCATE/RESTART would)."""
-    with _checkpoint_lock:
-        if path in _checkpointing:
+def schedule_checkpoint(path: Path) -> None:
+    """Copy WAL pages into the database file CHECKPOINT_DELAY seconds after a commit, from a short-lived
+    connection in a daemon thread: the cell never waits for it, and the .db file catches up within about a
+    second of the last write. PASSIVE never blocks writers nor Litestream's read lock (TRUNCATE/RESTART would)."""
+    with _schedule_lock:
+        if path in _scheduled:
             return
-        _checkpointing.add(path)
+        _scheduled.add(path)
+    timer = threading.Timer(CHECKPOINT_DELAY, _checkpoint, args=(path,))
+    timer.daemon = True
+    timer.start()
 
-    def run() -> None:
+
+def _checkpoint(path: Path) -> None:
+    with _schedule_lock:
+        _scheduled.discard(path)  # a commit from now on schedules the next one
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
-            try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            pass  # a later checkpoint (automatic, or at close) does the work
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
-            with _checkpoint_lock:
-                _checkpointing.discard(path)
-
-    threading.Thread(target=run, name="durable-nb-checkpoint", daemon=True).start()
+            conn.close()
+    except sqlite3.Error:
+        pass  # the next scheduled checkpoint, or the last close, does the work
 
 
 @contextlib.contextmanager
@@ -201,7 +191,7 @@ def write_transaction(conn: sqlite3.Connection, path: str | Path) -> Iterator[sq
     try:
         yield conn
         conn.execute("COMMIT")
-        _checkpoint_if_large(Path(path))
+        schedule_checkpoint(Path(path))
     except BaseException as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
