@@ -237,7 +237,9 @@ def test_timeline_small_log_png_has_lanes_states_and_savings(story: Path, tmp_pa
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels == ["load", "total", "ratio", "train", "cleanup"]
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    legend_box = ax.get_legend()
+    assert legend_box is not None
+    legend = [t.get_text() for t in legend_box.get_texts()]
     assert legend == ["recorded", "replayed", "failed", "crashed", "time saved by replay"]
     assert "7 executions in 3 runs" in ax.get_title(loc="left")
     assert any(t.get_text().startswith("saved ") for t in ax.texts)
