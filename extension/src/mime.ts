@@ -115,7 +115,7 @@ function renderDetails(status: IStatus, description: string, recordedMs: number 
   row('reason', status.reason ?? '');
   row('changed inputs', status.changed ?? []);
   row('problems', status.problems ?? []);
-  row('recorded at', recordedMs === null ? '' : formatAbsolute(recordedMs));
+  row(`${timeVerb(stateInfo(status.state, status.reason))} at`, recordedMs === null ? '' : formatAbsolute(recordedMs));
   row('log', status.log ?? '');
   row('execution', status.execution_id === null || status.execution_id === undefined ? '' : `#${status.execution_id}`);
   return list;

@@ -53,7 +53,7 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
         context.close()
 
 
-def quiet_settings(logs: Path) -> None:
+def quiet_settings(logs: Path, theme: str = "JupyterLab Light") -> None:
     """No news / update toast over the notebook (JUPYTERLAB_SETTINGS_DIR is per test, see jupyterproc)."""
     path = logs / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +62,8 @@ def quiet_settings(logs: Path) -> None:
     tracker = logs / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
     tracker.parent.mkdir(parents=True, exist_ok=True)
     tracker.write_text(json.dumps({"windowingMode": "none"}))
+    themes = logs / "settings" / "@jupyterlab" / "apputils-extension" / "themes.jupyterlab-settings"
+    themes.write_text(json.dumps({"theme": theme}))
 
 
 def write_notebook(path: Path) -> None:
@@ -74,6 +76,11 @@ def write_notebook(path: Path) -> None:
         nbformat.v4.new_markdown_cell(filler, id="c-filler"),
         nbformat.v4.new_code_cell("%%durable --name double\ny = x * 2\nprint(y)", id="c-double"),
     ]
+    save_with_kernel(nb, path)
+
+
+def save_with_kernel(nb: nbformat.NotebookNode, path: Path) -> None:
+    """With its kernelspec, so opening the notebook starts a kernel without a "Select Kernel" dialog."""
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nbformat.write(nb, path)
 
@@ -172,3 +179,53 @@ def test_notebook7_badges_replay(tmp_path: Path, page: Page) -> None:
         wait_for_badges(page, "replayed", "replayed")
         expect(page.locator(BADGE).nth(1)).to_contain_text("double")
         page.screenshot(path=str(OUTPUT / "notebook7-badges.png"))
+
+
+STATES_CELL = """
+import time
+from IPython.display import display
+MIME = "application/vnd.durable-nb.status+json"
+base = {"version": 1, "cell_id": "x", "execution_id": 7, "log": "/data/nb.durable.db",
+        "recorded_at": "2026-01-01T10:00:00+00:00", "duration_s": 2412.0}
+def show(**kw):
+    payload = {**base, **kw}
+    return {MIME: payload, "text/plain": "durable: " + payload["state"],
+            "text/html": "<b class='html-fallback'>html fallback</b>"}
+display(show(state="replayed", cell="load", saved_s=2412.0), raw=True)
+display(show(state="recorded", cell="train", reason="input df changed", changed=["input df"]), raw=True)
+display(show(state="failed", cell="score", problems=["ValueError: bad split"]), raw=True)
+display(show(state="not-replayable", cell="conn", problems=["variable conn: a socket cannot be stored"]),
+        raw=True)
+display(show(state="archived", cell=None), raw=True)
+handle = display(show(state="running", cell="slow", recorded_at=None, duration_s=None), raw=True,
+                 display_id=True)
+time.sleep(3)
+handle.update(show(state="recorded", cell="slow"), raw=True)
+"""
+
+
+def test_renderer_states_dark_theme_and_update_in_place(tmp_path: Path, page: Page) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(STATES_CELL, id="c-states")]
+    save_with_kernel(nb, root / "states.ipynb")
+    quiet_settings(tmp_path / "logs", theme="JupyterLab Dark")
+    with running_jupyter("lab", root, tmp_path / "logs") as jupyter:
+        open_notebook(page, jupyter, "/lab/tree/states.ipynb")
+        menu(page, "Run", "Run All Cells")
+        badges = page.locator(BADGE)
+        expect(badges.last).to_have_attribute("data-durable-state", "running")
+        wait_for_badges(page, "replayed", "re-ran", "failed", "not-replayable", "unknown", "recorded")
+        expect(page.locator(".html-fallback")).to_have_count(0)  # rank 0 beats the text/html fallback
+        expect(badges.nth(1)).to_contain_text("re-ran")
+        expect(badges.nth(3)).to_contain_text("not replayable")
+        expect(badges.nth(4)).to_contain_text("archived")
+        page.locator(".jp-DurableBadge-summary").nth(2).click()
+        expect(badges.nth(2).locator(".jp-DurableBadge-details")).to_contain_text("ValueError: bad split")
+        page.locator(".jp-DurableBadge-summary").nth(1).click()
+        expect(badges.nth(1).locator(".jp-DurableBadge-details")).to_contain_text("input df")
+        colours = badges.evaluate_all(
+            "els => els.map(e => getComputedStyle(e.querySelector('.jp-DurableBadge-icon')).color)")
+        assert len(set(colours[:4])) == 4, f"each state has its own theme colour: {colours}"
+        page.screenshot(path=str(OUTPUT / "lab-states-dark.png"))
