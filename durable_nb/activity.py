@@ -955,15 +955,18 @@ async def _call_async(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs
 
 
 def _wrap(fn: Callable[..., Any], options: dict[str, Any], sleep: Callable[[float], Any] | None) -> Any:
-    impl = sys.modules[__name__]  # a module is fingerprinted by name and version, never by content
+    # The wrapper reaches this module through `sys` (a module: fingerprinted and pickled by name), held in its
+    # closure: a cell's key or cloudpickle then sees the wrapped function and its options, not this module's
+    # locks, and a replayed cell that rebinds the wrapper's globals to the notebook's keeps it working.
+    system = sys
     wrapper: Callable[..., Any]
     if inspect.iscoroutinefunction(fn):
         async def call_activity(*args: Any, **kwargs: Any) -> Any:
-            return await impl._call_async(call_activity, args, kwargs)
+            return await system.modules["durable_nb.activity"]._call_async(call_activity, args, kwargs)
         wrapper = call_activity
     else:
         def call_sync_activity(*args: Any, **kwargs: Any) -> Any:
-            return impl._call_sync(call_sync_activity, args, kwargs)
+            return system.modules["durable_nb.activity"]._call_sync(call_sync_activity, args, kwargs)
         wrapper = call_sync_activity
     functools.update_wrapper(wrapper, fn)
     wrapper.__durable_activity__ = options  # type: ignore[union-attr]
@@ -1110,6 +1113,11 @@ class _CallableModule(types.ModuleType):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return activity(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Callable[[str], types.ModuleType], tuple[str]]:
+        import importlib
+
+        return (importlib.import_module, (self.__name__,))  # by name, like any module
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -507,3 +507,18 @@ def test_calls_in_a_durable_cell_are_linked_to_its_execution(shell: Any, tmp_pat
     (execution_id,), = log.conn.execute("SELECT execution_id FROM executions").fetchall()
     got = log.conn.execute("SELECT execution_id, state FROM activities").fetchall()
     assert got == [(execution_id, "recorded")] * 3
+
+
+def test_an_activity_defined_in_a_durable_cell_works_after_the_cell_replays(new_shell: Any) -> None:
+    cell = ("import durable_nb\n@durable_nb.activity(retries=2, retry_on=(ConnectionError,))\n"
+            "def triple(x):\n    return x * 3")
+    first = new_shell()
+    first.durable(cell)
+    first.run("before = [triple(i) for i in range(3)]")
+    act.flush()
+    second = new_shell()
+    second.durable(cell)
+    assert second.last_status()["state"] == "replayed"
+    second.run("after = [triple(i) for i in range(3)]")
+    assert second.ns["after"] == first.ns["before"] == [0, 3, 6]
+    assert session.current_log().conn.execute("SELECT count(*) FROM activities").fetchone() == (3,)
