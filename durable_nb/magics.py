@@ -6,6 +6,7 @@ Settings are traitlets on `DurableMagics`: `%config DurableMagics.db = "x.durabl
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from typing import Any
@@ -191,6 +192,8 @@ def load_ipython_extension(ip: Any) -> None:
     ip.register_magics(magics)
     if magics not in ip.configurables:
         ip.configurables.append(magics)
+    # A kernel that shuts down cleanly writes its pending replay rows and marks its run as ended.
+    atexit.register(session.close_log)
     magics.start_configured_replication()
 
 

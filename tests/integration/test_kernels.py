@@ -52,6 +52,10 @@ def test_crash_resume_notebook(tmp_path: Path, kernel_env: dict[str, str]) -> No
     assert all(r.status == "ok" for r in second)
     assert [r.durable_states() for r in second[1:5]] == [["replayed"], ["replayed"], ["recorded"], ["recorded"]]
     assert "previous run crashed" in second[3].durable_statuses()[0]["message"]
+    with sqlite3.connect(db) as conn:
+        ended = conn.execute("SELECT ended_at IS NOT NULL FROM run ORDER BY id").fetchall()
+    assert ended == [(0,), (1,)], "the killed run never ended; the clean one did, with its replay rows"
+    assert states(db).count("replayed") == 2
     assert "loaded 200,000 sales" in second[1].text()
     assert second[2].outputs[-1]["msg_type"] == "execute_result", "the replayed result is shown as Out[n]"
     assert states(db).count("crashed") == 1
