@@ -57,6 +57,7 @@ import io
 import itertools
 import json
 import os
+import pickle
 import sqlite3
 import sys
 import threading
@@ -177,6 +178,8 @@ class _CaptureSink:
         view = memoryview(buffer)
         if not view.contiguous:
             raise TypeError("blob buffers must be contiguous")
+        if view.ndim != 1 or view.format != "B":
+            view = pickle.PickleBuffer(view).raw()  # flat bytes of C- or Fortran-ordered buffers, no copy
         self.parts.append(view)
         self.sizes.append(view.nbytes)
         return len(self.parts) - 1

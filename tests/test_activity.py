@@ -522,3 +522,21 @@ def test_an_activity_defined_in_a_durable_cell_works_after_the_cell_replays(new_
     second.run("after = [triple(i) for i in range(3)]")
     assert second.ns["after"] == first.ns["before"] == [0, 3, 6]
     assert session.current_log().conn.execute("SELECT count(*) FROM activities").fetchone() == (3,)
+
+
+def test_pickled_results_with_fortran_ordered_buffers_replay(db: Path) -> None:
+    class Holder:
+        __slotnames__: list[str] = []  # noqa: RUF012  (see test_big_results_are_blobs_and_pickles_are_signed)
+
+        def __init__(self, a: Any) -> None:
+            self.a = a
+
+    @activity
+    def make(n: int) -> Holder:
+        return Holder(np.asfortranarray(np.arange(n * 3, dtype=np.float64).reshape(n, 3)))
+
+    first = make(50_000)
+    restart(db)
+    again = make(50_000)
+    assert again is not first and np.array_equal(again.a, first.a) and again.a.flags.f_contiguous
+    assert rows(db, "SELECT count(*), max(state) FROM activities") == [(1, "recorded")]
