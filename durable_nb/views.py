@@ -61,7 +61,7 @@ def _current() -> DurableLog:
 
 
 def _frame(log: DurableLog, view: str, where: str = "", params: tuple[Any, ...] = (), *,
-           tail: int | None = None, order: str = "") -> pd.DataFrame:
+           tail: int | None = None, order: str = "", times: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Rows of a view as a DataFrame, built column-wise through Arrow (pd.read_sql builds it row by row)."""
     import numpy as np
     import pandas as pd
@@ -88,15 +88,15 @@ def _frame(log: DurableLog, view: str, where: str = "", params: tuple[Any, ...] 
     frame = pd.DataFrame(columns, columns=names)
     for name in _FLAGS.intersection(names):
         frame[name] = frame[name].astype(bool)
-    for name in _TIMES.get(view, ()):
+    for name in times if times is not None else _TIMES.get(view, ()):
         frame[name] = pd.to_datetime(frame[name].astype("float64"), unit="s", utc=True)
-    if "state" in frame and view in ("executions", "activities"):
+    if "state" in frame and view != "runs":
         frame["state"] = pd.Categorical(frame["state"], categories=_state_order(view))
     return frame
 
 
 def _state_order(view: str) -> list[str]:
-    return list(STATES) if view == "executions" else ["running", "recorded", "failed", "crashed"]
+    return ["running", "recorded", "failed", "crashed"] if view == "activities" else list(STATES)
 
 
 # -- the views ---------------------------------------------------------------------------------------------
@@ -114,7 +114,35 @@ def history(log: DurableLog | str | os.PathLike[str] | None = None, *, cell: str
             raise ValueError(f"state {one!r} is not one of {', '.join(STATES)}")
     where, params = _filters(cell=cell, state=states, run=run)
     with opened(log) as lg:
-        return _frame(lg, "executions", where, params, tail=last, order="execution_id")
+        frame = _frame(lg, _EXECUTIONS_FAST, where, params, tail=last, order="execution_id", times=_TIMES["executions"])
+        return _names(lg, frame)
+
+
+# The `executions` view, minus its two per-row subqueries (half its cost at 100,000 rows): `_names` computes the
+# same `inputs` and `outputs` columns in bulk. A test checks that both give identical frames.
+_EXECUTIONS_FAST = (
+    "(SELECT id AS execution_id, run_id, cell_name, cell_id, execution_count, state, started_at, finished_at, "
+    "duration, saved_seconds, replayed_from, reason, inputs, NULL AS outputs, bytes_stored, replayable, error_type, "
+    "error_message, key, code_hash FROM execution)")
+# Input names are JSON object keys (identifiers) mapped to hex fingerprints.
+_INPUT_PAIR = r'"((?:[^"\\]|\\.)*)": "(?:[^"\\]|\\.)*"'
+
+
+def _names(log: DurableLog, frame: pd.DataFrame) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    raw = pa.array(frame["inputs"].to_numpy(dtype=object), type=pa.string(), from_pandas=True)
+    names = pc.utf8_trim(pc.replace_substring_regex(raw, _INPUT_PAIR, r"\1"), "{}")
+    frame["inputs"] = pc.if_else(pc.equal(names, ""), None, names).to_pandas()
+    sources = frame["replayed_from"].fillna(frame["execution_id"]).astype("int64")
+    scope = "" if len(frame) > 10_000 else "AND execution_id IN (SELECT value FROM json_each(?))"
+    rows = log.conn.execute(
+        "SELECT execution_id, group_concat(name, ', ') FROM (SELECT execution_id, name FROM output "
+        f"WHERE kind != 'result' {scope} ORDER BY execution_id, name) GROUP BY execution_id",
+        (sources.astype(str).str.cat(sep=",").join("[]"),) if scope else ()).fetchall()
+    frame["outputs"] = sources.map(dict(rows)).astype(frame["inputs"].dtype)
+    return frame
 
 
 def _filters(*, cell: str | None = None, state: str | tuple[str, ...] | None = None, run: int | None = None,

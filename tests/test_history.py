@@ -311,3 +311,14 @@ def test_gc_drops_superseded_executions_and_blobs_and_keeps_replays(new_shell: C
     assert np.array_equal(sh.ns["arr"], np.random.default_rng(3).random(300_000))
     session.close_log()
     assert gc(db, keep_last=1).executions == 0, "the replay and its source are both kept"
+
+
+def test_history_equals_the_sql_view_row_for_row(story: Path, tmp_path: Path) -> None:
+    """history() computes inputs/outputs in bulk rather than through the view's subqueries: same data."""
+    big = synthetic_log(tmp_path / "big.durable.db", 12_000, cells=30, runs=4)
+    for db in (story, big):
+        fast = views.history(db)
+        with DurableLog(db, readonly=True) as log:
+            slow = views._frame(log, "executions", order="execution_id")
+        pd.testing.assert_frame_equal(fast, slow, check_dtype=False)
+    assert list(views.history(big, last=3)["outputs"]) == list(views.history(big)["outputs"].tail(3))
