@@ -7,6 +7,8 @@ per-bar annotations ("saved 40m 12s") only when there are few bars.
 
 from __future__ import annotations
 
+import functools
+import io
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -77,7 +79,16 @@ def draw(executions: pd.DataFrame, calls: pd.DataFrame | None, title: str) -> Fi
     ax.set_title(f"{title}: {len(executions):,} executions in {runs} run{'s' if runs != 1 else ''}"
                  + (f", {len(calls):,} activity calls" if calls is not None and len(calls) else "")
                  + (f" · replays saved {duration_text(saved)}" if saved else ""), loc="left", fontsize=10)
+    # A Figure made without pyplot has no inline display hook: give it one, so `durable_nb.timeline()` as a
+    # cell's last line shows the picture in Jupyter.
+    fig._repr_png_ = functools.partial(_png, fig)  # type: ignore[attr-defined]
     return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
 def _span(executions: pd.DataFrame, calls: pd.DataFrame | None) -> tuple[float, float]:

@@ -38,10 +38,11 @@ def opened(log: DurableLog | str | os.PathLike[str] | None) -> Iterator[DurableL
     """The log to read: as given, opened read-only from a path (closed afterwards), or the current one."""
     from .log.store import DurableLog
 
-    if isinstance(log, DurableLog):
-        yield log
-    elif log is None:
-        yield _current()
+    if isinstance(log, DurableLog) or log is None:
+        found = log if log is not None else _current()
+        if not found.readonly:
+            found.flush()  # replays this process recorded but deferred: the views must show them
+        yield found
     else:
         with DurableLog(log, readonly=True) as found:
             yield found

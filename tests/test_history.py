@@ -4,6 +4,7 @@ real IPython shells (a crash is a real process killed mid-cell)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sqlite3
 import subprocess
@@ -322,3 +323,32 @@ def test_history_equals_the_sql_view_row_for_row(story: Path, tmp_path: Path) ->
             slow = views._frame(log, "executions", order="execution_id")
         pd.testing.assert_frame_equal(fast, slow, check_dtype=False)
     assert list(views.history(big, last=3)["outputs"]) == list(views.history(big)["outputs"].tail(3))
+
+
+@pytest.mark.integration
+def test_inspect_history_notebook_runs_on_a_real_kernel(tmp_path: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    source = Path(__file__).parents[1] / "example_notebooks" / "inspect_history.ipynb"
+    nb = nbformat.read(source, as_version=4)
+    env = {**os.environ, "DURABLE_NB_SECRET_FILE": str(tmp_path / "secret")}
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        client.execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    text = "\n".join(o.get("text", "") if o["output_type"] == "stream" else
+                     str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "big had 19 rows at execution 2, 29 now" in text
+    assert "input threshold changed" in text and "failed as expected" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the timeline is shown"
+    assert any("durable-history" in o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "{'recorded': 3, 'replayed': 1, 'failed': 1" in text
+    assert views.history(tmp_path / "inspect_history.durable.db")["state"].tolist() == [
+        "recorded", "recorded", "recorded", "failed", "replayed"]
