@@ -550,7 +550,8 @@ def _cached_property(h: _Hasher, value: functools.cached_property[Any]) -> None:
 
 
 # Per-class bookkeeping, not behaviour (and _abc_impl cannot be reduced).
-_SKIP_CLASS_ATTRS = frozenset({"__dict__", "__weakref__", "_abc_impl", "__module__"})
+# Not part of what a class does: caches that pickling (__slotnames__) or abc add to a class as it is used.
+_SKIP_CLASS_ATTRS = frozenset({"__dict__", "__weakref__", "_abc_impl", "__module__", "__slotnames__"})
 
 
 def _class(h: _Hasher, cls: type) -> None:

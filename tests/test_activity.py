@@ -472,10 +472,10 @@ def test_sigkill_loses_no_returned_call(tmp_path: Path, secret: Path, flush_dela
     assert proc.returncode == -signal.SIGKILL
     journals = list((tmp_path / "k.db-activities").glob("*.jsonl"))
     assert bool(journals) == (flush_delay == 60)
-    session.open_log(db)
+    session.open_log(db)  # a writer opening the log imports the journals of dead runs
     act.reset_scope()
     try:
-        assert act.recover(session.current_log()) == (5 if flush_delay == 60 else 0)
+        assert act.recover(session.current_log()) == 0, "already imported when the log was opened"
         got = rows(db, "SELECT occurrence, state FROM activities ORDER BY call_id")
         assert [s for _, s in got] == states
         assert not list((tmp_path / "k.db-activities").glob("*.jsonl"))

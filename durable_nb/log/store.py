@@ -50,6 +50,10 @@ class DurableLog(HistoryMethods):
         self._flush_timer: threading.Timer | None = None
         if not readonly:
             self.reap_crashed()
+            if Path(f"{self.path}-activities").is_dir():
+                from ..activity import recover
+
+                recover(self)
 
     def __repr__(self) -> str:
         return f"DurableLog({str(self.path)!r}{', readonly=True' if self.readonly else ''})"
@@ -172,6 +176,13 @@ def _start_time(pid: int) -> float | None:
 
 
 def _alive(pid: int, started: float | None) -> bool:
+    import psutil
+
+    try:
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return False  # killed, not yet reaped by its parent: it will never write again
+    except psutil.Error:
+        return False
     now_started = _start_time(pid)
     if now_started is None:
         return False
