@@ -63,7 +63,6 @@ import sys
 import threading
 import time
 import traceback
-import types
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -965,11 +964,11 @@ def _wrap(fn: Callable[..., Any], options: dict[str, Any], sleep: Callable[[floa
     wrapper: Callable[..., Any]
     if inspect.iscoroutinefunction(fn):
         async def call_activity(*args: Any, **kwargs: Any) -> Any:
-            return await system.modules["durable_nb.activity"]._call_async(call_activity, args, kwargs)
+            return await system.modules["durable_nb.activities"]._call_async(call_activity, args, kwargs)
         wrapper = call_activity
     else:
         def call_sync_activity(*args: Any, **kwargs: Any) -> Any:
-            return system.modules["durable_nb.activity"]._call_sync(call_sync_activity, args, kwargs)
+            return system.modules["durable_nb.activities"]._call_sync(call_sync_activity, args, kwargs)
         wrapper = call_sync_activity
     functools.update_wrapper(wrapper, fn)
     wrapper.__durable_activity__ = options  # type: ignore[union-attr]
@@ -1108,19 +1107,3 @@ def step(name: str, *key_parts: Any) -> Step:
     if not isinstance(name, str) or not name:
         raise TypeError(f"step name must be a non-empty string, got {name!r}")
     return Step(name, key_parts)
-
-
-class _CallableModule(types.ModuleType):
-    """`durable_nb.activity` is this module as soon as anything imports it (the cell runner does), which
-    shadows the re-exported function: so the module itself decorates, `@durable_nb.activity(retries=5)`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return activity(*args, **kwargs)
-
-    def __reduce__(self) -> tuple[Callable[[str], types.ModuleType], tuple[str]]:
-        import importlib
-
-        return (importlib.import_module, (self.__name__,))  # by name, like any module
-
-
-sys.modules[__name__].__class__ = _CallableModule
