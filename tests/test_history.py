@@ -331,7 +331,7 @@ def test_inspect_history_notebook_runs_on_a_real_kernel(tmp_path: Path) -> None:
     from nbclient import NotebookClient
 
     source = Path(__file__).parents[1] / "example_notebooks" / "inspect_history.ipynb"
-    nb = nbformat.read(source, as_version=4)
+    nb = nbformat.read(source, as_version=4)  # type: ignore[no-untyped-call]
     env = {**os.environ, "DURABLE_NB_SECRET_FILE": str(tmp_path / "secret")}
     client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     old = dict(os.environ)
@@ -352,3 +352,17 @@ def test_inspect_history_notebook_runs_on_a_real_kernel(tmp_path: Path) -> None:
     assert "{'recorded': 3, 'replayed': 1, 'failed': 1" in text
     assert views.history(tmp_path / "inspect_history.durable.db")["state"].tolist() == [
         "recorded", "recorded", "recorded", "failed", "replayed"]
+
+
+def test_public_history_names_stay_functions_after_other_imports() -> None:
+    """A submodule named like a public function (durable_nb.history, durable_nb.activities...) would replace the
+    function on the package as soon as it is imported."""
+    import types
+
+    import durable_nb
+
+    for other in ("activity", "step", "open_log", "DurableLog"):
+        getattr(durable_nb, other)
+    for name in ("history", "runs", "activities", "outputs", "load", "diff", "timeline", "export"):
+        value = getattr(durable_nb, name)
+        assert callable(value) and not isinstance(value, types.ModuleType), f"durable_nb.{name} is a module"
