@@ -45,7 +45,7 @@ def bare() -> float:
 
 def durable(folder: Path, durability: str) -> tuple[float, float]:
     """(record, replay) seconds per call, each the median over REPEAT fresh logs."""
-    import durable_nb.activities as act
+    import durable_nb.calls as act
     from durable_nb import session
 
     step = act.activity(inc)

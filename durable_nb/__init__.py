@@ -18,8 +18,8 @@ _PUBLIC = {
     "open_log": "durable_nb.session",
     "DurableError": "durable_nb.errors",
     "fleet": "durable_nb.fleets",  # not durable_nb.fleet: a submodule of that name would shadow the function
-    "activity": "durable_nb.activities",
-    "step": "durable_nb.activities",
+    "activity": "durable_nb.calls",
+    "step": "durable_nb.calls",
     "Permanent": "durable_nb.retry",
     # History as data; in durable_nb.views because a durable_nb.history module would shadow history().
     **dict.fromkeys(["history", "runs", "activities", "outputs", "load", "diff", "timeline"], "durable_nb.views"),

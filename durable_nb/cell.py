@@ -15,7 +15,7 @@ from typing import Any
 import xxhash
 
 from . import capture, environment, trust
-from .activities import execution_scope
+from .calls import execution_scope
 from .analysis import CellAnalysis, analyze
 from .errors import DecodeError, DurableError, EncodeError, LogError, Unfingerprintable, UntrustedError
 from .fingerprint import fingerprint, fingerprint_file, referenced_globals

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-import durable_nb.activities as act
+import durable_nb.calls as act
 from durable_nb import session
-from durable_nb.activities import Permanent, activity, step
+from durable_nb.calls import Permanent, activity, step
 from durable_nb.errors import EncodeError
 from durable_nb.fingerprint import fingerprint
 from durable_nb.log.store import DurableLog
@@ -409,7 +409,7 @@ def test_execution_scope_links_calls_to_the_cell_execution(db: Path) -> None:
 
 
 def test_plain_ipython_cells_restart_occurrences(shell: Any) -> None:
-    shell.run("import durable_nb.activities as act\nclass Calls(list):\n    def __reduce__(self):\n"
+    shell.run("import durable_nb.calls as act\nclass Calls(list):\n    def __reduce__(self):\n"
               "        return (Calls, ())\ncalls = Calls()\n"
               "@act.activity\ndef f(x):\n    calls.append(x)\n    return x + 1")
     loop = "out = [f(1), f(1), f(2)]"
@@ -443,7 +443,7 @@ def test_full_durability_records_and_replays(tmp_path: Path, secret: Path) -> No
 CHILD = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
-import durable_nb.activities as act
+import durable_nb.calls as act
 from durable_nb import session
 act.FLUSH_DELAY = {flush_delay}
 session.open_log({db!r})

@@ -298,7 +298,7 @@ class Box:
 
 
 def test_trust_signs_activity_results(users: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import durable_nb.activities as act
+    import durable_nb.calls as act
 
     alice, bob = users
     calls = str(alice / "calls.log")  # a file, not a list: a closure that changes would change the call's key

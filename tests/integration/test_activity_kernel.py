@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 ITERATIONS = 2000
 
 SETUP = """
-import time, durable_nb.activities as act
+import time, durable_nb.calls as act
 from durable_nb.session import open_log
 open_log({db!r})
 SIDE = {side!r}

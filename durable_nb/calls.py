@@ -964,11 +964,11 @@ def _wrap(fn: Callable[..., Any], options: dict[str, Any], sleep: Callable[[floa
     wrapper: Callable[..., Any]
     if inspect.iscoroutinefunction(fn):
         async def call_activity(*args: Any, **kwargs: Any) -> Any:
-            return await system.modules["durable_nb.activities"]._call_async(call_activity, args, kwargs)
+            return await system.modules["durable_nb.calls"]._call_async(call_activity, args, kwargs)
         wrapper = call_activity
     else:
         def call_sync_activity(*args: Any, **kwargs: Any) -> Any:
-            return system.modules["durable_nb.activities"]._call_sync(call_sync_activity, args, kwargs)
+            return system.modules["durable_nb.calls"]._call_sync(call_sync_activity, args, kwargs)
         wrapper = call_sync_activity
     functools.update_wrapper(wrapper, fn)
     wrapper.__durable_activity__ = options  # type: ignore[union-attr]
