@@ -15,8 +15,8 @@ from typing import Any
 import xxhash
 
 from . import capture, environment, trust
-from .calls import execution_scope
 from .analysis import CellAnalysis, analyze
+from .calls import execution_scope
 from .errors import DecodeError, DurableError, EncodeError, LogError, Unfingerprintable, UntrustedError
 from .fingerprint import fingerprint, fingerprint_file, referenced_globals
 from .log import cells
