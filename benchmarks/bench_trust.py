@@ -96,7 +96,7 @@ def main() -> None:
         os.environ["DURABLE_NB_SECRET_FILE"] = str(Path(tmp) / "secret")
         value = np.random.default_rng(0).random(VALUE_BYTES // 8)  # random: stored uncompressed, like real data
         hash_alone = median_time(lambda: xxhash.xxh3_128_hexdigest(value.data.cast("B")), repeat=REPEAT)
-        with DurableLog(Path(tmp) / "bench.durable.db") as log:
+        with DurableLog(Path(tmp) / "bench.durable.db", readonly=False) as log:
             # Both codecs store the array's bytes as one blob (deduplicated: pickle adds only its small stream).
             for label, pickled in (("npy", False), ("pickle (out-of-band)", True)):
                 t0 = time.perf_counter()

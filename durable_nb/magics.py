@@ -59,7 +59,7 @@ class DurableMagics(Magics):
     def log(self, path: str | None = None) -> DurableLog:
         try:
             if path:
-                return DurableLog(path, durability=self.durability, notebook=None)
+                return DurableLog(path, readonly=False, durability=self.durability)
             return session.current_if_open() or session.open_log(self.db or None, durability=self.durability)
         except LogError as exc:
             raise UsageError(str(exc)) from exc

@@ -60,7 +60,7 @@ def open_log(path: str | os.PathLike[str] | None = None, *, durability: Durabili
         if _current is not None:
             _current.close()
         nb = notebook_path()
-        _current = DurableLog(target, durability=durability, notebook=str(nb) if nb else None)
+        _current = DurableLog(target, readonly=False, durability=durability, notebook=str(nb) if nb else None)
         return _current
 
 

@@ -209,7 +209,7 @@ def trust_log(log: str | os.PathLike[str] | DurableLog, *, dry_run: bool = False
     if not Path(log).exists():
         raise NotALogError(f"durable log {log} does not exist; check the path (a shared log is usually a "
                            "*.durable.db file sent beside the notebook).")
-    with DurableLog(log) as opened:
+    with DurableLog(log, readonly=False) as opened:
         return _trust(opened, dry_run)
 
 

@@ -430,7 +430,7 @@ def timeline(log: DurableLog | str | os.PathLike[str] | None = None, *, run: int
 
 
 class HistoryMethods:
-    """The views as methods of a log: `DurableLog("colleague.durable.db", readonly=True).history()`."""
+    """The views as methods of a log: `DurableLog("colleague.durable.db").history()`."""
 
     def history(self, *, cell: str | None = None, state: str | None = None, run: int | None = None,
                 last: int | None = None) -> pd.DataFrame:

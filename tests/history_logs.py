@@ -19,7 +19,7 @@ def synthetic_log(path: Path, executions: int, *, cells: int = 40, runs: int = 2
     rng = random.Random(seed)
     per_run = max(executions // runs, 1)
     t0 = 1_780_000_000.0
-    with DurableLog(path) as log, log.transaction() as conn:
+    with DurableLog(path, readonly=False) as log, log.transaction() as conn:
         conn.executemany(
             "INSERT INTO run (id, uuid, started_at, ended_at, host, pid, python, platform) "
             "VALUES (?, ?, ?, ?, 'bench', ?, '3.11', 'linux')",

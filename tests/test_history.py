@@ -39,7 +39,7 @@ def fingerprint(path: Path) -> tuple[str, int]:
 def crash_in_cell(db: Path) -> None:
     """A real process starts a durable execution and dies without finishing it (os._exit)."""
     code = ("import os\nfrom durable_nb.log.store import DurableLog\nfrom durable_nb.log import cells\n"
-            f"log = DurableLog({str(db)!r})\n"
+            f"log = DurableLog({str(db)!r}, readonly=False)\n"
             "cells.start(log, cells.ExecutionStart('train', None, 1, 'k-crash', 'model = fit()', 'h', {}, {}, None))\n"
             "os._exit(9)\n")
     subprocess.run([sys.executable, "-c", code], check=False, timeout=60)

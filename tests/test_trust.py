@@ -89,7 +89,7 @@ def test_hostile_pickle_never_runs_until_trusted(kernel: Kernel, users: tuple[Pa
     from durable_nb.log.maintenance import export
     from durable_nb.views import history, load
 
-    with DurableLog(shared):  # opening it (writable: crash reaping runs)
+    with DurableLog(shared, readonly=False):  # opening it (writable: crash reaping runs)
         pass
     assert list(history(shared)["state"]) == ["recorded"]  # listing its history
     assert [r[1] for r in executions(shared)] == ["recorded"]

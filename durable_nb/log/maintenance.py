@@ -206,7 +206,7 @@ def gc(path: str | os.PathLike[str], *, keep_last: int = 1, progress: bool = Fal
 
     if keep_last < 1:
         raise LogError(f"gc {path}: --keep-last must be at least 1 (got {keep_last}).")
-    with DurableLog(path) as log:
+    with DurableLog(path, readonly=False) as log:
         conn = log.conn
         freed_before = _free_bytes(conn)
         doomed = _superseded(conn, keep_last)

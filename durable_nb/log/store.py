@@ -33,10 +33,10 @@ KEY_PACKAGES = ("durable_nb", "ipython", "ipykernel", "numpy", "pandas", "pyarro
 
 
 class DurableLog(HistoryMethods):
-    """An open durable log. `readonly=True` opens any log (a colleague's, a restored one) without writing.
-    The history views are its methods (`.history()`, `.load(name)`, ...; see durable_nb.views)."""
+    """An open durable log, read-only by default: any log (a colleague's, a restored one) is inspected without
+    being written. Writers (the cell runner, `open_log`, gc, trust) pass `readonly=False`. The history views are its methods (`.history()`, `.load(name)`, ...; see durable_nb.views)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = True,
                  durability: Durability = "normal", notebook: str | None = None) -> None:
         self.path = Path(path).expanduser().resolve()
         self.readonly = readonly
