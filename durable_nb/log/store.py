@@ -34,7 +34,8 @@ KEY_PACKAGES = ("durable_nb", "ipython", "ipykernel", "numpy", "pandas", "pyarro
 
 class DurableLog(HistoryMethods):
     """An open durable log, read-only by default: any log (a colleague's, a restored one) is inspected without
-    being written. Writers (the cell runner, `open_log`, gc, trust) pass `readonly=False`. The history views are its methods (`.history()`, `.load(name)`, ...; see durable_nb.views)."""
+    being written. Writers (the cell runner, `open_log`, gc, trust) pass `readonly=False`. The history views
+    are its methods (`.history()`, `.load(name)`, ...; see durable_nb.views)."""
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = True,
                  durability: Durability = "normal", notebook: str | None = None) -> None:
