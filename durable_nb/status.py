@@ -14,7 +14,8 @@ MIME = "application/vnd.durable-nb.status+json"
 
 _COLOURS = {"running": "#1976d2", "recorded": "#2e7d32", "replayed": "#6a1b9a", "failed": "#c62828",
             "not-replayable": "#ef6c00"}
-_ICONS = {"running": "⏳", "recorded": "●", "replayed": "↺", "failed": "✖", "not-replayable": "⚠"}
+# The same icons as the JupyterLab badge (extension/src/format.ts), so every front end reads alike.
+_ICONS = {"running": "◷", "recorded": "✓", "replayed": "↺", "failed": "✗", "not-replayable": "⚠"}
 
 
 def fmt_duration(seconds: float | None) -> str:
