@@ -11,6 +11,8 @@ import functools
 import io
 from typing import TYPE_CHECKING, Any
 
+from .status import fmt_duration
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
@@ -22,19 +24,6 @@ SAVED_COLOR = "#90caf9"
 ANNOTATE_MAX = 40  # bars; above this the labels would overlap
 LABELS_MAX = 40  # lane labels shown; more lanes show every k-th label
 MIN_WIDTH = 0.004  # of the time span: the narrowest bar drawn
-
-
-def duration_text(seconds: float) -> str:
-    seconds = float(seconds)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
 
 
 def _require_matplotlib() -> None:
@@ -78,7 +67,7 @@ def draw(executions: pd.DataFrame, calls: pd.DataFrame | None, title: str) -> Fi
     runs = executions["run_id"].nunique() if len(executions) else 0
     ax.set_title(f"{title}: {len(executions):,} executions in {runs} run{'s' if runs != 1 else ''}"
                  + (f", {len(calls):,} activity calls" if calls is not None and len(calls) else "")
-                 + (f" · replays saved {duration_text(saved)}" if saved else ""), loc="left", fontsize=10)
+                 + (f" · replays saved {fmt_duration(saved)}" if saved else ""), loc="left", fontsize=10)
     # A Figure made without pyplot has no inline display hook: give it one, so `durable_nb.timeline()` as a
     # cell's last line shows the picture in Jupyter.
     fig._repr_png_ = functools.partial(_png, fig)  # type: ignore[attr-defined]
@@ -163,7 +152,7 @@ def _draw_savings(ax: Axes, executions: pd.DataFrame, cells: list[str], lanes: d
                                          linewidths=0.8, label="time saved by replay"))
     if len(executions) <= ANNOTATE_MAX:
         for x, w, y in rows:
-            ax.annotate(f"saved {duration_text(w)}", (x + max(w, span * MIN_WIDTH), y), xytext=(3, 0),
+            ax.annotate(f"saved {fmt_duration(w)}", (x + max(w, span * MIN_WIDTH), y), xytext=(3, 0),
                         textcoords="offset points", va="center", fontsize=7, color=COLORS["replayed"])
 
 

@@ -170,7 +170,8 @@ def history_html(log: DurableLog | str | os.PathLike[str] | None = None, *, cell
     import html
 
     from .cli.history import ago
-    from .gantt import COLORS, duration_text
+    from .gantt import COLORS
+    from .status import fmt_duration
 
     frame = history(log, cell=cell, state=("failed", "crashed") if failed else None, last=last)
     if not len(frame):
@@ -179,11 +180,11 @@ def history_html(log: DurableLog | str | os.PathLike[str] | None = None, *, cell
     for r in frame.itertuples():
         why = (f"{r.error_type}: {r.error_message}" if isinstance(r.error_type, str)
                else " ".join(x for x in (_str(r.outputs), f"({r.reason})" if _str(r.reason) else "") if x))
-        saved = f"saved {duration_text(r.saved_seconds)}" if r.saved_seconds == r.saved_seconds and \
+        saved = f"saved {fmt_duration(r.saved_seconds)}" if r.saved_seconds == r.saved_seconds and \
             r.saved_seconds else ""
         row = [str(r.execution_id), str(r.run_id), queries.cell_label(r.cell_name, r.cell_id, r.code_hash),
                f'<span style="color:{COLORS.get(str(r.state), "#000")}">{r.state}</span>', ago(r.started_at),
-               duration_text(r.duration) if r.duration == r.duration else "-", saved, why]
+               fmt_duration(r.duration) if r.duration == r.duration else "-", saved, why]
         cells.append("<tr>" + "".join(f"<td>{c if i == 3 else html.escape(c)}</td>" for i, c in enumerate(row))
                      + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("id", "run", "cell", "state", "started", "took", "saved",
