@@ -283,13 +283,17 @@ class BlobSource:
             raise DecodeError(f"blob {self.hash} uses compression {compression!r}, unknown to this "
                               "durable_nb; upgrade durable_nb (pip install -U durable_nb) to replay it.")
         (data,) = self._conn.execute("SELECT data FROM chunk WHERE id = ?", (rowid,)).fetchone()
+        # Straight into the caller's buffer: a fresh chunk-sized `bytes` per chunk would fault in new pages.
         try:
-            raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=len(part))
+            with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as reader:
+                filled = 0
+                while filled < len(part) and (n := reader.readinto(part[filled:])):
+                    filled += n
+                overflow = reader.read(1)
         except zstandard.ZstdError as exc:
             raise self._tampered() from exc
-        if len(raw) != len(part):
+        if filled != len(part) or overflow:
             raise self._tampered()
-        part[:] = raw
 
     def _tampered(self) -> DecodeError:
         return DecodeError(
