@@ -115,10 +115,10 @@ def ago(when: Any, now: float | None = None) -> str:
 
 
 def _seconds(value: Any) -> str:
-    from ..gantt import duration_text
+    from ..status import fmt_duration
 
     try:
-        return "-" if value is None or value != value else duration_text(float(value))
+        return "-" if value is None or value != value else fmt_duration(float(value))
     except (TypeError, ValueError):
         return "-"
 
