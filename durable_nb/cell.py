@@ -50,10 +50,24 @@ class Key:
 
 def visible_names(shell: Any) -> set[str]:
     """User variables: not IPython's caches and helpers, not dunders."""
+    return {n for n in shell.user_ns if is_visible(shell, n)}
+
+
+def is_visible(shell: Any, name: str) -> bool:
+    """One name of visible_names: a membership test needs no scan of a namespace that IPython's history
+    (`_i1`, `_1`, ...) makes long."""
+    return name in shell.user_ns and _user_name(shell, name, shell.user_ns[name])
+
+
+def _ids(ns: dict[str, Any]) -> dict[str, int]:
+    return dict(zip(ns, map(id, ns.values()), strict=True))
+
+
+def _user_name(shell: Any, name: str, value: object) -> bool:
+    if name[:1] == "_" and (_IPYTHON_CACHE.match(name) or name.endswith("__")):
+        return False
     hidden = shell.user_ns_hidden
-    return {n for n, v in shell.user_ns.items()
-            if not (n[:1] == "_" and (_IPYTHON_CACHE.match(n) or n.endswith("__")))
-            and not (n in hidden and v is hidden[n])}
+    return not (name in hidden and value is hidden[name])
 
 
 _transformed: dict[tuple[int, str], str] = {}
@@ -76,8 +90,7 @@ def _user_function(value: object, ns: dict[str, Any]) -> bool:
 def input_names(analysis: CellAnalysis, shell: Any, opts: CellOptions) -> list[str]:
     """Names the cell reads, plus the globals that notebook functions it reads use, transitively."""
     ns = shell.user_ns
-    names = visible_names(shell)
-    todo = [n for n in (*analysis.reads, *opts.deps) if n in names and n not in opts.ignore]
+    todo = [n for n in (*analysis.reads, *opts.deps) if n not in opts.ignore and is_visible(shell, n)]
     found: dict[str, None] = {}
     while todo:
         name = todo.pop(0)
@@ -86,7 +99,8 @@ def input_names(analysis: CellAnalysis, shell: Any, opts: CellOptions) -> list[s
         found[name] = None
         value = ns[name]
         if _user_function(value, ns):
-            todo.extend(g for g in sorted(referenced_globals(value)) if g in names and g not in opts.ignore)
+            todo.extend(g for g in sorted(referenced_globals(value))
+                        if g not in opts.ignore and is_visible(shell, g))
     return list(found)
 
 
@@ -263,7 +277,7 @@ class DurableCell:
         execution_id = cells.start(self.log, start)
         self.status.show(self._payload("running", reason=start.reason, execution_id=execution_id))
         ns = self.shell.user_ns
-        before = {n: ns[n] for n in visible_names(self.shell)}
+        before = dict(ns)  # a C-level copy: holding the old objects also keeps their ids unique
         recorder = capture.Recorder(self.shell)
         t0 = time.perf_counter()
         try:
@@ -314,9 +328,11 @@ class DurableCell:
                        before: dict[str, Any]) -> tuple[list[str], list[str]]:
         """Names bound, rebound, mutated in place (an input whose fingerprint changed), and deleted."""
         ns = self.shell.user_ns
-        after = visible_names(self.shell)
-        changed = [n for n in analysis.binds if n in after]
-        changed += sorted(n for n in after if n not in before or before[n] is not ns[n])
+        # Identity changes found by set operations on (name, id) pairs, at C speed: IPython's history makes
+        # the namespace long, and only the few names that moved need the visibility test.
+        moved = _ids(ns).items() - _ids(before).items()
+        changed = [n for n in analysis.binds if is_visible(self.shell, n)]
+        changed += sorted(n for n, _ in moved if is_visible(self.shell, n))
         for name, fp in start.inputs.items():
             value = ns.get(name, None)
             if name in before and value is before[name] and not isinstance(value, _IMMUTABLE):
@@ -325,7 +341,7 @@ class DurableCell:
                         changed.append(name)
                 except Unfingerprintable:
                     changed.append(name)
-        deleted = sorted(n for n in before if n not in after)
+        deleted = sorted(n for n in before.keys() - ns.keys() if _user_name(self.shell, n, before[n]))
         ignored = set(self.opts.ignore)
         return ([n for n in dict.fromkeys(changed) if n not in ignored],
                 [n for n in deleted if n not in ignored])
@@ -334,13 +350,14 @@ class DurableCell:
                        result: Any, problems: list[str]) -> int:
         ns = self.shell.user_ns
         first_name: dict[int, str] = {}
-        unchanged_inputs = {id(v): n for n, v in before.items() if n not in changed}
+        by_id = {i: n for n, i in _ids(before).items()}
         stored = 0
         for name in changed:
             value = ns[name]
             mutated = before.get(name) is value
             # A value mutated in place is stored whole: names still pointing at it are restored in place.
-            target = first_name.get(id(value)) or (None if mutated else unchanged_inputs.get(id(value)))
+            target = first_name.get(id(value)) or (None if mutated else self._unchanged(by_id.get(id(value)),
+                                                                                        changed))
             if target is not None:
                 cells.write_output(self.log, execution_id, StoredOutput(name, "alias", target=target))
                 continue
@@ -353,12 +370,18 @@ class DurableCell:
         for name in deleted:
             cells.write_output(self.log, execution_id, StoredOutput(name, "deleted"))
         if result is not None:
-            stored += self._write_result(execution_id, result, first_name, unchanged_inputs)
+            stored += self._write_result(execution_id, result, first_name, by_id, changed)
         return stored
 
+    def _unchanged(self, name: str | None, changed: list[str]) -> str | None:
+        """`name` if it is a user variable this cell left bound to the same object, else None."""
+        if name is None or name in changed or not is_visible(self.shell, name):
+            return None
+        return name
+
     def _write_result(self, execution_id: int, result: Any, first_name: dict[int, str],
-                      unchanged_inputs: dict[int, str]) -> int:
-        target = first_name.get(id(result)) or unchanged_inputs.get(id(result))
+                      by_id: dict[int, str], changed: list[str]) -> int:
+        target = first_name.get(id(result)) or self._unchanged(by_id.get(id(result)), changed)
         if target is not None:
             cells.write_output(self.log, execution_id, StoredOutput(RESULT, "result", target=target))
             return 0
