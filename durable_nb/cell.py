@@ -187,7 +187,7 @@ class DurableCell:
                     differs = environment.differences(self.log, recorded.id)
                     reason = f"recorded value could not be loaded here: {exc}" + (
                         f" ({'; '.join(differs)})" if differs else "")
-        prev = cells.previous(self.log, cell_id=self.cell_id, cell_name=self.opts.name, code_hash=code_hash)
+        prev = cells.previous(self.log, start)
         start.reason = reason or explain(prev, key, code_hash, self.opts)
         return self._execute(transformed, analysis, start)
 

@@ -23,6 +23,14 @@ class ExecutionStart:
     deps_files: dict[str, str]
     reason: str | None
 
+    @property
+    def lineage(self) -> str:
+        """What makes executions "the same cell" when explaining a re-run: its --name, else its notebook
+        cell id, else its code."""
+        if self.cell_name:
+            return f"name:{self.cell_name}"
+        return f"cell:{self.cell_id}" if self.cell_id else f"code:{self.code_hash}"
+
 
 @dataclass
 class StoredOutput:
@@ -52,9 +60,9 @@ def start(log: DurableLog, s: ExecutionStart) -> int:
     run_id = log.run_id
     with log.transaction() as conn:
         cur = conn.execute(
-            "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, state, "
-            "started_at, reason, inputs, deps_files) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-            (run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, time.time(),
+            "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, lineage, "
+            "state, started_at, reason, inputs, deps_files) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+            (run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, s.lineage, time.time(),
              s.reason, json.dumps(s.inputs), json.dumps(s.deps_files)),
         )
         return int(cur.lastrowid or 0)
@@ -101,21 +109,17 @@ def find_replayable(log: DurableLog, key: str) -> Recorded | None:
     return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, json.loads(row[3]))
 
 
-def previous(log: DurableLog, *, cell_id: str | None, cell_name: str | None, code_hash: str) -> dict[str, Any] | None:
-    """The latest finished execution of the same cell: by cell id, else by name, else by code."""
-    for column, value in (("cell_id", cell_id), ("cell_name", cell_name), ("code_hash", code_hash)):
-        if value is None:
-            continue
-        row = log.conn.execute(
-            f"SELECT code_hash, inputs, deps_files, state, replayable, problems FROM execution "
-            f"WHERE {column} = ? AND state != 'running' ORDER BY id DESC LIMIT 1", (value,)).fetchone()
-        if row is not None:
-            keys = ("code_hash", "inputs", "deps_files", "state", "replayable", "problems")
-            found = dict(zip(keys, row, strict=True))
-            for k in ("inputs", "deps_files", "problems"):
-                found[k] = json.loads(found[k])
-            return found
-    return None
+def previous(log: DurableLog, s: ExecutionStart) -> dict[str, Any] | None:
+    """The latest finished execution of the same cell (see ExecutionStart.lineage)."""
+    row = log.conn.execute(
+        "SELECT code_hash, inputs, deps_files, state, replayable, problems FROM execution "
+        "WHERE lineage = ? AND state != 'running' ORDER BY id DESC LIMIT 1", (s.lineage,)).fetchone()
+    if row is None:
+        return None
+    found = dict(zip(("code_hash", "inputs", "deps_files", "state", "replayable", "problems"), row, strict=True))
+    for k in ("inputs", "deps_files", "problems"):
+        found[k] = json.loads(found[k])
+    return found
 
 
 def outputs(log: DurableLog, execution_id: int) -> list[StoredOutput]:
@@ -139,10 +143,10 @@ def record_replay(log: DurableLog, s: ExecutionStart, source: Recorded, duration
     """A replay is bookkeeping: its row is deferred to the next commit (see DurableLog.defer)."""
     now = time.time()
     log.defer(
-        "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, state, "
+        "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, lineage, state, "
         "started_at, finished_at, duration, replayed_from, saved_seconds, inputs, deps_files, replayable) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 'replayed', ?, ?, ?, ?, ?, ?, ?, 0)",
-        (log.run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, now - duration,
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'replayed', ?, ?, ?, ?, ?, ?, ?, 0)",
+        (log.run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, s.lineage, now - duration,
          now, duration, source.id, max(source.duration - duration, 0.0), json.dumps(s.inputs),
          json.dumps(s.deps_files)),
     )
