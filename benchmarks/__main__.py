@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import pkgutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +15,9 @@ def main() -> None:
         if wanted and name not in wanted and name.removeprefix("bench_") not in wanted:
             continue
         print(f"\n== {name} ==", flush=True)
-        importlib.import_module(f"benchmarks.{name}").main()
+        # Each module in its own process: what one leaves behind (a background WAL checkpoint of a 1 GiB log,
+        # a warm allocator) must not slow down or speed up the next one's figures.
+        subprocess.run([sys.executable, "-c", f"import benchmarks.{name} as b; b.main()"], check=True)
 
 
 if __name__ == "__main__":
