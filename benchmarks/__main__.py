@@ -11,6 +11,10 @@ from pathlib import Path
 def main() -> None:
     wanted = set(sys.argv[1:])
     names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("bench_"))
+    unknown = wanted - set(names) - {n.removeprefix("bench_") for n in names}
+    if unknown:
+        sys.exit(f"no benchmark named {', '.join(sorted(unknown))}; choose from "
+                 f"{', '.join(n.removeprefix('bench_') for n in names)}")
     for name in names:
         if wanted and name not in wanted and name.removeprefix("bench_") not in wanted:
             continue
