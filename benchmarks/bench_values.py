@@ -14,6 +14,7 @@ being rebuilt (1× its size), for a record only what recording adds on top of th
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import shutil
@@ -26,7 +27,7 @@ from typing import Any
 
 from benchmarks.harness import durable_shell, fmt_seconds, report
 
-REPEAT = 3
+REPEAT = 5
 ARRAY_BYTES = 1 << 30
 FRAME_ROWS = 9_000_000
 
@@ -173,31 +174,29 @@ def _in_child(fn: Callable[[], object]) -> tuple[float, int]:
     return float(seconds), int(extra)
 
 
-def _runs(fn: Callable[[], object], setup: Callable[[], object] | None = None) -> tuple[float, int]:
-    """Median time and max peak extra memory over REPEAT forked runs."""
-    times, peaks = [], []
-    for _ in range(REPEAT):
-        if setup is not None:
-            setup()
-        seconds, extra = _in_child(fn)
-        times.append(seconds)
-        peaks.append(extra)
-    return statistics.median(times), max(peaks)
+def _fresh(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
 
 
-def _fresh(path: Path) -> Callable[[], None]:
-    def setup() -> None:
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
-    return setup
-
-
-def _record_then_replay(record: Recorder, replay: Replayer, value: Value,
-                        folder: Path) -> tuple[float, int, float, int]:
-    """Each record run starts from an empty folder; the replays read what the last one left."""
-    rec_s, rec_mem = _runs(lambda: record(value, folder), setup=_fresh(folder))
-    rep_s, rep_mem = _runs(lambda: replay(folder))
-    return rec_s, rec_mem, rep_s, rep_mem
+def _interleaved(contenders: dict[str, tuple[Recorder, Replayer]], value: Value,
+                 root: Path) -> dict[str, tuple[float, int, float, int]]:
+    """Median time and max peak extra memory over REPEAT forked runs of each contender, taken in turns (record
+    by record, then replay by replay) so that a slow spell of this shared machine hits every contender alike.
+    Each record starts from an empty folder; the replays read what the last record left."""
+    runs: dict[str, list[list[tuple[float, int]]]] = {name: [[], []] for name in contenders}
+    for phase in (0, 1):
+        for _ in range(REPEAT):
+            for name, (record, replay) in contenders.items():
+                folder = root / name.replace(" ", "_")
+                if phase == 0:
+                    _fresh(folder)
+                    runs[name][0].append(_in_child(functools.partial(record, value, folder)))
+                else:
+                    runs[name][1].append(_in_child(functools.partial(replay, folder)))
+    return {name: (statistics.median(t for t, _ in rec), max(m for _, m in rec),
+                   statistics.median(t for t, _ in rep), max(m for _, m in rep))
+            for name, (rec, rep) in runs.items()}
 
 
 def _compare(label: str, value: Value, size: int, baseline: tuple[Recorder, Replayer, str],
@@ -208,12 +207,7 @@ def _compare(label: str, value: Value, size: int, baseline: tuple[Recorder, Repl
         "pickle file": (record_pickle, replay_pickle),
         "joblib.Memory": (record_joblib, replay_joblib),
     }
-    figures: dict[str, tuple[float, int, float, int]] = {}
-    for name, (record, replay) in contenders.items():
-        folder = root / name.replace(" ", "_")
-        figures[name] = _record_then_replay(record, replay, value, folder)
-        if name != "durable_nb":
-            shutil.rmtree(folder, ignore_errors=True)
+    figures = _interleaved(contenders, value, root)
     base_rec, _, base_rep, _ = figures[baseline[2]]
     rec_s, rec_mem, rep_s, rep_mem = figures["durable_nb"]
     report(f"{label}: record", rec_s, base_rec, baseline_name=baseline[2], limit=3)
@@ -228,7 +222,8 @@ def _compare(label: str, value: Value, size: int, baseline: tuple[Recorder, Repl
     # The WAL counts: the checkpoint that folds it into the .db runs in the background, after the cell.
     stored = sum(p.stat().st_size for p in (root / "durable_nb").glob("log.durable.db*"))
     print(f"    log file {stored / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB value", flush=True)
-    shutil.rmtree(root / "durable_nb", ignore_errors=True)
+    for name in contenders:
+        shutil.rmtree(root / name.replace(" ", "_"), ignore_errors=True)
 
 
 def _frame() -> tuple[Any, int]:

@@ -27,6 +27,7 @@ from .status import StatusLine, iso, message
 KEY_FORMAT = 1
 RESULT = "__result__"
 _IPYTHON_CACHE = re.compile(r"^(_+\d*|_i+\d*|_[ido]h)$")
+_IPYTHON_SYNTAX = re.compile(r"[%!?]|^\s*(>>>|\.\.\.|In \[)|\A\s", re.MULTILINE)
 # Rebinding these cannot be observed through an alias, so a mutation check would be wasted work.
 _IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.ModuleType)
 
@@ -48,14 +49,9 @@ class Key:
     problems: list[str]
 
 
-def visible_names(shell: Any) -> set[str]:
-    """User variables: not IPython's caches and helpers, not dunders."""
-    return {n for n in shell.user_ns if is_visible(shell, n)}
-
-
 def is_visible(shell: Any, name: str) -> bool:
-    """One name of visible_names: a membership test needs no scan of a namespace that IPython's history
-    (`_i1`, `_1`, ...) makes long."""
+    """A user variable: not one of IPython's caches (`_i1`, `_1`, ...) or helpers, not a dunder. Tested name by
+    name: IPython's history makes the namespace long."""
     return name in shell.user_ns and _user_name(shell, name, shell.user_ns[name])
 
 
@@ -74,7 +70,10 @@ _transformed: dict[tuple[int, str], str] = {}
 
 
 def _transform(shell: Any, code: str) -> str:
-    """IPython's input transforms (magics, `!cmd`), memoized: Run All replays are dominated by small costs."""
+    """IPython's input transforms (magics, `!cmd`), memoized: Run All replays are dominated by small costs.
+    Code none of them applies to (no %, !, ?, prompt or leading indent) is plain Python already."""
+    if not _IPYTHON_SYNTAX.search(code):
+        return code
     key = (id(shell.input_transformer_manager), code)
     if key not in _transformed:
         if len(_transformed) > 1024:

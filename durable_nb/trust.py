@@ -43,6 +43,12 @@ def _secret(path: Path) -> bytes:
 
 
 def user_secret() -> bytes:
+    return _secret_for(os.environ.get(KEY_ENV), os.environ.get("XDG_DATA_HOME"))
+
+
+@lru_cache(maxsize=8)
+def _secret_for(key_env: str | None, data_home: str | None) -> bytes:
+    """Keyed by the variables that choose the file: signing every stored value must not cost path work."""
     return _secret(secret_path())
 
 

@@ -260,3 +260,18 @@ def test_config_db_setting_moves_the_log(shell: Shell, tmp_path: Path) -> None:
     shell.durable("z = 3")
     assert (tmp_path / "elsewhere.durable.db").exists()
     assert shell.last_status()["log"] == str(tmp_path / "elsewhere.durable.db")
+
+
+def test_ipython_syntax_inside_a_durable_cell(new_shell: Callable[[], Shell]) -> None:
+    cell = body("c", "lines = !echo hello\nn = len(lines)\n%time doubled = n * 2")
+    sh = new_shell()
+    sh.durable(cell)
+    assert sh.ns["doubled"] == 2
+    sh2 = new_shell()
+    sh2.durable(cell)
+    assert runs("c") == 1 and sh2.ns["doubled"] == 2 and list(sh2.ns["lines"]) == ["hello"]
+
+
+def test_an_indented_cell_body_runs(shell: Shell) -> None:
+    shell.durable("\n    first = 1\n    second = first + 1")
+    assert shell.ns["second"] == 2
