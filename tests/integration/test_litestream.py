@@ -11,11 +11,10 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from s3server import S3Server
+from s3server import S3Server, wait_for
 
 from durable_nb.cli import main as cli_main
 from durable_nb.fleets import fleet
@@ -60,15 +59,6 @@ def executions(path: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM execution").fetchone()[0])
     finally:
         conn.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def restored_count(url: str, s3: S3Server, out: Path) -> int:
