@@ -315,10 +315,10 @@ class DurableCell:
         problems: list[str] = []
         try:
             with self.log.transaction():
-                stored = self._write_outputs(execution_id, changed, deleted, before, result, problems)
+                stored, written = self._write_outputs(execution_id, changed, deleted, before, result, problems)
                 cells.write_events(self.log, execution_id, events)
-                cells.finish(self.log, execution_id, state="recorded", duration=duration,
-                             replayable=not problems, problems=problems, bytes_stored=stored)
+                cells.finish(self.log, execution_id, state="recorded", duration=duration, replayable=not problems,
+                             problems=problems, bytes_stored=stored, output_names=written)
         except DurableError as exc:
             return [f"could not write the log: {exc}"]
         return problems
@@ -346,8 +346,10 @@ class DurableCell:
                 [n for n in deleted if n not in ignored])
 
     def _write_outputs(self, execution_id: int, changed: list[str], deleted: list[str], before: dict[str, Any],
-                       result: Any, problems: list[str]) -> int:
+                       result: Any, problems: list[str]) -> tuple[int, list[str]]:
+        """Returns the bytes stored and the names written (bound, aliased or deleted)."""
         ns = self.shell.user_ns
+        written = list(deleted)
         first_name: dict[int, str] = {}
         by_id = {i: n for n, i in _ids(before).items()}
         stored = 0
@@ -359,18 +361,20 @@ class DurableCell:
                                                                                         changed))
             if target is not None:
                 cells.write_output(self.log, execution_id, StoredOutput(name, "alias", target=target))
+                written.append(name)
                 continue
             first_name[id(value)] = name
             out = self._encode(name, value, problems)
             if out is not None:
                 out.inplace = mutated
                 cells.write_output(self.log, execution_id, out)
+                written.append(name)
                 stored += out.size
         for name in deleted:
             cells.write_output(self.log, execution_id, StoredOutput(name, "deleted"))
         if result is not None:
             stored += self._write_result(execution_id, result, first_name, by_id, changed)
-        return stored
+        return stored, written
 
     def _unchanged(self, name: str | None, changed: list[str]) -> str | None:
         """`name` if it is a user variable this cell left bound to the same object, else None."""

@@ -40,7 +40,8 @@ def synthetic_log(path: Path, executions: int, *, cells: int = 40, runs: int = 2
                          state, clock, None if state == "crashed" else clock + duration, duration,
                          source if state == "replayed" else None, 1.5 if state == "replayed" else None,
                          "input df changed" if state == "recorded" and source else None,
-                         json.dumps({"path": "f" * 32, "n": "e" * 32}), int(state == "recorded"),
+                         json.dumps({"path": "f" * 32, "n": "e" * 32}), "path, n",
+                         "df, summary" if state in ("recorded", "replayed") else None, int(state == "recorded"),
                          4096 if state == "recorded" else 0, "ValueError" if state == "failed" else None,
                          "bad row 17" if state == "failed" else None))
             if state == "recorded":
@@ -50,9 +51,9 @@ def synthetic_log(path: Path, executions: int, *, cells: int = 40, runs: int = 2
             clock += duration + 0.01
         conn.executemany(
             "INSERT INTO execution (id, run_id, cell_name, cell_id, execution_count, key, code, code_hash, state, "
-            "started_at, finished_at, duration, replayed_from, saved_seconds, reason, inputs, replayable, "
-            "bytes_stored, error_type, error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?)", rows)
+            "started_at, finished_at, duration, replayed_from, saved_seconds, reason, inputs, input_names, "
+            "output_names, replayable, bytes_stored, error_type, error_message) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         conn.executemany("INSERT INTO output (execution_id, name, kind, codec, codec_version, type, meta, size) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", outs)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class Recorded:
     started_at: float
     duration: float
     inputs: dict[str, str]
+    output_names: str | None
 
 
 def start(log: DurableLog, s: ExecutionStart) -> int:
@@ -61,9 +63,10 @@ def start(log: DurableLog, s: ExecutionStart) -> int:
     with log.transaction() as conn:
         cur = conn.execute(
             "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, lineage, "
-            "state, started_at, reason, inputs, deps_files) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+            "state, started_at, reason, inputs, input_names, deps_files) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
             (run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, s.lineage, time.time(),
-             s.reason, json.dumps(s.inputs), json.dumps(s.deps_files)),
+             s.reason, json.dumps(s.inputs), names(s.inputs), json.dumps(s.deps_files)),
         )
         return int(cur.lastrowid or 0)
 
@@ -91,22 +94,28 @@ def write_output(log: DurableLog, execution_id: int, out: StoredOutput) -> None:
 
 
 def finish(log: DurableLog, execution_id: int, *, state: str, duration: float, replayable: bool = False,
-           problems: list[str] | None = None, bytes_stored: int = 0, error: BaseException | None = None,
-           traceback: str | None = None) -> None:
+           problems: list[str] | None = None, bytes_stored: int = 0, output_names: list[str] | None = None,
+           error: BaseException | None = None, traceback: str | None = None) -> None:
     """Inside the caller's transaction: the final state of a started execution."""
     log.conn.execute(
         "UPDATE execution SET state = ?, finished_at = ?, duration = ?, replayable = ?, problems = ?, "
-        "bytes_stored = ?, error_type = ?, error_message = ?, traceback = ? WHERE id = ?",
+        "bytes_stored = ?, output_names = ?, error_type = ?, error_message = ?, traceback = ? WHERE id = ?",
         (state, time.time(), duration, int(replayable), json.dumps(problems or []), bytes_stored,
-         type(error).__name__ if error else None, str(error) if error else None, traceback, execution_id),
+         names(sorted(output_names or [])), type(error).__name__ if error else None,
+         str(error) if error else None, traceback, execution_id),
     )
+
+
+def names(items: Iterable[str]) -> str | None:
+    """The text form of a name list in the views: "df, model"; None for none."""
+    return ", ".join(items) or None
 
 
 def find_replayable(log: DurableLog, key: str) -> Recorded | None:
     row = log.conn.execute(
-        "SELECT id, started_at, duration, inputs FROM execution "
+        "SELECT id, started_at, duration, inputs, output_names FROM execution "
         "WHERE key = ? AND state = 'recorded' AND replayable = 1 ORDER BY id DESC LIMIT 1", (key,)).fetchone()
-    return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, json.loads(row[3]))
+    return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, json.loads(row[3]), row[4])
 
 
 def previous(log: DurableLog, s: ExecutionStart) -> dict[str, Any] | None:
@@ -144,9 +153,9 @@ def record_replay(log: DurableLog, s: ExecutionStart, source: Recorded, duration
     now = time.time()
     log.defer(
         "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, lineage, state, "
-        "started_at, finished_at, duration, replayed_from, saved_seconds, inputs, deps_files, replayable) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'replayed', ?, ?, ?, ?, ?, ?, ?, 0)",
+        "started_at, finished_at, duration, replayed_from, saved_seconds, inputs, input_names, output_names, "
+        "deps_files, replayable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'replayed', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
         (log.run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, s.lineage, now - duration,
-         now, duration, source.id, max(source.duration - duration, 0.0), json.dumps(s.inputs),
-         json.dumps(s.deps_files)),
+         now, duration, source.id, max(source.duration - duration, 0.0), json.dumps(s.inputs), names(s.inputs),
+         source.output_names, json.dumps(s.deps_files)),
     )

@@ -250,6 +250,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         FROM output o;
         """,
     ),
+    Migration(
+        4,
+        "input and output names kept on the execution row (written with it), so history reads neither JSON nor "
+        "outputs",
+        """
+        ALTER TABLE execution ADD COLUMN input_names TEXT;
+        ALTER TABLE execution ADD COLUMN output_names TEXT;
+        UPDATE execution SET input_names = (SELECT group_concat(j.key, ', ') FROM json_each(execution.inputs) j);
+        UPDATE execution SET output_names = (
+            SELECT group_concat(name, ', ') FROM (
+                SELECT o.name FROM output o WHERE o.execution_id = coalesce(execution.replayed_from, execution.id)
+                AND o.kind != 'result' ORDER BY o.name));
+
+        DROP VIEW executions;
+        CREATE VIEW executions AS
+        SELECT e.id AS execution_id, e.run_id, e.cell_name, e.cell_id, e.execution_count, e.state,
+               e.started_at, e.finished_at, e.duration, e.saved_seconds, e.replayed_from, e.reason,
+               e.input_names AS inputs, e.output_names AS outputs, e.bytes_stored, e.replayable, e.error_type,
+               e.error_message, e.key, e.code_hash
+        FROM execution e;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
