@@ -145,7 +145,7 @@ def _statements(sql: str) -> Iterator[str]:
         yield buf.strip()
 
 
-_scheduled: set[Path] = set()
+_scheduled: dict[Path, threading.Timer] = {}
 _schedule_lock = threading.Lock()
 
 
@@ -156,15 +156,24 @@ def schedule_checkpoint(path: Path) -> None:
     with _schedule_lock:
         if path in _scheduled:
             return
-        _scheduled.add(path)
-    timer = threading.Timer(CHECKPOINT_DELAY, _checkpoint, args=(path,))
+        timer = _scheduled[path] = threading.Timer(CHECKPOINT_DELAY, _checkpoint, args=(path,))
     timer.daemon = True
     timer.start()
 
 
+def settle_checkpoints(path: Path) -> None:
+    """Before the last connection closes: no background checkpoint may hold the file open then, so that the
+    close folds the WAL into the database and removes it (the next open need not scan a large WAL)."""
+    with _schedule_lock:
+        timer = _scheduled.get(path)
+    if timer is not None:
+        timer.cancel()
+        timer.join()
+
+
 def _checkpoint(path: Path) -> None:
     with _schedule_lock:
-        _scheduled.discard(path)  # a commit from now on schedules the next one
+        _scheduled.pop(path, None)  # a commit from now on schedules the next one
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
         try:

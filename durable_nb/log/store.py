@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..views import HistoryMethods
-from .connect import Durability, connect, write_transaction
+from .connect import Durability, connect, settle_checkpoints, write_transaction
 
 if TYPE_CHECKING:
     from .blobs import BlobStore
@@ -133,6 +133,8 @@ class DurableLog(HistoryMethods):
             self.flush()
             self.end_run()
         finally:
+            if not self.readonly:
+                settle_checkpoints(self.path)
             self.conn.close()
 
     def dead_run_ids(self) -> list[int]:
