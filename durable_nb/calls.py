@@ -304,6 +304,10 @@ class _Call:
     failures: list[_Failure] = field(default_factory=list)  # append-only
     signature: str | None = None
 
+    def next_attempt(self) -> None:
+        self.attempt += 1
+        self.attempt_started_at = time.time()
+
 
 @dataclass
 class _Row:
@@ -916,8 +920,7 @@ def _call_sync(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
                     error = _unwrap(exc)
                     break
                 sleep(wait)
-                call.attempt += 1
-                call.attempt_started_at = time.time()
+                call.next_attempt()
                 continue
             _succeeded(rec, spec.name, call, value)
             return value
@@ -945,8 +948,7 @@ async def _call_async(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs
                 waited = (spec.sleep or asyncio.sleep)(wait)
                 if inspect.isawaitable(waited):
                     await waited
-                call.attempt += 1
-                call.attempt_started_at = time.time()
+                call.next_attempt()
                 continue
             _succeeded(rec, spec.name, call, value)
             return value
