@@ -113,3 +113,32 @@ def test_the_db_file_catches_up_with_the_wal_soon_after_a_cell(shell: Shell, tmp
     shutil.copy(tmp_path / "t.durable.db", copy)
     with sqlite3.connect(copy) as conn:
         assert conn.execute("SELECT state FROM execution").fetchall() == [("recorded",)]
+
+
+def test_closing_waits_for_a_checkpoint_under_way_and_folds_the_wal(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background checkpoint still running at close used to keep the file open, so the close could not fold
+    the WAL and the next open had to scan all of it (300 ms per GiB)."""
+    import threading
+
+    from durable_nb.log import connect as connect_module
+    from durable_nb.log.store import DurableLog
+
+    started, release = threading.Event(), threading.Event()
+    real = connect_module._checkpoint
+
+    def slow_checkpoint(path: Path) -> None:
+        started.set()
+        release.wait(5)
+        real(path)
+
+    monkeypatch.setattr(connect_module, "CHECKPOINT_DELAY", 0.0)
+    monkeypatch.setattr(connect_module, "_checkpoint", slow_checkpoint)
+    path = tmp_path / "t.durable.db"
+    log = DurableLog(path, readonly=False)
+    with connect_module.write_transaction(log.conn, path):
+        log.conn.execute("CREATE TABLE scratch (x)")
+    assert started.wait(5)
+    threading.Timer(0.2, release.set).start()
+    log.close()
+    assert release.is_set() and not path.with_name(path.name + "-wal").exists()

@@ -145,7 +145,14 @@ def _statements(sql: str) -> Iterator[str]:
         yield buf.strip()
 
 
-_scheduled: dict[Path, threading.Timer] = {}
+class _Checkpoint(threading.Timer):
+    def __init__(self, path: Path) -> None:
+        super().__init__(CHECKPOINT_DELAY, _checkpoint, args=(path,))
+        self.path = path
+        self.daemon = True
+
+
+_scheduled: dict[Path, _Checkpoint] = {}
 _schedule_lock = threading.Lock()
 
 
@@ -156,19 +163,18 @@ def schedule_checkpoint(path: Path) -> None:
     with _schedule_lock:
         if path in _scheduled:
             return
-        timer = _scheduled[path] = threading.Timer(CHECKPOINT_DELAY, _checkpoint, args=(path,))
-    timer.daemon = True
+        timer = _scheduled[path] = _Checkpoint(path)
     timer.start()
 
 
 def settle_checkpoints(path: Path) -> None:
     """Before the last connection closes: no background checkpoint may hold the file open then, so that the
-    close folds the WAL into the database and removes it (the next open need not scan a large WAL)."""
-    with _schedule_lock:
-        timer = _scheduled.get(path)
-    if timer is not None:
-        timer.cancel()
-        timer.join()
+    close folds the WAL into the database and removes it (the next open need not scan a large WAL). A
+    checkpoint already under way is waited for, pending ones are cancelled."""
+    for timer in threading.enumerate():
+        if isinstance(timer, _Checkpoint) and timer.path == path and timer is not threading.current_thread():
+            timer.cancel()
+            timer.join()
 
 
 def _checkpoint(path: Path) -> None:
