@@ -159,3 +159,16 @@ def test_non_contiguous_buffer_is_refused(log: tuple[sqlite3.Connection, Path]) 
     conn, path = log
     with pytest.raises(TypeError, match="contiguous"):
         _put(conn, path, np.arange(10.0)[::2])
+
+
+def test_multi_chunk_blob_reads_the_same_inside_and_outside_a_transaction(
+        log: tuple[sqlite3.Connection, Path]) -> None:
+    """Outside a transaction several threads read the chunks through their own connections; inside one (where
+    those connections could not see uncommitted rows) the reading connection does it alone."""
+    conn, path = log
+    data = os.urandom(10_000)
+    with write_transaction(conn, path):
+        sink = BlobStore(conn, chunk_size=1024).sink()
+        blob_id = sink.put(data)
+        assert bytes(BlobStore(conn).source(blob_id).read()) == data
+    assert bytes(BlobStore(conn).source(blob_id).read()) == data
