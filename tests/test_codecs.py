@@ -153,19 +153,46 @@ def test_frame_with_attrs_falls_back_to_pickle(log: Log) -> None:
     assert back.attrs == {"unit": "m"}
 
 
-def test_dataframe_decode_streams_per_column_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dataframe_layout_raw_columns_and_arrow_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from durable_nb.codecs import arrow
 
     monkeypatch.setattr(arrow, "GROUP_BYTES", 1000)
     log = Log(tmp_path / "g.durable.db", chunk_size=512)
-    df = pd.DataFrame({"a": np.arange(500.0), "b": np.arange(500), "c": [str(i) for i in range(500)]})
+    df = pd.DataFrame({"a": np.arange(500.0), "s": [str(i) for i in range(500)], "b": np.arange(500),
+                       "t": [str(2 * i) for i in range(500)], "c": np.ones(500)})
     encoded, blob_ids = log.encode(df)
-    assert encoded.meta["groups"] == [1, 1, 1]
-    assert len(blob_ids) == 4  # schema + one group per column
+    assert encoded.meta["raw"] == [[0, "<f8"], [2, "<i8"], [4, "<f8"]]
+    assert encoded.meta["groups"] == [1, 1]
+    assert len(blob_ids) == 7  # Arrow schema, labels, three raw columns, two Arrow groups
+    back = log.decode(encoded, blob_ids)
+    _assert_frame_exact(back, df)
+    assert back._mgr.nblocks == 4  # one block per numpy dtype (consolidated, as pandas makes them), one per str
+    _, blob_ids2 = log.encode(df.assign(d=np.zeros(500)))
+    assert set(blob_ids[2:]) <= set(blob_ids2)  # unchanged columns are stored once
+
+
+def test_frames_decode_without_pandas_block_api(log: Log, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pandas < 3 has no pandas.api.internals.create_dataframe_from_blocks: the constructor path must give the
+    same frame."""
+    from durable_nb.codecs import arrow
+
+    df = _frame()
+    encoded, blob_ids = log.encode(df)
+    monkeypatch.setattr(arrow, "_block_api", lambda: None)
     _assert_frame_exact(log.decode(encoded, blob_ids), df)
-    df2 = df.assign(d=np.ones(500))
-    _, blob_ids2 = log.encode(df2)
-    assert set(blob_ids[1:]) <= set(blob_ids2)  # unchanged columns are stored once
+
+
+def test_frames_of_strided_and_mixed_numpy_columns_round_trip(log: Log) -> None:
+    """A frame built from a C-ordered 2-D array keeps F-ordered blocks (strided columns); datetime and
+    timedelta columns are raw too."""
+    df = pd.DataFrame(np.arange(40.0).reshape(10, 4), columns=list("wxyz"))
+    df["when"] = pd.date_range("2024-01-01", periods=10, freq="s")
+    df["took"] = pd.to_timedelta(np.arange(10), unit="ms")
+    encoded, back = log.round_trip(df)
+    assert [position for position, _ in encoded.meta["raw"]] == [0, 1, 2, 3, 4, 5]
+    _assert_frame_exact(back, df)
+    back.iloc[0, 0] = -1.0  # writable
+    assert back.iloc[0, 0] == -1.0 and df.iloc[0, 0] == 0.0
 
 
 @pytest.mark.parametrize("arr", [

@@ -1,8 +1,15 @@
-"""pandas DataFrame / Series / Index through Arrow IPC, only when the round trip is exact.
+"""pandas DataFrame / Series / Index through Arrow IPC and raw buffers, only when the round trip is exact.
 
-Layout: blob 0 is the Arrow schema (with pandas' metadata); then each group of consecutive columns (about
-GROUP_BYTES each) is an IPC stream in its own blob. Per-group blobs deduplicate a frame that gained one
-column, and let decoding free each group's Arrow memory while pandas takes the columns over.
+Columns of a plain numpy dtype (ints, floats, bools, datetime64, timedelta64) are stored as their raw bytes,
+one blob each, and decoded straight into the rows of the consolidated 2-D blocks pandas keeps them in: one
+copy from the log, as np.load makes, where Arrow would add a conversion copy and pandas a consolidation copy.
+All other columns (strings, categoricals, nullable and timezone-aware types) and the index go through Arrow.
+
+Layout: blob 0 is the Arrow schema of the Arrow part (with pandas' metadata). When there are raw columns,
+blob 1 is the schema of the whole frame without rows (it gives back the column labels), then one blob per raw
+column. Then each group of consecutive Arrow columns (about GROUP_BYTES each) is an IPC stream in its own
+blob. Per-column and per-group blobs deduplicate a frame that gained one column, and let decoding free each
+group's Arrow memory while pandas takes the columns over.
 
 Exactness is proven before anything is written: the first HEAD_ROWS rows go through the very decode path and
 must compare equal with the same dtypes, labels and index types. Object columns are accepted only when
@@ -14,10 +21,11 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import pyarrow as pa
 
@@ -32,7 +40,7 @@ _SERIES_COLUMN = "values"
 
 class ArrowCodec:
     name = "arrow"
-    version = 1
+    version = 2  # 2: raw numpy columns
     safe = True
 
     def accepts(self, value: Any) -> bool:
@@ -49,14 +57,22 @@ class ArrowCodec:
         kind, frame, meta = _as_frame(value)
         if getattr(value, "attrs", None):
             raise ValueError("pandas .attrs are not carried by Arrow")
+        raw = _raw_columns(frame)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. mixed-type labels: the head check below decides
-            table = pa.Table.from_pandas(frame, preserve_index=None)
+            table = _to_arrow(frame, raw)
+            labels = pa.Table.from_pandas(frame.iloc[:0], preserve_index=None).schema if raw else None
         _check_object_columns(table)
         groups = _groups(table)
         meta |= {"rows": len(frame), "groups": [len(g) for g in groups], **_freqs(frame)}
-        _check_round_trip(value, kind, meta, frame, table, groups)
+        if raw:
+            meta["raw"] = [[position, dtype.str] for position, dtype in raw.items()]
+        _check_round_trip(value, kind, meta, frame, labels, table, groups)
         sink.put(table.schema.serialize())
+        if labels is not None:
+            sink.put(labels.serialize())
+        for position in raw:
+            sink.put(_raw_bytes(frame.iloc[:, position].to_numpy()))
         for group in groups:
             part = table.select(group).replace_schema_metadata(None)
             with sink.writer() as out, pa.ipc.new_stream(out, part.schema) as stream:
@@ -66,10 +82,45 @@ class ArrowCodec:
     def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
         import pyarrow as pa
 
-        schema = pa.ipc.read_schema(pa.py_buffer(sources[0].read()))
-        table = _assemble(schema, [_read_group(s) for s in sources[1:]], meta["rows"])
-        # self_destruct frees each group's Arrow memory as pandas takes its columns over (peak ≈ one copy)
-        return _restore(meta, table.to_pandas(self_destruct=True))
+        def schema(source: BlobSource) -> pa.Schema:
+            return pa.ipc.read_schema(pa.py_buffer(source.read()))
+
+        raw = meta.get("raw", [])
+        labels = schema(sources[1]) if raw else None
+        raw_sources = dict(zip((position for position, _ in raw), sources[2:2 + len(raw)], strict=True))
+        parts = [_read_group(s) for s in sources[2 + len(raw) if raw else 1:]]
+
+        def fill(position: int, row: Any) -> None:
+            raw_sources[position].readinto(_raw_bytes(row))
+
+        return _restore(meta, _rebuild(meta, schema(sources[0]), labels, parts, fill))
+
+
+def _raw_columns(frame: pd.DataFrame) -> dict[int, np.dtype[Any]]:
+    """Positions and dtypes of the columns stored raw: plain numpy dtypes that Arrow also knows."""
+    import numpy as np
+
+    return {i: dtype for i, dtype in enumerate(frame.dtypes)
+            if isinstance(dtype, np.dtype) and dtype.kind in "biufmM" and dtype.isnative}
+
+
+def _to_arrow(frame: pd.DataFrame, raw: dict[int, Any]) -> pa.Table:
+    """The Arrow part: the index and the columns not stored raw (raw ones are never converted, so a strided
+    numeric column costs no Arrow copy)."""
+    import pyarrow as pa
+
+    if not raw:
+        return pa.Table.from_pandas(frame, preserve_index=None)
+    others = [label for i, label in enumerate(frame.columns) if i not in raw]
+    return pa.Table.from_pandas(frame, columns=others, preserve_index=None)
+
+
+def _raw_bytes(column: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """A 1-D column's bytes as a uint8 array: a view when it is contiguous, else a copy (datetime64 arrays
+    export no buffer themselves; a uint8 view does)."""
+    import numpy as np
+
+    return np.ascontiguousarray(column).view(np.uint8)
 
 
 def _as_frame(value: Any) -> tuple[str, pd.DataFrame, dict[str, Any]]:
@@ -114,19 +165,24 @@ def _freqs(frame: pd.DataFrame) -> dict[str, Any]:
     return {"freq": freq} if freq else {}
 
 
-def _check_round_trip(value: Any, kind: str, meta: dict[str, Any], frame: pd.DataFrame, table: pa.Table,
-                      groups: list[list[int]]) -> None:
+def _check_round_trip(value: Any, kind: str, meta: dict[str, Any], frame: pd.DataFrame,
+                      labels: pa.Schema | None, table: pa.Table, groups: list[list[int]]) -> None:
     import pandas as pd
     import pyarrow as pa
 
     # The head is converted afresh (a slice of `table` would keep the whole RangeIndex's metadata), then cast
     # to the whole frame's Arrow types, so that it proves what the full value will get.
+    first = frame.iloc[:HEAD_ROWS]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        head = pa.Table.from_pandas(frame.iloc[:HEAD_ROWS], preserve_index=None)
+        head = _to_arrow(first, dict.fromkeys(p for p, _ in meta.get("raw", [])))
     head = head.cast(pa.schema(table.schema, metadata=head.schema.metadata))
-    rebuilt = _assemble(head.schema, [head.select(g) for g in groups], len(frame.iloc[:HEAD_ROWS]))
-    back = _restore(meta, rebuilt.to_pandas())
+
+    def fill(position: int, row: Any) -> None:
+        row[:] = first.iloc[:, position].to_numpy()
+
+    rebuilt = _rebuild(meta | {"rows": len(first)}, head.schema, labels, [head.select(g) for g in groups], fill)
+    back = _restore(meta, rebuilt)
     expected = _unused_levels_dropped(value.iloc[:HEAD_ROWS] if kind != "index" else value[:HEAD_ROWS])
     exact = {"check_exact": True, "check_index_type": True}
     if kind == "frame":
@@ -171,6 +227,67 @@ def _read_group(source: BlobSource) -> pa.Table:
     buffer = pa.allocate_buffer(source.size)
     source.readinto(memoryview(buffer))  # verified before Arrow parses a byte of it
     return pa.ipc.open_stream(buffer).read_all()
+
+
+def _rebuild(meta: dict[str, Any], schema: pa.Schema, labels: pa.Schema | None, parts: list[pa.Table],
+             fill: Callable[[int, Any], None]) -> pd.DataFrame:
+    """The frame from its Arrow part and its raw columns (`fill(position, row)` fills one block row)."""
+    table = _assemble(schema, parts, meta["rows"])
+    # self_destruct frees each group's Arrow memory as pandas takes its columns over (peak ≈ one copy)
+    arrow_part = table.to_pandas(self_destruct=True)
+    if labels is None:
+        return arrow_part
+    blocks = _raw_blocks(meta["raw"], meta["rows"], fill)
+    columns = labels.empty_table().to_pandas().columns
+    return _combine(blocks, arrow_part, columns)
+
+
+def _raw_blocks(raw: list[list[Any]], rows: int, fill: Callable[[int, Any], None]) -> list[tuple[Any, Any]]:
+    """One 2-D block per dtype, shaped (columns, rows) as pandas keeps it, each row filled in place."""
+    import numpy as np
+
+    positions: dict[str, list[int]] = {}
+    for position, dtype in raw:
+        positions.setdefault(dtype, []).append(position)
+    blocks = []
+    for dtype, where in positions.items():
+        block = np.empty((len(where), rows), dtype=np.dtype(dtype))
+        for row, position in zip(block, where, strict=True):
+            fill(position, row)
+        blocks.append((block, np.array(where, dtype=np.intp)))
+    return blocks
+
+
+def _combine(blocks: list[tuple[Any, Any]], arrow_part: pd.DataFrame, columns: pd.Index) -> pd.DataFrame:
+    """The raw blocks and the Arrow part's columns as one frame, without copying either."""
+    import numpy as np
+    import pandas as pd
+
+    raw_positions = {int(p) for _, placement in blocks for p in placement}
+    other_positions = [i for i in range(len(columns)) if i not in raw_positions]
+    # a numpy-typed column of the Arrow part (e.g. objects) as its ndarray, others as their ExtensionArray
+    others = [column.to_numpy() if isinstance(column.dtype, np.dtype) else column.array
+              for column in (arrow_part.iloc[:, k] for k in range(arrow_part.shape[1]))]
+    from_blocks = _block_api()
+    if from_blocks is None:  # pandas < 3: the constructor copies into consolidated blocks
+        arrays = {p: block[j] for block, placement in blocks for j, p in enumerate(placement)}
+        arrays |= dict(zip(other_positions, others, strict=True))
+        frame = pd.DataFrame({i: arrays[i] for i in range(len(columns))}, index=arrow_part.index, copy=False)
+        frame.columns = columns
+        return frame
+    for position, array in zip(other_positions, others, strict=True):
+        block = array[None, :] if isinstance(array, np.ndarray) else array  # numpy blocks are 2-D
+        blocks.append((block, np.array([position], dtype=np.intp)))
+    return from_blocks(blocks, index=arrow_part.index, columns=columns)
+
+
+def _block_api() -> Callable[..., pd.DataFrame] | None:
+    try:
+        from pandas.api.internals import create_dataframe_from_blocks
+    except ImportError:
+        return None
+    from_blocks: Callable[..., pd.DataFrame] = create_dataframe_from_blocks
+    return from_blocks
 
 
 def _assemble(schema: pa.Schema, parts: list[pa.Table], rows: int) -> pa.Table:
