@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks.harness import durable_shell, fmt_seconds, report
 
-REPEAT = 5
+REPEAT = 7
 ARRAY_BYTES = 1 << 30
 FRAME_ROWS = 9_000_000
 
@@ -191,21 +191,23 @@ def _interleaved(contenders: dict[str, tuple[Recorder, Replayer]], value: Value,
                  root: Path) -> dict[str, tuple[float, int, float, int]]:
     """Median time and max peak extra memory over REPEAT forked runs of each contender, taken in turns (record
     by record, then replay by replay) so that a slow spell of this shared machine hits every contender alike.
-    Each turn starts with the next contender: the first run after a phase change pays for the memory the
-    previous phase left fragmented. Each record starts from an empty folder; the replays read what the last
-    record left."""
+    Each phase starts with one uncounted warm-up turn (its first runs pay for the page cache and fragmented
+    memory the previous phase left, seconds on this machine), and each turn starts with the next contender.
+    Each record starts from an empty folder; the replays read what the last record left."""
     names = list(contenders)
     runs: dict[str, list[list[tuple[float, int]]]] = {name: [[], []] for name in names}
     for phase in (0, 1):
-        for turn in range(REPEAT):
+        for turn in range(-1, REPEAT):
             for name in names[turn % len(names):] + names[:turn % len(names)]:
                 record, replay = contenders[name]
                 folder = root / name.replace(" ", "_")
                 if phase == 0:
                     _fresh(folder)
-                    runs[name][0].append(_in_child(functools.partial(record, value, folder)))
+                    run = _in_child(functools.partial(record, value, folder))
                 else:
-                    runs[name][1].append(_in_child(functools.partial(replay, folder)))
+                    run = _in_child(functools.partial(replay, folder))
+                if turn >= 0:
+                    runs[name][phase].append(run)
     return {name: (statistics.median(t for t, _ in rec), max(m for _, m in rec),
                    statistics.median(t for t, _ in rep), max(m for _, m in rep))
             for name, (rec, rep) in runs.items()}
