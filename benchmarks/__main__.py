@@ -15,13 +15,17 @@ def main() -> None:
     if unknown:
         sys.exit(f"no benchmark named {', '.join(sorted(unknown))}; choose from "
                  f"{', '.join(n.removeprefix('bench_') for n in names)}")
+    failed = []
     for name in names:
         if wanted and name not in wanted and name.removeprefix("bench_") not in wanted:
             continue
         print(f"\n== {name} ==", flush=True)
         # Each module in its own process: what one leaves behind (a background WAL checkpoint of a 1 GiB log,
         # a warm allocator) must not slow down or speed up the next one's figures.
-        subprocess.run([sys.executable, "-c", f"import benchmarks.{name} as b; b.main()"], check=True)
+        if subprocess.run([sys.executable, "-c", f"import benchmarks.{name} as b; b.main()"]).returncode:
+            failed.append(name)
+    if failed:  # the others still ran: one broken benchmark does not hide every figure
+        sys.exit(f"benchmark failed: {', '.join(failed)} (traceback above)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 "With" is the real replay path: the signature check (HMAC over codec, meta and blob hashes; for pickle), the
 xxh3_128 content hash of every blob while it is read, and the pickle stream's BLAKE2b digest. "Without" reads
 the same chunks into the same buffers and checks nothing. The cost is the difference of the best times of
-runs taken alternately (see `_interleaved`); the xxh3 pass over the value's bytes alone is a cross-check.
+runs taken alternately (see `_interleaved`). The xxh3 pass over the value's bytes alone is a cross-check and
+an upper bound: on replay the hash runs while other threads read the next chunks, so it hides partly.
 """
 
 from __future__ import annotations
@@ -29,11 +30,9 @@ def _unverified_source(conn: Any, blob_id: int) -> Any:
     class Unverified(BlobSource):
         def readinto(self, buffer: Any) -> int:
             target = memoryview(buffer).cast("B")
-            offset = 0
-            for rowid, raw_size, compression in self._chunks():
-                self._fill(rowid, compression, target[offset:offset + raw_size])
-                offset += raw_size
-            return offset
+            for _ in self._filled(self._parts(target)):
+                pass
+            return len(target)
 
     return Unverified(conn, blob_id)
 
@@ -108,4 +107,4 @@ def main() -> None:
                 report(f"replay 1 GiB ndarray via {label}: verification cost", max(with_check - without, 0.0),
                        with_check, baseline_name="verified replay", limit=0.10)
                 report(f"  cross-check: xxh3_128 of its 1 GiB alone ({label})", hash_alone, with_check,
-                       baseline_name="verified replay", limit=0.10)
+                       baseline_name="verified replay")

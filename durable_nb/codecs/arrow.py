@@ -85,10 +85,11 @@ class ArrowCodec:
         def schema(source: BlobSource) -> pa.Schema:
             return pa.ipc.read_schema(pa.py_buffer(source.read()))
 
-        raw = meta.get("raw", [])
+        raw = meta.get("raw", [])  # absent in version 1, which had no raw columns
+        groups_start = 2 + len(raw) if raw else 1  # after the Arrow schema, the labels and the raw columns
         labels = schema(sources[1]) if raw else None
-        raw_sources = dict(zip((position for position, _ in raw), sources[2:2 + len(raw)], strict=True))
-        parts = [_read_group(s) for s in sources[2 + len(raw) if raw else 1:]]
+        raw_sources = dict(zip((position for position, _ in raw), sources[2:groups_start], strict=True))
+        parts = [_read_group(s) for s in sources[groups_start:]]
 
         def fill(position: int, row: Any) -> None:
             raw_sources[position].readinto(_raw_bytes(row))
