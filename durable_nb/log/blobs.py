@@ -13,8 +13,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -349,10 +349,10 @@ class _Readers:
         self._conns: list[sqlite3.Connection] = []
         self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="durable_nb-read")
 
-    def submit(self, fill: Any, *args: Any) -> Any:
+    def submit(self, fill: Callable[..., None], *args: Any) -> Future[None]:
         return self._pool.submit(self._run, fill, *args)
 
-    def _run(self, fill: Any, *args: Any) -> None:
+    def _run(self, fill: Callable[..., None], *args: Any) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
