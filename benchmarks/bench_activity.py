@@ -47,6 +47,7 @@ def durable(folder: Path, durability: str) -> tuple[float, float]:
     """(record, replay) seconds per call, each the median over REPEAT fresh logs."""
     import durable_nb.calls as act
     from durable_nb import session
+    from durable_nb.log.calls import flush
 
     step = act.activity(inc)
     records, replays = [], []
@@ -55,7 +56,7 @@ def durable(folder: Path, durability: str) -> tuple[float, float]:
         act.reset_scope()
         step(-1)  # first use: imports, recorder, flusher thread
         records.append(_per_call(step))
-        act.flush()
+        flush()
         act.reset_scope()
         step(-1)
         replays.append(_per_call(step))

@@ -21,6 +21,7 @@ from durable_nb import session
 from durable_nb.calls import Permanent, activity, step
 from durable_nb.errors import EncodeError
 from durable_nb.fingerprint import fingerprint
+from durable_nb.log.calls import flush, recover
 from durable_nb.log.store import DurableLog
 from durable_nb.retry import RetryPolicy
 
@@ -31,20 +32,20 @@ def db(tmp_path: Path, secret: Path) -> Iterator[Path]:
     session.open_log(path)
     act.reset_scope()
     yield path
-    act.flush()
+    flush()
     session.close_log()
 
 
 def restart(path: Path, durability: str = "normal") -> DurableLog:
     """What a new process sees: everything flushed, a new log object (a new run), counters from zero."""
-    act.flush()
+    flush()
     session.close_log()
     act.reset_scope()
     return session.open_log(path, durability=durability)  # type: ignore[arg-type]
 
 
 def rows(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    act.flush()
+    flush()
     with DurableLog(path, readonly=True) as log:
         return log.conn.execute(sql, args).fetchall()
 
@@ -436,7 +437,7 @@ def test_full_durability_records_and_replays(tmp_path: Path, secret: Path) -> No
         assert [f(i) for i in range(5)] == [0, 3, 6, 9, 12]
         assert rows(path, "SELECT count(*) FROM activities") == [(5,)]
     finally:
-        act.flush()
+        flush()
         session.close_log()
 
 
@@ -444,8 +445,9 @@ CHILD = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
 import durable_nb.calls as act
+import durable_nb.log.calls as log_calls
 from durable_nb import session
-act.FLUSH_DELAY = {flush_delay}
+log_calls.FLUSH_DELAY = {flush_delay}
 session.open_log({db!r})
 
 @act.activity
@@ -475,7 +477,7 @@ def test_sigkill_loses_no_returned_call(tmp_path: Path, secret: Path, flush_dela
     session.open_log(db)  # a writer opening the log imports the journals of dead runs
     act.reset_scope()
     try:
-        assert act.recover(session.current_log()) == 0, "already imported when the log was opened"
+        assert recover(session.current_log()) == 0, "already imported when the log was opened"
         got = rows(db, "SELECT occurrence, state FROM activities ORDER BY call_id")
         assert [s for _, s in got] == states
         assert not list((tmp_path / "k.db-activities").glob("*.jsonl"))
@@ -502,7 +504,7 @@ def test_calls_in_a_durable_cell_are_linked_to_its_execution(shell: Any, tmp_pat
     shell.run("import durable_nb\n@durable_nb.activity\ndef double(x):\n    return x * 2")
     shell.durable("out = [double(i) for i in range(3)]")
     assert shell.ns["out"] == [0, 2, 4]
-    act.flush()
+    flush()
     log = session.current_log()
     (execution_id,), = log.conn.execute("SELECT execution_id FROM executions").fetchall()
     got = log.conn.execute("SELECT execution_id, state FROM activities").fetchall()
@@ -515,7 +517,7 @@ def test_an_activity_defined_in_a_durable_cell_works_after_the_cell_replays(new_
     first = new_shell()
     first.durable(cell)
     first.run("before = [triple(i) for i in range(3)]")
-    act.flush()
+    flush()
     second = new_shell()
     second.durable(cell)
     assert second.last_status()["state"] == "replayed"

@@ -299,6 +299,7 @@ class Box:
 
 def test_trust_signs_activity_results(users: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     import durable_nb.calls as act
+    from durable_nb.log.calls import flush
 
     alice, bob = users
     calls = str(alice / "calls.log")  # a file, not a list: a closure that changes would change the call's key
@@ -310,7 +311,7 @@ def test_trust_signs_activity_results(users: tuple[Path, Path], monkeypatch: pyt
         return Box(n)
 
     def open_as(secret: Path, db: Path) -> None:
-        act.flush()
+        flush()
         session.close_log()
         monkeypatch.setenv(KEY_ENV, str(secret))
         session.open_log(db)
@@ -319,7 +320,7 @@ def test_trust_signs_activity_results(users: tuple[Path, Path], monkeypatch: pyt
     try:
         open_as(alice / "secret", alice / "a.durable.db")
         assert build(3).n == 3
-        act.flush()
+        flush()
         share(alice / "a.durable.db", bob / "a.durable.db")
         monkeypatch.setenv(KEY_ENV, str(bob / "secret"))
         review = verify_log(bob / "a.durable.db")
@@ -328,5 +329,5 @@ def test_trust_signs_activity_results(users: tuple[Path, Path], monkeypatch: pyt
         after = verify_log(bob / "a.durable.db")
         assert after.ok and not after.unsigned and after.signed_by_you == review.pickled
     finally:
-        act.flush()
+        flush()
         session.close_log()

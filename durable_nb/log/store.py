@@ -52,7 +52,7 @@ class DurableLog(HistoryMethods):
         if not readonly:
             self.reap_crashed()
             if Path(f"{self.path}-activities").is_dir():
-                from ..calls import recover
+                from .calls import recover
 
                 recover(self)
 

@@ -22,6 +22,7 @@ ITERATIONS = 2000
 
 SETUP = """
 import time, durable_nb.calls as act
+from durable_nb.log.calls import flush
 from durable_nb.session import open_log
 open_log({db!r})
 SIDE = {side!r}
@@ -123,7 +124,7 @@ def test_sigkill_mid_loop_then_rerun_calls_only_unrecorded_iterations(tmp_path: 
     in_flight = set(run1[-1:])
     assert set(run2) == set(range(ITERATIONS)) - set(run1) | (set(run2) & in_flight)
     assert len(run2) == len(set(run2)) and len(run2) <= ITERATIONS - len(run1) + 1
-    second.run("act.flush()")  # the flusher imports the journal every 20 ms; do it now
+    second.run("flush()")  # the flusher imports the journal every 20 ms; do it now
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         recorded = conn.execute("SELECT count(*) FROM activities WHERE state = 'recorded'").fetchone()[0]
