@@ -250,8 +250,10 @@ def _run_in_thread(name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwa
     return box["value"]
 
 
-def _attempt_failed(rec: Recorder, spec: _Spec, call: Call, exc: BaseException) -> float | None:
-    """Record a failed attempt; return the wait before the next one, or None when the call has failed."""
+def _attempt_failed(rec: Recorder, spec: _Spec, call: Call, exc: BaseException) -> float:
+    """Record a failed attempt; return the wait before the next one, or raise the caller's error when the call
+    has failed. Called after the `except` clause: raised in one, an error unwrapped from `Permanent` would get
+    the wrapper as its context."""
     state = "timed-out" if isinstance(exc, TimeoutError) and spec.timeout is not None else "failed"
     failed = failure(call, exc, state)
     call.failures.append(failed)
@@ -261,7 +263,7 @@ def _attempt_failed(rec: Recorder, spec: _Spec, call: Call, exc: BaseException) 
         return failed.delay
     call.state, call.finished_at = "failed", failed.finished_at
     rec.finish(call)
-    return None
+    raise _unwrap(exc)
 
 
 def _succeeded(rec: Recorder, spec_name: str, call: Call, value: Any) -> None:
@@ -321,25 +323,20 @@ def _call_sync(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
     if not isinstance(call, Call):
         return call
     sleep = spec.sleep or time.sleep
-    error: BaseException | None = None
     try:
         while True:
             try:
                 value = spec.invoke_sync(args, kwargs)
             except BaseException as exc:
-                wait = _attempt_failed(rec, spec, call, exc)
-                if wait is None:
-                    error = _unwrap(exc)
-                    break
-                sleep(wait)
-                call.next_attempt()
-                continue
-            _succeeded(rec, spec.name, call, value)
-            return value
+                error = exc
+            else:
+                _succeeded(rec, spec.name, call, value)
+                return value
+            sleep(_attempt_failed(rec, spec, call, error))
+            call.next_attempt()
     except BaseException as exc:
         _abandon(rec, call, exc)
         raise
-    raise error
 
 
 async def _call_async(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -347,27 +344,22 @@ async def _call_async(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs
     rec, call = _replay_or_begin(spec, args, kwargs)
     if not isinstance(call, Call):
         return call
-    error: BaseException | None = None
     try:
         while True:
             try:
                 value = await spec.invoke_async(args, kwargs)
             except BaseException as exc:
-                wait = _attempt_failed(rec, spec, call, exc)
-                if wait is None:
-                    error = _unwrap(exc)
-                    break
-                waited = (spec.sleep or asyncio.sleep)(wait)
-                if inspect.isawaitable(waited):
-                    await waited
-                call.next_attempt()
-                continue
-            _succeeded(rec, spec.name, call, value)
-            return value
+                error = exc
+            else:
+                _succeeded(rec, spec.name, call, value)
+                return value
+            waited = (spec.sleep or asyncio.sleep)(_attempt_failed(rec, spec, call, error))
+            if inspect.isawaitable(waited):
+                await waited
+            call.next_attempt()
     except BaseException as exc:
         _abandon(rec, call, exc)
         raise
-    raise error
 
 
 def _wrap(fn: Callable[..., Any], options: dict[str, Any], sleep: Callable[[float], Any] | None) -> Any:
