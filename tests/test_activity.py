@@ -542,3 +542,22 @@ def test_pickled_results_with_fortran_ordered_buffers_replay(db: Path) -> None:
     again = make(50_000)
     assert again is not first and np.array_equal(again.a, first.a) and again.a.flags.f_contiguous
     assert rows(db, "SELECT count(*), max(state) FROM activities") == [(1, "recorded")]
+
+
+def test_the_log_and_its_views_show_calls_made_a_moment_ago(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls reach SQLite from a journal in the background; log.flush() and the pandas views must not wait."""
+    import durable_nb
+    from durable_nb.log import calls as log_calls
+
+    monkeypatch.setattr(log_calls, "FLUSH_DELAY", 60.0)  # no background flush during this test
+
+    @activity
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert [double(i) for i in range(3)] == [0, 2, 4]
+    log = session.current_log()
+    assert len(durable_nb.activities(log)) == 3
+    assert double(3) == 6
+    log.flush()
+    assert log.conn.execute("SELECT count(*) FROM activities").fetchone()[0] == 4

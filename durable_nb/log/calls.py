@@ -582,6 +582,13 @@ def flush() -> None:
         recorder.flush()
 
 
+def flush_log(log: DurableLog) -> None:
+    """Move the journaled calls of `log` into it now, if activities ran on it in this process."""
+    rec = _RECORDERS.get(log)
+    if rec is not None:
+        rec.flush()
+
+
 def _flush_at_exit() -> None:
     for recorder in list(_LIVE):
         with contextlib.suppress(Exception):  # what stays in the journal is imported by the next process

@@ -96,11 +96,16 @@ class DurableLog(HistoryMethods):
                 self._flush_timer.start()
 
     def flush(self) -> None:
+        """Write now what this process keeps for the log in memory or in its journal: replay bookkeeping rows
+        and activity calls (both are written within a fraction of a second anyway; SQL readers want them now)."""
         with self._lock:
             self._flush_timer = None
             if self._deferred and not self.readonly:
                 with self.transaction():
                     pass
+        calls = sys.modules.get(f"{__package__}.calls")  # not imported: no activity ran in this process
+        if calls is not None:
+            calls.flush_log(self)
 
     @property
     def run_id(self) -> int:
