@@ -303,11 +303,16 @@ class BlobSource:
 
     def _fill(self, conn: sqlite3.Connection, rowid: int, compression: str, part: memoryview) -> None:
         if compression == "none":
+            import numpy as np
+
+            # numpy copies (and faults in the fresh target pages) without the GIL, so the other reader thread
+            # runs meanwhile; a memoryview assignment would hold it.
+            target = np.frombuffer(part, np.uint8)
             with conn.blobopen("chunk", "data", rowid, readonly=True) as blob:
                 if len(blob) != len(part):
                     raise self._tampered()
                 for start in range(0, len(part), READ_PIECE):
-                    part[start:start + READ_PIECE] = blob.read(READ_PIECE)
+                    target[start:start + READ_PIECE] = np.frombuffer(blob.read(READ_PIECE), np.uint8)
             return
         if compression != "zstd":
             raise DecodeError(f"blob {self.hash} uses compression {compression!r}, unknown to this "
