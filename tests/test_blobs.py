@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -10,7 +11,8 @@ import pytest
 import xxhash
 
 from durable_nb.errors import DecodeError
-from durable_nb.log.blobs import BlobStore
+from durable_nb.log import blobs
+from durable_nb.log.blobs import BlobStore, ContentHash, content_hash
 from durable_nb.log.connect import connect, write_transaction
 
 
@@ -38,7 +40,7 @@ def test_put_read_round_trip_multi_chunk(log: tuple[sqlite3.Connection, Path]) -
     blob_id = _put(conn, path, data)
     source = BlobStore(conn).source(blob_id)
     assert source.size == 5000
-    assert source.hash == xxhash.xxh3_128_hexdigest(data)
+    assert source.hash == content_hash(data) and source.hash.startswith("tree:")
     assert bytes(source.read()) == data
     assert [(seq, size) for seq, size, _ in _chunks(conn, blob_id)] == [(0, 1024), (1, 1024), (2, 1024),
                                                                         (3, 1024), (4, 904)]
@@ -94,7 +96,7 @@ def test_streaming_writer_matches_put(log: tuple[sqlite3.Connection, Path]) -> N
         writer.write(data[5000:])
         writer.close()
     source = BlobStore(conn).source(writer.blob_id)
-    assert source.hash == xxhash.xxh3_128_hexdigest(data)
+    assert source.hash == content_hash(data) and source.hash.startswith("tree:")
     assert bytes(source.read()) == data
     assert all(size == 1024 for _, size, _ in _chunks(conn, writer.blob_id)[:-1])
     assert conn.execute("SELECT count(*) FROM blob WHERE hash LIKE 'pending:%'").fetchone()[0] == 0
@@ -153,7 +155,7 @@ def test_discard_removes_blobs_created_since_mark(log: tuple[sqlite3.Connection,
         sink.discard(mark)
     assert len(sink.blob_ids) == 1
     assert {r[0] for r in conn.execute("SELECT hash FROM blob")} == {
-        xxhash.xxh3_128_hexdigest(b"kept"), xxhash.xxh3_128_hexdigest(b"first")}
+        content_hash(b"kept"), content_hash(b"first")}
     assert BlobStore(conn).source(kept).read() == b"kept"
 
 
@@ -174,3 +176,55 @@ def test_multi_chunk_blob_reads_the_same_inside_and_outside_a_transaction(
         blob_id = sink.put(data)
         assert bytes(BlobStore(conn).source(blob_id).read()) == data
     assert bytes(BlobStore(conn).source(blob_id).read()) == data
+
+
+def test_a_bad_chunk_read_by_a_reader_thread_fails_cleanly(log: tuple[sqlite3.Connection, Path]) -> None:
+    """The threads filling later chunks wait for the hash of earlier ones: a chunk that cannot be read must
+    end the read with a clear error, not leave them waiting."""
+    conn, path = log
+    blob_id = _put(conn, path, os.urandom(8 * 1024))
+    conn.execute("UPDATE chunk SET data = zeroblob(10) WHERE blob_id = ? AND seq = 2", (blob_id,))
+    with pytest.raises(DecodeError, match="failed verification"):
+        BlobStore(conn).source(blob_id).read()
+
+
+def test_content_hash_is_the_same_however_the_bytes_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blobs, "PIECE", 100)
+    data = os.urandom(1050)
+    streamed = ContentHash()
+    cuts = [0, 7, 100, 101, 350, 1000, 1050]
+    for start, end in itertools.pairwise(cuts):
+        streamed.update(data[start:end])
+    assert streamed.size == len(data) and streamed.hexdigest() == content_hash(data)
+    assert content_hash(data) != content_hash(data[:-1]) != content_hash(b"")
+
+
+@pytest.mark.parametrize("flip", [None, 0, 2600], ids=["intact", "first-piece", "later-chunk"])
+def test_reader_threads_verify_the_pieces_they_copy(log: tuple[sqlite3.Connection, Path],
+                                                    monkeypatch: pytest.MonkeyPatch, flip: int | None) -> None:
+    """Chunks that start on piece boundaries are hashed piece by piece by the threads that fill them."""
+    monkeypatch.setattr(blobs, "PIECE", 256)
+    conn, path = log
+    data = os.urandom(5000)
+    blob_id = _put(conn, path, data)
+    if flip is not None:
+        rowid, offset = conn.execute("SELECT id, ? - seq * 1024 FROM chunk WHERE blob_id = ? AND seq = ?",
+                                     (flip, blob_id, flip // 1024)).fetchone()
+        with conn.blobopen("chunk", "data", rowid) as chunk:
+            chunk[offset] = chunk[offset] ^ 0xFF
+        with pytest.raises(DecodeError, match="failed verification"):
+            BlobStore(conn).source(blob_id).read()
+    else:
+        assert bytes(BlobStore(conn).source(blob_id).read()) == data
+
+
+def test_blobs_of_older_logs_keep_their_plain_hash(log: tuple[sqlite3.Connection, Path]) -> None:
+    """Logs written before the piece-wise hash name blobs by the xxh3_128 of their whole content."""
+    conn, path = log
+    data = os.urandom(5000)
+    blob_id = _put(conn, path, data)
+    conn.execute("UPDATE blob SET hash = ? WHERE id = ?", (xxhash.xxh3_128_hexdigest(data), blob_id))
+    assert bytes(BlobStore(conn).source(blob_id).read()) == data
+    conn.execute("UPDATE chunk SET data = ? WHERE blob_id = ? AND seq = 1", (os.urandom(1024), blob_id))
+    with pytest.raises(DecodeError, match="failed verification"):
+        BlobStore(conn).source(blob_id).read()

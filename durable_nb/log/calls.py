@@ -155,8 +155,13 @@ class _Result:
     safe: bool
     meta_json: str
 
-    def part_hashes(self) -> list[str]:
-        return [xxhash.xxh3_128_hexdigest(p) for p in self.parts]
+    def part_hashes(self, inline: bool) -> list[str]:
+        """The hashes the signature covers: what `_InlineSource.hash` or the parts' blobs will report."""
+        if inline:
+            return [xxhash.xxh3_128_hexdigest(self.parts[0])]
+        from .blobs import content_hash
+
+        return [content_hash(p) for p in self.parts]
 
 
 def encode_result(function: str, value: Any) -> _Result:
@@ -469,7 +474,7 @@ class Recorder:
                 inline = res.parts[0].tobytes()
             if not res.safe and call.signature is None:
                 trust = deps().trust
-                payload = trust.payload(enc.codec, enc.version, enc.meta, res.part_hashes())
+                payload = trust.payload(enc.codec, enc.version, enc.meta, res.part_hashes(inline is not None))
                 call.signature = trust.sign(payload)
         return (call.uid, self.run_id, call.execution_id, call.function, call.key, call.occurrence, call.kind,
                 call.started_at, call.state, call.finished_at, call.attempt, call.attempt_started_at,
