@@ -375,3 +375,16 @@ def test_main_module_closures_and_classes_pickle_by_value(tmp_path: Path) -> Non
     second = subprocess.run([sys.executable, "-c", replay], input=first.stdout, capture_output=True,
                             text=True, cwd=REPO, check=True)
     assert second.stdout.split() == ["42", "42", "True"]
+
+
+def test_frames_recorded_by_arrow_codec_version_1_still_decode(log: Log,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Version 1 had no raw columns: every column went through Arrow (what an empty `_raw_columns` writes)."""
+    from durable_nb.codecs import arrow
+
+    df = _frame()
+    monkeypatch.setattr(arrow, "_raw_columns", lambda frame: {})
+    encoded, blob_ids = log.encode(df)
+    monkeypatch.undo()
+    assert "raw" not in encoded.meta
+    _assert_frame_exact(log.decode(encoded._replace(version=1), blob_ids), df)
