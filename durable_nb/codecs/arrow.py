@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .npy import raw_bytes
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -72,7 +74,7 @@ class ArrowCodec:
         if labels is not None:
             sink.put(labels.serialize())
         for position in raw:
-            sink.put(_raw_bytes(frame.iloc[:, position].to_numpy()))
+            sink.put(raw_bytes(frame.iloc[:, position].to_numpy()))
         for group in groups:
             part = table.select(group).replace_schema_metadata(None)
             with sink.writer() as out, pa.ipc.new_stream(out, part.schema) as stream:
@@ -92,7 +94,7 @@ class ArrowCodec:
         parts = [_read_group(s) for s in sources[groups_start:]]
 
         def fill(position: int, row: Any) -> None:
-            raw_sources[position].readinto(_raw_bytes(row))
+            raw_sources[position].readinto(raw_bytes(row))
 
         return _restore(meta, _rebuild(meta, schema(sources[0]), labels, parts, fill))
 
@@ -114,14 +116,6 @@ def _to_arrow(frame: pd.DataFrame, raw: dict[int, Any]) -> pa.Table:
         return pa.Table.from_pandas(frame, preserve_index=None)
     others = [label for i, label in enumerate(frame.columns) if i not in raw]
     return pa.Table.from_pandas(frame, columns=others, preserve_index=None)
-
-
-def _raw_bytes(column: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """A 1-D column's bytes as a uint8 array: a view when it is contiguous, else a copy (datetime64 arrays
-    export no buffer themselves; a uint8 view does)."""
-    import numpy as np
-
-    return np.ascontiguousarray(column).view(np.uint8)
 
 
 def _as_frame(value: Any) -> tuple[str, pd.DataFrame, dict[str, Any]]:

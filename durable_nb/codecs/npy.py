@@ -36,7 +36,7 @@ class NpyCodec:
         scalar = isinstance(value, np.generic)
         arr = np.asarray(value)
         order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
-        sink.put(_raw_bytes(arr, order))
+        sink.put(raw_bytes(arr, order))
         return {"dtype": np.lib.format.dtype_to_descr(arr.dtype), "shape": list(arr.shape), "order": order,
                 "scalar": scalar}
 
@@ -45,11 +45,11 @@ class NpyCodec:
 
         dtype = np.lib.format.descr_to_dtype(_descr(meta["dtype"]))
         arr = np.empty(tuple(meta["shape"]), dtype=dtype, order=meta["order"])
-        sources[0].readinto(_raw_bytes(arr, meta["order"]))
+        sources[0].readinto(raw_bytes(arr, meta["order"]))
         return arr[()] if meta["scalar"] else arr
 
 
-def _raw_bytes(arr: np.ndarray[Any, Any], order: str) -> np.ndarray[Any, Any]:
+def raw_bytes(arr: np.ndarray[Any, Any], order: str = "C") -> np.ndarray[Any, Any]:
     """The array's bytes as a flat uint8 array: a view when `arr` is contiguous in `order`, else a copy.
     (datetime64 arrays export no buffer themselves; a uint8 view does.)"""
     import numpy as np

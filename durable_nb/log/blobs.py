@@ -94,8 +94,11 @@ def tree_digest(leaves: list[bytes], size: int) -> str:
 def content_hash(data: Any) -> str:
     """The content address of one buffer (what `BlobSink.put` stores it under)."""
     view = _bytes_view(data)
-    return tree_digest([xxhash.xxh3_128_digest(view[i:i + PIECE]) for i in range(0, len(view), PIECE)],
-                       len(view))
+    return tree_digest(_leaves(view), len(view))
+
+
+def _leaves(view: memoryview) -> list[bytes]:
+    return [xxhash.xxh3_128_digest(view[i:i + PIECE]) for i in range(0, len(view), PIECE)]
 
 
 class _ChunkWriter:
@@ -340,8 +343,8 @@ class BlobSource:
 
     def _fill_all(self, parts: list[tuple[int, str, memoryview]], leaves: bool) -> list[list[bytes]]:
         """Fill every part; with `leaves`, return the digests of each part's pieces."""
-        path = _file_of(self._conn)
-        if len(parts) < PARALLEL_MIN_CHUNKS or READ_THREADS < 2 or path is None or self._conn.in_transaction:
+        path = None if len(parts) < PARALLEL_MIN_CHUNKS or READ_THREADS < 2 else _file_of(self._conn)
+        if path is None or self._conn.in_transaction:
             return [self._fill(self._conn, rowid, compression, part, leaves) for rowid, compression, part in parts]
         with _Readers(path) as readers:
             futures = [readers.submit(self._fill, *part, leaves) for part in parts]
@@ -352,7 +355,7 @@ class BlobSource:
         """Fill `part` from one chunk; with `leaves`, return the digests of its pieces."""
         if compression == "zstd":
             self._decompress(conn, rowid, part)
-            return [xxhash.xxh3_128_digest(part[i:i + PIECE]) for i in range(0, len(part), PIECE)] if leaves else []
+            return _leaves(part) if leaves else []
         if compression != "none":
             raise DecodeError(f"blob {self.hash} uses compression {compression!r}, unknown to this "
                               "durable_nb; upgrade durable_nb (pip install -U durable_nb) to replay it.")
