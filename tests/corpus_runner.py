@@ -9,8 +9,8 @@ Shared by tests/integration/test_corpus.py and benchmarks/bench_corpus.py.
   every durable status payload as the kernel sent it, and per-cell times.
 
 Cells carry `metadata.corpus` so results map back to the original notebook: `{"index": i}` for the original
-cell i (plus `"durable": true` when the variant made it durable), `{"role": "load"}` for the inserted `%load_ext`, `{"role": "fingerprints"}` for the appended namespace
-fingerprint cell.
+cell i (plus `"durable": true` when the variant made it durable), `{"role": "load"}` for the inserted
+`%load_ext`, `{"role": "fingerprints"}` for the appended namespace fingerprint cell.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ STATUS_MIME = "application/vnd.durable-nb.status+json"
 FINGERPRINT_MARK = "CORPUS-FINGERPRINTS "
 
 # Appended to every run: the fingerprint of every user-visible variable, as JSON on one line. IPython's own names
-# (In, Out, exit, quit, get_ipython, and ipykernel's `open` wrapper), names starting with `_` and modules are left out; a value whose fingerprint
-# raises is "unfingerprintable".
+# (In, Out, exit, quit, get_ipython, and ipykernel's `open` wrapper), names starting with `_` and modules are left
+# out; a value whose fingerprint raises is "unfingerprintable".
 FINGERPRINT_CELL = f'''
 def _corpus_fingerprints():
     import types
