@@ -2,7 +2,9 @@
 normalized form of its code that ignores comments and layout.
 
 The walk follows evaluation order at the top level (`x = x + 1` reads `x`; `x = 1; print(x)` does not), so
-a name the cell defines for itself is not mistaken for an input. Bodies of functions, lambdas and classes
+a name the cell defines for itself is not mistaken for an input. Only a binding on every path counts: after
+`if flag: y = 1`, a loop body, a `try` body or a `match` case, `y` may still be the namespace's old value, so
+reading it afterwards makes it an input. Bodies of functions, lambdas and classes
 defined in the cell contribute the globals they read. Names inside IPython magic calls (`%time f(x)`) are
 picked out of the magic's argument text. Over-approximation is safe (a spurious input only costs a
 fingerprint); the namespace diff after the run catches bindings the analysis cannot see.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -143,13 +146,63 @@ class _Walker(ast.NodeVisitor):
         self.visit(node.value)
         self.visit(node.target)
 
+    def _branches(self, *branches: Sequence[ast.AST]) -> None:
+        """Alternative paths: after them, a name counts as bound only if every path binds it."""
+        before = set(self.bound)
+        after: set[str] | None = None
+        for branch in branches:
+            self.bound = set(before)
+            for node in branch:
+                self.visit(node)
+            after = self.bound if after is None else after & self.bound
+        self.bound = before | (after or set())
+
+    def _maybe(self, *nodes: ast.AST) -> None:
+        """Code that may not run at all (a loop body): its bindings do not count afterwards."""
+        self._branches(list(nodes), [])
+
+    def visit_If(self, node: ast.If) -> None:
+        self.visit(node.test)
+        self._branches(node.body, node.orelse)
+
+    def visit_IfExp(self, node: ast.IfExp) -> None:
+        self.visit(node.test)
+        self._branches([node.body], [node.orelse])
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> None:
+        first, *rest = node.values
+        self.visit(first)
+        self._maybe(*rest)
+
     def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
         self.visit(node.iter)
-        self.visit(node.target)
-        for stmt in [*node.body, *node.orelse]:
-            self.visit(stmt)
+        self._maybe(node.target, *node.body, *node.orelse)
 
     visit_AsyncFor = visit_For
+
+    def visit_While(self, node: ast.While) -> None:
+        self.visit(node.test)
+        self._maybe(*node.body, *node.orelse)
+
+    def visit_Try(self, node: ast.Try | ast.TryStar) -> None:
+        # The body may stop at any statement; a handler runs after part of it.
+        self._branches([*node.body, *node.orelse], *([h] for h in node.handlers))
+        for stmt in node.finalbody:
+            self.visit(stmt)
+
+    visit_TryStar = visit_Try
+
+    def visit_Match(self, node: ast.Match) -> None:
+        self.visit(node.subject)
+        # No case may match: the cases' bindings never count afterwards.
+        self._branches(*([c] for c in node.cases), [])
+
+    def visit_match_case(self, node: ast.match_case) -> None:
+        self.visit(node.pattern)
+        if node.guard is not None:
+            self.visit(node.guard)
+        for stmt in node.body:
+            self.visit(stmt)
 
     def visit_With(self, node: ast.With | ast.AsyncWith) -> None:
         for item in node.items:

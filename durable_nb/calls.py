@@ -498,6 +498,8 @@ class Step:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         rec, call = self._rec, self._call
+        # Done with the log: a finished step is plain data (name, key, result), stored and replayed like any value.
+        self._rec = self._call = None
         if rec is None or call is None:
             return
         if exc is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import sys
@@ -14,22 +15,19 @@ from typing import Any
 
 import xxhash
 
-from . import capture, environment, trust
+from . import capture, cell_outputs, environment, sharing, trust
 from .analysis import CellAnalysis, analyze
 from .calls import execution_scope
-from .errors import DecodeError, DurableError, EncodeError, LogError, Unfingerprintable, UntrustedError
+from .errors import DecodeError, DurableError, LogError, Unfingerprintable, UntrustedError
 from .fingerprint import fingerprint, fingerprint_file, referenced_globals
 from .log import cells
-from .log.cells import ExecutionStart, Recorded, StoredOutput
+from .log.cells import ExecutionStart, Recorded
 from .log.store import DurableLog
 from .status import StatusLine, iso, message
 
 KEY_FORMAT = 1
-RESULT = "__result__"
 _IPYTHON_CACHE = re.compile(r"^(_+\d*|_i+\d*|_[ido]h)$")
 _IPYTHON_SYNTAX = re.compile(r"[%!?]|^\s*(>>>|\.\.\.|In \[)|\A\s", re.MULTILINE)
-# Rebinding these cannot be observed through an alias, so a mutation check would be wasted work.
-_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.ModuleType)
 
 
 @dataclass
@@ -53,10 +51,6 @@ def is_visible(shell: Any, name: str) -> bool:
     """A user variable: not one of IPython's caches (`_i1`, `_1`, ...) or helpers, not a dunder. Tested name by
     name: IPython's history makes the namespace long."""
     return name in shell.user_ns and _user_name(shell, name, shell.user_ns[name])
-
-
-def _ids(ns: dict[str, Any]) -> dict[str, int]:
-    return dict(zip(ns, map(id, ns.values()), strict=True))
 
 
 def _user_name(shell: Any, name: str, value: object) -> bool:
@@ -194,80 +188,14 @@ class DurableCell:
 
     def _replay(self, recorded: Recorded, start: ExecutionStart) -> Any:
         t0 = time.perf_counter()
-        values, deleted, inplace = self._decode_outputs(recorded.id)
+        result = cell_outputs.Restore(self.log, self.shell.user_ns, start.inputs).run(recorded.id)
         events = cells.events(self.log, recorded.id)
-        result = values.pop(RESULT, None)
-        self._apply(values, deleted, inplace)
         differs = environment.differences(self.log, recorded.id)
         self.status.show(self._payload("replayed", recorded_at=recorded.started_at, duration=recorded.duration,
                                        execution_id=recorded.id, reason="; ".join(differs) or None))
         capture.replay(self.shell, events)
         cells.record_replay(self.log, start, recorded, time.perf_counter() - t0)
         return result
-
-    def _decode_outputs(self, execution_id: int) -> tuple[dict[str, Any], list[str], set[str]]:
-        """Everything is decoded before the namespace is touched: a failure leaves no half-restored state."""
-        from .codecs import decode_value
-
-        values: dict[str, Any] = {}
-        inplace: set[str] = set()
-        deleted: list[str] = []
-        aliases: list[StoredOutput] = []
-        outputs = cells.outputs(self.log, execution_id)
-        self._check_trusted(outputs)
-        for out in outputs:
-            if out.kind == "deleted":
-                deleted.append(out.name)
-            elif out.kind == "alias" or (out.kind == "result" and out.target):
-                aliases.append(out)
-            elif out.kind == "module":
-                values[out.name] = _import(str(out.target), out.name)
-            elif out.codec is None:
-                values[out.name] = _RecordedDisplay(out.meta["bundle"])
-            else:
-                if out.inplace:
-                    inplace.add(out.name)
-                sources = [self.log.blobs.source(b) for b in out.blob_ids]
-                try:
-                    values[out.name] = decode_value(out.codec, out.codec_version or 0, out.meta, sources,
-                                                    allow_pickle=True)  # signatures checked above
-                except DecodeError:
-                    raise
-                except ImportError as exc:
-                    raise DecodeError(f"variable {out.name} ({out.type}) needs module {exc.name or '?'}, which "
-                                      f"cannot be imported here ({exc}); install it to replay") from exc
-                except Exception as exc:
-                    raise DecodeError(f"variable {out.name} ({out.type}): {type(exc).__name__}: {exc}") from exc
-        # Only once everything is unpickled: unpickling an instance re-sets its class's attributes.
-        for name, value in values.items():
-            values[name] = _adopt(value, self.shell.user_ns)
-        for out in aliases:
-            target = str(out.target)
-            if target not in values and target not in self.shell.user_ns:
-                raise DecodeError(f"variable {out.name} was the same object as {target}, which is not defined")
-            values[out.name] = values[target] if target in values else self.shell.user_ns[target]
-        return values, deleted, inplace
-
-    def _check_trusted(self, outputs: list[StoredOutput]) -> None:
-        """Raise UntrustedError unless every pickled output is signed by this user; checked before any value is
-        read, so an untrusted record costs no decoding."""
-        from .codecs import CODECS
-
-        safe = {c.name for c in CODECS if c.safe}
-        for out in outputs:
-            if out.kind in ("value", "result") and out.codec is not None and out.codec not in safe:
-                hashes = [self.log.blobs.source(b).hash for b in out.blob_ids]
-                if not trust.verify(trust.payload(out.codec, out.codec_version or 0, out.meta, hashes),
-                                    out.signature):
-                    raise UntrustedError(f"variable {out.name} ({out.type}) is pickled and not signed by you")
-
-    def _apply(self, values: dict[str, Any], deleted: list[str], inplace: set[str]) -> None:
-        ns = self.shell.user_ns
-        for name, value in values.items():
-            if not (name in inplace and _update_in_place(ns.get(name), value)):
-                ns[name] = value
-        for name in deleted:
-            ns.pop(name, None)
 
     # -- execute and record ---------------------------------------------------------------------------------
 
@@ -311,115 +239,48 @@ class DurableCell:
 
     def _record(self, execution_id: int, analysis: CellAnalysis, start: ExecutionStart,
                 before: dict[str, Any], result: Any, events: list[tuple[str, Any]], duration: float) -> list[str]:
-        changed, deleted = self._changed_names(analysis, start, before)
-        problems: list[str] = []
+        visible = functools.partial(is_visible, self.shell)
+        shared = sharing.arrays(self.shell.user_ns, visible)
+        changed, deleted = self._changed_names(analysis, start, before, shared)
+        writer = cell_outputs.Writer(self.log, execution_id, self.shell.user_ns, before, start.inputs, visible,
+                                self.shell.display_formatter)
         try:
             with self.log.transaction():
-                stored, written = self._write_outputs(execution_id, changed, deleted, before, result, problems)
+                writer.write(changed, deleted, result, shared)
                 cells.write_events(self.log, execution_id, events)
-                cells.finish(self.log, execution_id, state="recorded", duration=duration, replayable=not problems,
-                             problems=problems, bytes_stored=stored, output_names=written)
+                cells.finish(self.log, execution_id, state="recorded", duration=duration,
+                             replayable=not writer.problems, problems=writer.problems, bytes_stored=writer.stored,
+                             output_names=writer.written)
         except DurableError as exc:
             return [f"could not write the log: {exc}"]
-        return problems
+        return writer.problems
 
-    def _changed_names(self, analysis: CellAnalysis, start: ExecutionStart,
-                       before: dict[str, Any]) -> tuple[list[str], list[str]]:
-        """Names bound, rebound, mutated in place (an input whose fingerprint changed), and deleted."""
+    def _changed_names(self, analysis: CellAnalysis, start: ExecutionStart, before: dict[str, Any],
+                       shared: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """Names bound, rebound, mutated in place (an input whose fingerprint changed), and deleted; an array
+        sharing memory with a mutated one is mutated too."""
         ns = self.shell.user_ns
         # Identity changes found by set operations on (name, id) pairs, at C speed: IPython's history makes
         # the namespace long, and only the few names that moved need the visibility test.
-        moved = _ids(ns).items() - _ids(before).items()
+        moved = cell_outputs.ids(ns).items() - cell_outputs.ids(before).items()
         changed = [n for n in analysis.binds if is_visible(self.shell, n)]
         changed += sorted(n for n, _ in moved if is_visible(self.shell, n))
+        mutated = []
         for name, fp in start.inputs.items():
             value = ns.get(name, None)
-            if name in before and value is before[name] and not isinstance(value, _IMMUTABLE):
+            if name in before and value is before[name] and not isinstance(value, cell_outputs.IMMUTABLE):
                 try:
                     if fingerprint(value) != fp:
-                        changed.append(name)
+                        mutated.append(name)
                 except Unfingerprintable:
-                    changed.append(name)
+                    mutated.append(name)
+        changed += mutated
+        if shared and mutated:
+            changed += sharing.partners(shared, mutated)
         deleted = sorted(n for n in before.keys() - ns.keys() if _user_name(self.shell, n, before[n]))
         ignored = set(self.opts.ignore)
         return ([n for n in dict.fromkeys(changed) if n not in ignored],
                 [n for n in deleted if n not in ignored])
-
-    def _write_outputs(self, execution_id: int, changed: list[str], deleted: list[str], before: dict[str, Any],
-                       result: Any, problems: list[str]) -> tuple[int, list[str]]:
-        """Returns the bytes stored and the names written (bound, aliased or deleted)."""
-        ns = self.shell.user_ns
-        written = list(deleted)
-        first_name: dict[int, str] = {}
-        by_id = {i: n for n, i in _ids(before).items()}
-        stored = 0
-        for name in changed:
-            value = ns[name]
-            mutated = before.get(name) is value
-            # A value mutated in place is stored whole: names still pointing at it are restored in place.
-            target = first_name.get(id(value)) or (None if mutated else self._unchanged(by_id.get(id(value)),
-                                                                                        changed))
-            if target is not None:
-                cells.write_output(self.log, execution_id, StoredOutput(name, "alias", target=target))
-                written.append(name)
-                continue
-            first_name[id(value)] = name
-            out = self._encode(name, value, problems)
-            if out is not None:
-                out.inplace = mutated
-                cells.write_output(self.log, execution_id, out)
-                written.append(name)
-                stored += out.size
-        for name in deleted:
-            cells.write_output(self.log, execution_id, StoredOutput(name, "deleted"))
-        if result is not None:
-            stored += self._write_result(execution_id, result, first_name, by_id, changed)
-        return stored, written
-
-    def _unchanged(self, name: str | None, changed: list[str]) -> str | None:
-        """`name` if it is a user variable this cell left bound to the same object, else None."""
-        if name is None or name in changed or not is_visible(self.shell, name):
-            return None
-        return name
-
-    def _write_result(self, execution_id: int, result: Any, first_name: dict[int, str],
-                      by_id: dict[int, str], changed: list[str]) -> int:
-        target = first_name.get(id(result)) or self._unchanged(by_id.get(id(result)), changed)
-        if target is not None:
-            cells.write_output(self.log, execution_id, StoredOutput(RESULT, "result", target=target))
-            return 0
-        out = self._encode(RESULT, result, [])
-        if out is None:
-            data, metadata = self.shell.display_formatter.format(result)
-            out = StoredOutput(RESULT, "result", type=_type_name(result),
-                               meta={"bundle": {"data": data, "metadata": metadata}})
-        out.kind = "result"
-        cells.write_output(self.log, execution_id, out)
-        return out.size
-
-    def _encode(self, name: str, value: Any, problems: list[str]) -> StoredOutput | None:
-        """One value inside a savepoint: an unencodable value rolls back alone and is reported by name."""
-        from .codecs import encode_value
-
-        if isinstance(value, types.ModuleType):
-            return StoredOutput(name, "module", type="module", target=value.__name__)
-        conn = self.log.conn
-        conn.execute("SAVEPOINT durable_value")
-        try:
-            sink = self.log.blobs.sink()
-            enc = encode_value(value, sink)
-        except EncodeError as exc:
-            conn.execute("ROLLBACK TO durable_value")
-            conn.execute("RELEASE durable_value")
-            problems.append(f"variable {name} ({_type_name(value)}): {exc} — exclude it with --ignore {name}")
-            return None
-        conn.execute("RELEASE durable_value")
-        blob_ids = list(sink.blob_ids)
-        hashes = [self.log.blobs.source(b).hash for b in blob_ids]
-        signature = trust.sign(trust.payload(enc.codec, enc.version, enc.meta, hashes))
-        environment.note_package(self.log, enc.type_name)
-        return StoredOutput(name, "value", enc.codec, enc.version, enc.type_name, enc.meta, enc.size,
-                            signature=signature, blob_ids=blob_ids)
 
     def _payload(self, state: str, *, reason: str | None = None, duration: float | None = None,
                  recorded_at: float | None = None, error: str | None = None, problems: list[str] | None = None,
@@ -440,9 +301,13 @@ def exec_cell(shell: Any, code: str, transformed: str, analysis: CellAnalysis) -
     tree = ast.parse(transformed)
     filename = shell.compile.cache(transformed, shell.execution_count, raw_code=code)
     last = tree.body.pop() if analysis.has_result else None
-    exec(compile(tree, filename, "exec"), shell.user_global_ns, shell.user_ns)
+    # The shell's own flags (the user's `from __future__` imports), never this module's: compile() would
+    # otherwise inherit `annotations` from the line above and make every annotation in the cell a string.
+    flags = shell.compile.flags
+    exec(compile(tree, filename, "exec", flags, dont_inherit=True), shell.user_global_ns, shell.user_ns)
     if isinstance(last, ast.Expr):
-        return eval(compile(ast.Expression(last.value), filename, "eval"), shell.user_global_ns, shell.user_ns)
+        code = compile(ast.Expression(last.value), filename, "eval", flags, dont_inherit=True)
+        return eval(code, shell.user_global_ns, shell.user_ns)
     return None
 
 
@@ -453,68 +318,6 @@ def run_unlogged(shell: Any, code: str, problem: str) -> Any:
     print(f"durable: this cell is not recorded: {problem}", file=sys.stderr, flush=True)
     transformed = _transform(shell, code)
     return exec_cell(shell, code, transformed, analyze(transformed))
-
-
-class _RecordedDisplay:
-    """Stands in for a result that could not be stored as a value: it shows what the original showed."""
-
-    def __init__(self, bundle: dict[str, Any]) -> None:
-        self._bundle = bundle
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        return self._bundle["data"], self._bundle.get("metadata") or {}
-
-
-def _type_name(value: object) -> str:
-    t = type(value)
-    return t.__name__ if t.__module__ in ("builtins", "__main__") else f"{t.__module__}.{t.__qualname__}"
-
-
-def _import(module: str, name: str) -> types.ModuleType:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise DecodeError(f"module {module} (bound to {name}) cannot be imported here: {exc}") from exc
-
-
-def _adopt(value: Any, ns: dict[str, Any]) -> Any:
-    """Functions and classes rebuilt from the log read globals from the live namespace, like the originals."""
-    if isinstance(value, types.FunctionType) and value.__module__ == "__main__":
-        return _rebind(value, ns)
-    if isinstance(value, type) and value.__module__ == "__main__":
-        for attr, member in list(vars(value).items()):
-            func = member.__func__ if isinstance(member, staticmethod | classmethod) else member
-            if isinstance(func, types.FunctionType):
-                rebound = _rebind(func, ns)
-                setattr(value, attr, type(member)(rebound) if func is not member else rebound)
-    return value
-
-
-def _rebind(func: types.FunctionType, ns: dict[str, Any]) -> types.FunctionType:
-    new = types.FunctionType(func.__code__, ns, func.__name__, func.__defaults__, func.__closure__)
-    new.__kwdefaults__ = func.__kwdefaults__
-    new.__qualname__ = func.__qualname__
-    new.__doc__ = func.__doc__
-    new.__annotations__ = func.__annotations__
-    new.__dict__.update(func.__dict__)
-    new.__module__ = func.__module__
-    return new
-
-
-def _update_in_place(current: Any, value: Any) -> bool:
-    """An input the cell mutated is restored into the existing object, so names aliasing it see the change."""
-    if current is None or type(current) is not type(value):
-        return False
-    if isinstance(current, list | bytearray):
-        current[:] = value
-    elif isinstance(current, dict | set):
-        current.clear()
-        current.update(value)
-    else:
-        return False
-    return True
 
 
 def default_cell_id(shell: Any) -> str | None:

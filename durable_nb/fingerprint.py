@@ -303,7 +303,8 @@ def _resolve(t: type) -> Handler:
         return _module
     # Only a value whose type comes from numpy/pandas/pyarrow imports them (they are already imported then).
     top = t.__module__.partition(".")[0]
-    special = {"numpy": _numpy_handler, "pandas": _pandas_handler, "pyarrow": _arrow_handler}.get(top)
+    special = {"numpy": _numpy_handler, "pandas": _pandas_handler, "pyarrow": _arrow_handler,
+               "matplotlib": _matplotlib_handler}.get(top)
     found = special(t) if special is not None else None
     return found if found is not None else _object
 
@@ -564,7 +565,8 @@ def _class(h: _Hasher, cls: type) -> None:
     h.put(b"Q")
     h.visit((cls.__qualname__, cls.__bases__))
     h.visit(type(cls))
-    attrs = [(k, v) for k, v in vars(cls).items() if k not in _SKIP_CLASS_ATTRS]
+    # By name: a class rebuilt from a pickle lists its attributes in another order (`__doc__` moves).
+    attrs = sorted(((k, v) for k, v in vars(cls).items() if k not in _SKIP_CLASS_ATTRS), key=lambda kv: kv[0])
     h.tag(b"a", len(attrs))
     for name, attr in attrs:
         h.visit(name)
@@ -595,6 +597,12 @@ _EXACT: dict[type, Handler] = {
     property: _property,
     functools.cached_property: _cached_property,
 }
+
+
+def _matplotlib_handler(t: type) -> Handler | None:
+    from . import fingerprint_figures
+
+    return fingerprint_figures.handler(t)
 
 
 # ---------------------------------------------------------------------------------------------- numpy

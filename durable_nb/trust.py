@@ -93,6 +93,8 @@ class StoredValue:
     signature: str | None
     table: str  # the row holding the signature: output or activity_call
     row_key: tuple[Any, ...]
+    # The blobs decoding reads: its own, or for one of a cell's pickled outputs, those of the shared stream.
+    reads: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -174,16 +176,18 @@ def stored_values(conn: sqlite3.Connection) -> list[StoredValue]:
         shown = "result" if name == "__result__" else f"variable {name}"
         where = (f"execution {execution_id}{f' (cell {cell})' if cell else ''} {shown} "
                  f"({str(type_name).removeprefix('__main__.')})")
-        found.append(StoredValue(where, codec, version or 0, _meta(meta),
-                                 blobs.get(("output", (execution_id, name)), []), None, signature, "output",
-                                 (execution_id, name)))
+        meta_ = _meta(meta)
+        own = blobs.get(("output", (execution_id, name)), [])
+        reads = blobs.get(("output", (execution_id, meta_["bundle_of"])), []) if "bundle_of" in meta_ else own
+        found.append(StoredValue(where, codec, version or 0, meta_, own, None, signature, "output",
+                                 (execution_id, name), reads))
     for call_id, function, codec, version, type_name, meta, inline, signature in conn.execute(
             "SELECT id, function, codec, codec_version, type, meta, inline, signature FROM activity_call "
             "WHERE codec IS NOT NULL ORDER BY id"):
+        own = blobs.get(("activity_call", (call_id,)), [])
         found.append(StoredValue(f"activity call {call_id} ({function}) result ({type_name})", codec,
-                                 version or 0, _meta(meta), blobs.get(("activity_call", (call_id,)), []),
-                                 None if inline is None else bytes(inline), signature, "activity_call",
-                                 (call_id,)))
+                                 version or 0, _meta(meta), own, None if inline is None else bytes(inline),
+                                 signature, "activity_call", (call_id,), own))
     return found
 
 
@@ -250,8 +254,8 @@ def _review(conn: sqlite3.Connection, path: Path) -> Review:
     bad_blobs, hashes = _check_blobs(conn, review, values)
     for value in values:
         review.values += 1
-        problems = [bad_blobs[b] for b in value.blob_ids if b in bad_blobs]
-        problems += [f"blob {b} is missing from the log" for b in value.blob_ids if b not in hashes]
+        problems = [bad_blobs[b] for b in value.reads if b in bad_blobs]
+        problems += [f"blob {b} is missing from the log" for b in value.reads if b not in hashes]
         if value.inline is not None and value.codec == "pickle" and _stream_digest(value.inline) != \
                 value.meta.get("blake2b"):
             problems.append("the pickle stream does not match its recorded BLAKE2b digest")

@@ -7,6 +7,7 @@ Two "users" are two secret files (DURABLE_NB_SECRET_FILE) and two folders; each 
 from __future__ import annotations
 
 import importlib
+import json
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -167,9 +168,12 @@ def flip_byte(db: Path, blob_id: int, offset: int) -> None:
 
 
 def blob_of(db: Path, name: str) -> int:
+    """The first blob of `name`: for a pickled value, the stream of the cell's pickled outputs it is part of."""
     with sqlite3.connect(db) as conn:
+        meta = conn.execute("SELECT meta FROM output WHERE name = ? ORDER BY execution_id LIMIT 1", (name,)).fetchone()
+        holder = json.loads(meta[0]).get("bundle_of", name)
         return int(conn.execute("SELECT blob_id FROM output_blob WHERE name = ? ORDER BY execution_id, seq "
-                                "LIMIT 1", (name,)).fetchone()[0])
+                                "LIMIT 1", (holder,)).fetchone()[0])
 
 
 def test_flipped_byte_is_reported_and_never_decoded(kernel: Kernel, users: tuple[Path, Path],

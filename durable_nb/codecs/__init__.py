@@ -37,7 +37,9 @@ class Encoded(NamedTuple):
     size: int  # raw bytes of the value's blobs plus inline data
 
 
-CODECS: tuple[Codec, ...] = (arrow.ArrowCodec(), npy.NpyCodec(), json.JsonCodec(), pickle.PickleCodec())
+PICKLE = pickle.PickleCodec()
+CODECS: tuple[Codec, ...] = (arrow.ArrowCodec(), npy.NpyCodec(), json.JsonCodec(), PICKLE)
+_SAFE = tuple(c for c in CODECS if c.safe)
 CODEC_VERSIONS: dict[str, int] = {c.name: c.version for c in CODECS}
 _BY_NAME: dict[str, Codec] = {c.name: c for c in CODECS}
 
@@ -50,8 +52,21 @@ def type_name(value: Any) -> str:
 def encode_value(value: Any, sink: BlobSink) -> Encoded:
     """Encode with the first codec that accepts `value` and round-trips it exactly; pickle is the last resort.
     Raises EncodeError naming the type and why pickle could not take it either."""
+    found, reason = _first_codec(CODECS, value, sink)
+    if found is None:
+        raise EncodeError(f"cannot store a value of type {type_name(value)}: {reason}. Make it picklable, or "
+                          "delete it at the end of the cell (del NAME) if it need not survive a replay.")
+    return found
+
+
+def encode_safe(value: Any, sink: BlobSink) -> Encoded | None:
+    """Encode with the first safe codec that takes `value`; None when only pickle would (see PICKLE)."""
+    return _first_codec(_SAFE, value, sink)[0]
+
+
+def _first_codec(codecs: Sequence[Codec], value: Any, sink: BlobSink) -> tuple[Encoded | None, str]:
     reason = "no codec accepts it"
-    for codec in CODECS:
+    for codec in codecs:
         mark = sink.mark()
         try:
             if not codec.accepts(value):
@@ -62,9 +77,8 @@ def encode_value(value: Any, sink: BlobSink) -> Encoded:
             reason = _reason(exc)
             continue
         size = sum(sink.sizes[mark:]) + int(meta.get("inline_size", 0))
-        return Encoded(codec.name, codec.version, meta, type_name(value), size)
-    raise EncodeError(f"cannot store a value of type {type_name(value)}: {reason}. Make it picklable, or "
-                      "delete it at the end of the cell (del NAME) if it need not survive a replay.")
+        return Encoded(codec.name, codec.version, meta, type_name(value), size), reason
+    return None, reason
 
 
 def _reason(exc: BaseException) -> str:

@@ -37,15 +37,19 @@ class NpyCodec:
         arr = np.asarray(value)
         order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
         sink.put(raw_bytes(arr, order))
-        return {"dtype": np.lib.format.dtype_to_descr(arr.dtype), "shape": list(arr.shape), "order": order,
+        meta = {"dtype": np.lib.format.dtype_to_descr(arr.dtype), "shape": list(arr.shape), "order": order,
                 "scalar": scalar}
+        if not scalar and not arr.flags.writeable:  # e.g. pandas' copy-on-write views (`s.to_numpy()`)
+            meta["writeable"] = False
+        return meta
 
     def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
         import numpy as np
 
-        dtype = np.lib.format.descr_to_dtype(_descr(meta["dtype"]))
-        arr = np.empty(tuple(meta["shape"]), dtype=dtype, order=meta["order"])
+        arr = np.empty(tuple(meta["shape"]), dtype=dtype_from_descr(meta["dtype"]), order=meta["order"])
         sources[0].readinto(raw_bytes(arr, meta["order"]))
+        if not meta.get("writeable", True):
+            arr.flags.writeable = False
         return arr[()] if meta["scalar"] else arr
 
 
@@ -56,6 +60,13 @@ def raw_bytes(arr: np.ndarray[Any, Any], order: str = "C") -> np.ndarray[Any, An
 
     flat = np.ravel(arr, order="F" if order == "F" else "C")
     return flat.view(np.uint8) if flat.size else np.empty(0, np.uint8)
+
+
+def dtype_from_descr(descr: Any) -> np.dtype[Any]:
+    """The dtype of a descr stored in meta (as `np.lib.format.dtype_to_descr` gives it, through JSON)."""
+    import numpy as np
+
+    return np.lib.format.descr_to_dtype(_descr(descr))
 
 
 def _descr(descr: Any) -> Any:

@@ -1,0 +1,398 @@
+"""A cell's outputs in the log: how the names a cell bound, changed or deleted become stored rows, and how a
+replay turns the rows back into the namespace with the same sharing between objects as the first run had.
+
+- A name bound to an object another name already holds is an alias of it (`b = a`: `b is a` after replay).
+- Modules and the classes and functions modules export are stored by name (codecs/reference.py).
+- An array inside another visible array is stored as a view of it (sharing.py).
+- Other values go through the first safe codec that takes them; what only pickle can take is pickled in one
+  stream per cell, in which unchanged inputs and safely stored outputs are references by name: `fig` and the
+  `ax` drawn into it, or a dict holding a DataFrame the cell also bound, come back as one graph of objects.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import environment, sharing, trust
+from .codecs import reference
+from .errors import DecodeError, UntrustedError
+from .fingerprint import fingerprint
+from .log import cells
+from .log.cells import StoredOutput
+from .log.store import DurableLog
+
+RESULT = "__result__"
+# Rebinding these cannot be observed through an alias, so a mutation check or a reference would be wasted.
+IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.ModuleType)
+
+
+def type_name(value: object) -> str:
+    t = type(value)
+    return t.__name__ if t.__module__ in ("builtins", "__main__") else f"{t.__module__}.{t.__qualname__}"
+
+
+def ids(ns: dict[str, Any]) -> dict[str, int]:
+    return dict(zip(ns, map(id, ns.values()), strict=True))
+
+
+@dataclass
+class _Pickled:
+    name: str
+    value: Any
+    mutated: bool
+
+
+@dataclass
+class Writer:
+    """Writes one execution's outputs inside the caller's transaction."""
+
+    log: DurableLog
+    execution_id: int
+    ns: dict[str, Any]
+    before: dict[str, Any]
+    inputs: dict[str, str]
+    visible: Callable[[str], bool]
+    formatter: Any  # the shell's display formatter, for a result that can only be shown
+    problems: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    stored: int = 0
+    _first_name: dict[int, str] = field(default_factory=dict)
+    _references: dict[int, str] = field(default_factory=dict)
+    _pickled: list[_Pickled] = field(default_factory=list)
+
+    def write(self, changed: list[str], deleted: list[str], result: Any, shared: dict[str, Any]) -> None:
+        by_id = {i: n for n, i in ids(self.before).items()}
+        moved = set(changed)
+
+        def unchanged(value: object) -> str | None:
+            """The visible name the cell left bound to `value`, if any."""
+            name = by_id.get(id(value))
+            return name if name is not None and name not in moved and self.visible(name) else None
+
+        for name in changed:
+            value = self.ns[name]
+            mutated = self.before.get(name) is value
+            # A value mutated in place is stored whole: names still pointing at it are restored in place.
+            target = self._first_name.get(id(value)) or (None if mutated else unchanged(value))
+            if target is not None:
+                self._row(StoredOutput(name, "alias", target=target))
+                continue
+            self._first_name[id(value)] = name
+            self._store(name, value, mutated, shared, changed)
+        for name in deleted:
+            self._row(StoredOutput(name, "deleted"))
+        if result is not None:
+            target = self._first_name.get(id(result)) or unchanged(result)
+            if target is not None:
+                self._row(StoredOutput(RESULT, "result", target=target), listed=False)
+            elif not self._store_safe(RESULT, result, False):
+                self._pickled.append(_Pickled(RESULT, result, False))
+        self._write_pickled(moved)
+
+    def _row(self, out: StoredOutput, *, listed: bool = True) -> None:
+        cells.write_output(self.log, self.execution_id, out)
+        self.stored += out.size
+        if listed:
+            self.written.append(out.name)
+
+    def _store(self, name: str, value: Any, mutated: bool, shared: dict[str, Any], changed: list[str]) -> None:
+        target = reference.reference_of(value)
+        if target is not None:
+            self._row(StoredOutput(name, "module", type=type_name(value), target=target))
+            return
+        view = sharing.view_of(name, value, shared)
+        if view is not None:
+            meta = {**view.meta, "view_of": view.anchor}
+            if view.anchor not in changed:
+                meta["anchor_fingerprint"] = self.inputs.get(view.anchor) or fingerprint(self.ns[view.anchor])
+            from .codecs import npy
+
+            self._row(StoredOutput(name, "value", "npy", npy.NpyCodec.version, type_name(value), meta))
+            return
+        if not self._store_safe(name, value, mutated):
+            self._pickled.append(_Pickled(name, value, mutated))
+
+    def _store_safe(self, name: str, value: Any, mutated: bool) -> bool:
+        from .codecs import encode_safe
+
+        sink = self.log.blobs.sink()
+        enc = encode_safe(value, sink)
+        if enc is None:
+            return False
+        self._row(StoredOutput(name, "result" if name == RESULT else "value", enc.codec, enc.version,
+                               enc.type_name, enc.meta, enc.size, inplace=mutated,
+                               signature=self._sign(enc.codec, enc.version, enc.meta, list(sink.blob_ids)),
+                               blob_ids=list(sink.blob_ids)), listed=name != RESULT)
+        self._references[id(value)] = f"out:{name}"
+        return True
+
+    def _sign(self, codec: str, version: int, meta: dict[str, Any], blob_ids: list[int]) -> str:
+        hashes = [self.log.blobs.source(b).hash for b in blob_ids]
+        return trust.sign(trust.payload(codec, version, meta, hashes))
+
+    def _write_pickled(self, moved: set[str]) -> None:
+        """Everything only pickle takes, as one stream; a value that cannot be pickled is left out by name."""
+        from .codecs import PICKLE
+
+        # Inputs the cell left alone come back as the live objects: the key vouches for their content.
+        references = {id(self.ns[n]): f"ns:{n}" for n in self.inputs
+                      if n not in moved and n in self.ns and not isinstance(self.ns[n], IMMUTABLE)}
+        references.update(self._references)
+        members = self._pickled
+        while members:
+            conn = self.log.conn
+            conn.execute("SAVEPOINT durable_pickle")
+            sink = self.log.blobs.sink()
+            try:
+                meta = PICKLE.encode_bundle([m.value for m in members], references, sink)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO durable_pickle")
+                conn.execute("RELEASE durable_pickle")
+                members = self._drop_unpicklable(members, references, exc)
+                continue
+            conn.execute("RELEASE durable_pickle")
+            self._pickled_rows(members, meta, list(sink.blob_ids), sum(sink.sizes))
+            return
+
+    def _drop_unpicklable(self, members: list[_Pickled], references: dict[int, str],
+                          exc: Exception) -> list[_Pickled]:
+        from .codecs import pickle
+
+        bad = {m.name: why for m in members if (why := pickle.problem([m.value], references)) is not None}
+        if not bad:  # only together do they fail: none of them can be stored
+            bad = {m.name: str(exc) or type(exc).__name__ for m in members}
+        for m in members:
+            if m.name not in bad:
+                continue
+            if m.name == RESULT:
+                self._display_only(m.value)
+            else:
+                self.problems.append(f"variable {m.name} ({type_name(m.value)}): cannot store it: {bad[m.name]} "
+                                     f"— exclude it with --ignore {m.name}")
+        return [m for m in members if m.name not in bad]
+
+    def _display_only(self, result: Any) -> None:
+        """A result that cannot be stored is recorded as what it showed."""
+        data, metadata = self.formatter.format(result)
+        self._row(StoredOutput(RESULT, "result", type=type_name(result),
+                               meta={"bundle": {"data": data, "metadata": metadata}}), listed=False)
+
+    def _pickled_rows(self, members: list[_Pickled], meta: dict[str, Any], blob_ids: list[int], size: int) -> None:
+        from .codecs import PICKLE
+
+        holder = members[0].name
+        for i, m in enumerate(members):
+            if i == 0:
+                row_meta, ids_, row_size = {**meta, "bundle": [x.name for x in members]}, blob_ids, size
+            else:
+                row_meta, ids_, row_size = {"bundle_of": holder, "index": i}, [], 0
+            self._row(StoredOutput(m.name, "result" if m.name == RESULT else "value", PICKLE.name, PICKLE.version,
+                                   type_name(m.value), row_meta, row_size, inplace=m.mutated,
+                                   signature=self._sign(PICKLE.name, PICKLE.version, row_meta, ids_), blob_ids=ids_),
+                      listed=m.name != RESULT)
+            environment.note_package(self.log, type_name(m.value))
+
+
+class Restore:
+    """Rebuilds one recorded execution's outputs. Everything is decoded before the namespace is touched: a
+    failure leaves no half-restored state."""
+
+    def __init__(self, log: DurableLog, ns: dict[str, Any], inputs: dict[str, str]) -> None:
+        self.log = log
+        self.ns = ns
+        self.inputs = inputs  # this replay's key inputs: what the live namespace holds now
+        self.final: dict[str, Any] = {}
+        self.updates: dict[str, Any] = {}  # name → value to copy into the live object
+
+    def run(self, execution_id: int) -> Any:
+        outputs = cells.outputs(self.log, execution_id)
+        check_trusted(self.log, outputs)
+        deleted, aliases, views, pickled = [], [], [], []
+        for out in outputs:
+            if out.kind == "deleted":
+                deleted.append(out.name)
+            elif out.kind == "alias" or (out.kind == "result" and out.target):
+                aliases.append(out)
+            elif out.kind == "module":
+                self.final[out.name] = reference.resolve(str(out.target), out.name)
+            elif out.codec is None:
+                self.final[out.name] = RecordedDisplay(out.meta["bundle"])
+            elif "view_of" in out.meta:
+                views.append(out)
+            elif "bundle" in out.meta or "bundle_of" in out.meta:
+                pickled.append(out)
+            else:
+                self._place(out, self._decode(out))
+        for out in views:
+            self._view(out)
+        self._unpickle(pickled)
+        for out in aliases:
+            self.final[out.name] = self._named(str(out.target), out.name)
+        result = self.final.pop(RESULT, None)
+        self._apply(deleted)
+        return result
+
+    def _decode(self, out: StoredOutput) -> Any:
+        from .codecs import decode_value
+
+        sources = [self.log.blobs.source(b) for b in out.blob_ids]
+        try:  # signatures were checked before anything was read
+            return decode_value(out.codec or "", out.codec_version or 0, out.meta, sources, allow_pickle=True)
+        except DecodeError:
+            raise
+        except ImportError as exc:
+            raise DecodeError(f"variable {out.name} ({out.type}) needs module {exc.name or '?'}, which cannot be "
+                              f"imported here ({exc}); install it to replay") from exc
+        except Exception as exc:
+            raise DecodeError(f"variable {out.name} ({out.type}): {type(exc).__name__}: {exc}") from exc
+
+    def _place(self, out: StoredOutput, value: Any) -> None:
+        live = self.ns.get(out.name)
+        if out.inplace and _can_update(live, value):
+            self.final[out.name] = live
+            self.updates[out.name] = value
+        else:
+            self.final[out.name] = value
+
+    def _named(self, name: str, for_name: str) -> Any:
+        if name in self.final:
+            return self.final[name]
+        if name in self.ns:
+            return self.ns[name]
+        raise DecodeError(f"variable {for_name} shared its object with {name}, which is not defined")
+
+    def _view(self, out: StoredOutput) -> None:
+        anchor_name = str(out.meta["view_of"])
+        anchor = self._named(anchor_name, out.name)
+        recorded = out.meta.get("anchor_fingerprint")
+        if recorded is not None and anchor_name not in self.final:
+            now = self.inputs.get(anchor_name) or fingerprint(anchor)
+            if now != recorded:
+                raise DecodeError(f"variable {out.name} was a view of {anchor_name}, which holds other values now")
+        view = sharing.rebuild(out.name, anchor, out.meta)
+        live = self.ns.get(out.name)
+        self.final[out.name] = live if sharing.same_view(live, view) else view
+
+    def _unpickle(self, rows: list[StoredOutput]) -> None:
+        if not rows:
+            return
+        from .codecs import pickle
+
+        holder = rows[0]
+        if holder.meta.get("bundle") != [r.name for r in rows]:
+            raise DecodeError(f"the pickled outputs of this execution are incomplete ({holder.name}): re-run the cell")
+        sources = [self.log.blobs.source(b) for b in holder.blob_ids]
+        try:
+            values = pickle.load(holder.meta, sources, self._resolve)
+        except DecodeError:
+            raise
+        except ImportError as exc:
+            raise DecodeError(f"{_what(rows)} needs module {exc.name or '?'}, which cannot be imported here "
+                              f"({exc}); install it to replay") from exc
+        except Exception as exc:
+            raise DecodeError(f"{_what(rows)}: {type(exc).__name__}: {exc}") from exc
+        # Only once everything is unpickled: unpickling an instance re-sets its class's attributes.
+        for row, value in zip(rows, values, strict=True):
+            self._place(row, adopt(value, self.ns))
+
+    def _resolve(self, reference_: str) -> Any:
+        where, _, name = reference_.partition(":")
+        if where == "out" and name in self.final:
+            return self.final[name]
+        if where == "ns" and name in self.ns:
+            return self.ns[name]
+        raise DecodeError(f"a pickled output refers to variable {name}, which is not defined")
+
+    def _apply(self, deleted: list[str]) -> None:
+        for name, value in self.final.items():
+            if name in self.updates:
+                _update(value, self.updates[name])
+            else:
+                self.ns[name] = value
+        for name in deleted:
+            self.ns.pop(name, None)
+
+
+def check_trusted(log: DurableLog, outputs: list[StoredOutput]) -> None:
+    """Raise UntrustedError unless every pickled output is signed by this user; checked before any value is
+    read, so an untrusted record costs no decoding."""
+    from .codecs import CODECS
+
+    safe = {c.name for c in CODECS if c.safe}
+    for out in outputs:
+        if out.kind in ("value", "result") and out.codec is not None and out.codec not in safe:
+            hashes = [log.blobs.source(b).hash for b in out.blob_ids]
+            if not trust.verify(trust.payload(out.codec, out.codec_version or 0, out.meta, hashes), out.signature):
+                raise UntrustedError(f"variable {out.name} ({out.type}) is pickled and not signed by you")
+
+
+def _what(rows: list[StoredOutput]) -> str:
+    named = ", ".join(f"{r.name} ({r.type})" for r in rows)
+    return f"variable {named}" if len(rows) == 1 else f"variables {named}"
+
+
+class RecordedDisplay:
+    """Stands in for a result that could not be stored as a value: it shows what the original showed."""
+
+    def __init__(self, bundle: dict[str, Any]) -> None:
+        self._bundle = bundle
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self._bundle["data"], self._bundle.get("metadata") or {}
+
+
+def adopt(value: Any, ns: dict[str, Any]) -> Any:
+    """Functions and classes rebuilt from the log read globals from the live namespace, like the originals."""
+    if _notebook_function(value):
+        return _rebind(value, ns)
+    if isinstance(value, type) and value.__module__ == "__main__":
+        for attr, member in list(vars(value).items()):
+            func = member.__func__ if isinstance(member, staticmethod | classmethod) else member
+            if _notebook_function(func):
+                rebound = _rebind(func, ns)
+                setattr(value, attr, type(member)(rebound) if func is not member else rebound)
+    return value
+
+
+def _notebook_function(value: object) -> bool:
+    # By its globals, not its __module__: functools.wraps copies "__main__" onto library wrappers (dataclasses'
+    # recursive-repr guard) whose globals are their library's own.
+    return isinstance(value, types.FunctionType) and value.__globals__.get("__name__") == "__main__"
+
+
+def _rebind(func: types.FunctionType, ns: dict[str, Any]) -> types.FunctionType:
+    new = types.FunctionType(func.__code__, ns, func.__name__, func.__defaults__, func.__closure__)
+    new.__kwdefaults__ = func.__kwdefaults__
+    new.__qualname__ = func.__qualname__
+    new.__doc__ = func.__doc__
+    new.__annotations__ = func.__annotations__
+    new.__dict__.update(func.__dict__)
+    new.__module__ = func.__module__
+    return new
+
+
+def _can_update(current: Any, value: Any) -> bool:
+    """An input the cell mutated is restored into the existing object, so names aliasing it see the change."""
+    if current is None or type(current) is not type(value):
+        return False
+    if isinstance(current, list | bytearray | dict | set):
+        return True
+    np = sharing.numpy_if_imported()
+    return (np is not None and type(current) is np.ndarray and current.shape == value.shape
+            and current.dtype == value.dtype and bool(current.flags.writeable))
+
+
+def _update(current: Any, value: Any) -> None:
+    if isinstance(current, list | bytearray):
+        current[:] = value
+    elif isinstance(current, dict | set):
+        current.clear()
+        current.update(value)
+    else:
+        current[...] = value
+
+
+

@@ -1,0 +1,103 @@
+"""Fingerprints of matplotlib figures and the artists in them, by what they show.
+
+A figure's object graph is no content to hash: it holds id()-keyed callback tables, and drawing it or a pickle
+round trip rewrites caches and flags. So a figure is rendered (Agg, RGBA, at its own dpi) and hashed with what
+a picture can hide: each artist's type, line data and texts, in the figure's own child order. An artist is its
+figure's fingerprint plus its place in that order, so `ax[0, 1]` after a replay is the same input as before.
+matplotlib marks a figure stale when anything in it changes: a figure not stale since it was last hashed keeps
+its fingerprint without another render.
+"""
+
+from __future__ import annotations
+
+import io
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import xxhash
+
+if TYPE_CHECKING:
+    from .fingerprint import Handler, _Hasher
+
+
+class _Hashed:
+    __slots__ = ("digest", "places")
+
+    def __init__(self, digest: bytes, places: dict[int, int]) -> None:
+        self.digest = digest
+        self.places = places
+
+
+_CACHE: weakref.WeakKeyDictionary[Any, _Hashed] = weakref.WeakKeyDictionary()
+
+
+def handler(t: type) -> Handler | None:
+    from matplotlib.artist import Artist
+    from matplotlib.figure import Figure
+
+    if issubclass(t, Figure):
+        return _figure
+    if issubclass(t, Artist):
+        return _artist
+    return None
+
+
+def _figure(h: _Hasher, fig: Any) -> None:
+    if h.seen(fig):
+        return
+    h.put(b"mF")
+    h.put(_hashed(fig).digest)
+
+
+def _artist(h: _Hasher, artist: Any) -> None:
+    from .fingerprint import _object
+
+    fig = _root_figure(artist)
+    if fig is None or artist is fig:
+        _object(h, artist)  # not drawn anywhere: its state is all there is
+        return
+    if h.seen(artist):
+        return
+    hashed = _hashed(fig)
+    h.put(b"mA")
+    h.visit(type(artist).__qualname__)
+    h.put(hashed.digest)
+    h.visit(hashed.places.get(id(artist), -1))
+
+
+def _hashed(fig: Any) -> _Hashed:
+    import numpy as np
+
+    cached = _CACHE.get(fig)
+    if cached is not None and not fig.stale:
+        return cached
+    state: Any = xxhash.xxh3_128()
+    state.update(_pixels(fig))
+    artists = fig.findobj(include_self=False)
+    for artist in artists:
+        state.update(type(artist).__qualname__.encode())
+        if hasattr(artist, "get_xydata"):
+            state.update(np.ascontiguousarray(artist.get_xydata(), dtype=float).view(np.uint8))
+        if hasattr(artist, "get_text"):
+            state.update(str(artist.get_text()).encode("utf-8", "surrogatepass"))
+    hashed = _Hashed(state.digest(), {id(a): i for i, a in enumerate(artists)})
+    _CACHE[fig] = hashed
+    return hashed
+
+
+def _pixels(fig: Any) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if isinstance(fig.canvas, FigureCanvasAgg):  # pyplot's inline and Agg backends
+        fig.canvas.draw()  # type: ignore[no-untyped-call]  # leaves the figure not stale: the next look costs nothing
+        return fig.canvas.buffer_rgba()  # type: ignore[no-untyped-call]
+    pixels = io.BytesIO()
+    fig.savefig(pixels, format="rgba", dpi=fig.dpi)  # through a temporary Agg canvas; the figure stays stale
+    return pixels.getbuffer()
+
+
+def _root_figure(artist: Any) -> Any:
+    try:
+        return artist.get_figure(root=True)  # matplotlib >= 3.10: the top figure, not a subfigure
+    except TypeError:
+        return artist.figure
