@@ -15,7 +15,7 @@ from typing import Any
 
 import xxhash
 
-from . import capture, cell_outputs, environment, sharing, trust
+from . import capture, cell_outputs, environment, settings, sharing, trust
 from .analysis import CellAnalysis, analyze
 from .calls import execution_scope
 from .errors import DecodeError, DurableError, LogError, Unfingerprintable, UntrustedError
@@ -206,6 +206,7 @@ class DurableCell:
         ns = self.shell.user_ns
         before = dict(ns)  # a C-level copy: holding the old objects also keeps their ids unique
         recorder = capture.Recorder(self.shell)
+        settings_before = settings.snapshot() if settings.may_change(self.code) else None
         t0 = time.perf_counter()
         try:
             with recorder, execution_scope(execution_id):
@@ -217,7 +218,9 @@ class DurableCell:
                                            error=f"{type(exc).__name__}: {exc}", execution_id=execution_id))
             raise
         duration = time.perf_counter() - t0
-        problems = self._record(execution_id, analysis, start, before, result, recorder.events, duration)
+        changed_settings = {} if settings_before is None else settings.changed(settings_before, settings.snapshot())
+        problems = self._record(execution_id, analysis, start, before, result, recorder.events, duration,
+                                changed_settings)
         state = "not-replayable" if problems else "recorded"
         self.status.show(self._payload(state, reason=start.reason, duration=duration, problems=problems,
                                        execution_id=execution_id))
@@ -238,7 +241,8 @@ class DurableCell:
             pass  # the user's own exception is what they need to see
 
     def _record(self, execution_id: int, analysis: CellAnalysis, start: ExecutionStart,
-                before: dict[str, Any], result: Any, events: list[tuple[str, Any]], duration: float) -> list[str]:
+                before: dict[str, Any], result: Any, events: list[tuple[str, Any]], duration: float,
+                changed_settings: dict[str, Any]) -> list[str]:
         visible = functools.partial(is_visible, self.shell)
         shared = sharing.arrays(self.shell.user_ns, visible)
         changed, deleted = self._changed_names(analysis, start, before, shared)
@@ -246,7 +250,7 @@ class DurableCell:
                                 self.shell.display_formatter)
         try:
             with self.log.transaction():
-                writer.write(changed, deleted, result, shared)
+                writer.write(changed, deleted, result, shared, changed_settings)
                 cells.write_events(self.log, execution_id, events)
                 cells.finish(self.log, execution_id, state="recorded", duration=duration,
                              replayable=not writer.problems, problems=writer.problems, bytes_stored=writer.stored,

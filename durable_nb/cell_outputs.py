@@ -14,9 +14,9 @@ from __future__ import annotations
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
-from . import environment, sharing, trust
+from . import environment, settings, sharing, trust
 from .codecs import reference
 from .errors import DecodeError, UntrustedError
 from .fingerprint import fingerprint
@@ -63,7 +63,10 @@ class Writer:
     _references: dict[int, str] = field(default_factory=dict)
     _pickled: list[_Pickled] = field(default_factory=list)
 
-    def write(self, changed: list[str], deleted: list[str], result: Any, shared: dict[str, Any]) -> None:
+    def write(self, changed: list[str], deleted: list[str], result: Any, shared: dict[str, Any],
+              changed_settings: dict[str, Any]) -> None:
+        if changed_settings:
+            self._store_safe(settings.NAME, changed_settings, False)
         by_id = {i: n for n, i in ids(self.before).items()}
         moved = set(changed)
 
@@ -122,10 +125,11 @@ class Writer:
         enc = encode_safe(value, sink)
         if enc is None:
             return False
-        self._row(StoredOutput(name, "result" if name == RESULT else "value", enc.codec, enc.version,
+        variable = name not in (RESULT, settings.NAME)  # the others are kept as results: no variable
+        self._row(StoredOutput(name, "value" if variable else "result", enc.codec, enc.version,
                                enc.type_name, enc.meta, enc.size, inplace=mutated,
                                signature=self._sign(enc.codec, enc.version, enc.meta, list(sink.blob_ids)),
-                               blob_ids=list(sink.blob_ids)), listed=name != RESULT)
+                               blob_ids=list(sink.blob_ids)), listed=variable)
         self._references[id(value)] = f"out:{name}"
         return True
 
@@ -232,7 +236,10 @@ class Restore:
         for out in aliases:
             self.final[out.name] = self._named(str(out.target), out.name)
         result = self.final.pop(RESULT, None)
+        changed_settings = self.final.pop(settings.NAME, None)
         self._apply(deleted)
+        if changed_settings:
+            settings.apply(changed_settings)
         return result
 
     def _decode(self, out: StoredOutput) -> Any:
@@ -357,7 +364,7 @@ def adopt(value: Any, ns: dict[str, Any]) -> Any:
     return value
 
 
-def _notebook_function(value: object) -> bool:
+def _notebook_function(value: object) -> TypeGuard[types.FunctionType]:
     # By its globals, not its __module__: functools.wraps copies "__main__" onto library wrappers (dataclasses'
     # recursive-repr guard) whose globals are their library's own.
     return isinstance(value, types.FunctionType) and value.__globals__.get("__name__") == "__main__"

@@ -611,9 +611,11 @@ def _matplotlib_handler(t: type) -> Handler | None:
 def _numpy_handler(t: type) -> Handler | None:
     import numpy as np
 
-    # Other ndarray subclasses (masked arrays...) carry more than their buffer: they go through _object.
     if t is np.ndarray or t is np.memmap:
         return _ndarray
+    if t is np.ma.MaskedArray:
+        return _masked_array
+    # Other ndarray subclasses carry more than their buffer: they go through _object.
     if issubclass(t, np.generic):
         return _numpy_scalar
     return None
@@ -639,6 +641,23 @@ def _ndarray(h: _Hasher, arr: Any) -> None:
     h.put(b"A")
     h.visit((_dtype_key(arr.dtype), arr.shape))
     _array_content(h, arr)
+
+
+def _masked_array(h: _Hasher, arr: Any) -> None:
+    """Mask, unmasked data and fill value: its pickle also carries bookkeeping a round trip changes."""
+    import numpy as np
+
+    if h.seen(arr):
+        return
+    h.put(b"Am")
+    h.visit((_dtype_key(arr.dtype), arr.shape))
+    mask = np.ma.getmaskarray(arr)
+    _raw(h, mask)
+    data = np.ma.getdata(arr)
+    if mask.any() and not arr.dtype.hasobject:
+        data = np.where(mask, np.zeros((), dtype=data.dtype), data)  # what hides under the mask is arbitrary
+    _array_content(h, data)
+    h.visit_in(arr.fill_value, "the fill value of a masked array")
 
 
 def _array_content(h: _Hasher, arr: Any) -> None:

@@ -86,13 +86,12 @@ def _hashed(fig: Any) -> _Hashed:
 
 
 def _pixels(fig: Any) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    if isinstance(fig.canvas, FigureCanvasAgg):  # pyplot's inline and Agg backends
-        fig.canvas.draw()  # type: ignore[no-untyped-call]  # leaves the figure not stale: the next look costs nothing
-        return fig.canvas.buffer_rgba()  # type: ignore[no-untyped-call]
+    """The figure rendered by a temporary Agg canvas, whatever canvas it has: one that came from a pickle may have
+    another than the original, and the picture must not depend on it."""
     pixels = io.BytesIO()
-    fig.savefig(pixels, format="rgba", dpi=fig.dpi)  # through a temporary Agg canvas; the figure stays stale
+    fig.savefig(pixels, format="rgba", dpi=fig.dpi, facecolor=fig.get_facecolor(), edgecolor=fig.get_edgecolor())
+    # Drawn now: any change to an artist marks it stale again, so until then the cached digest holds.
+    fig.stale = False
     return pixels.getbuffer()
 
 

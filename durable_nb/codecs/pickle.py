@@ -112,7 +112,7 @@ def _pickler_class() -> type:
     import cloudpickle
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-        dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(_FILES, cloudpickle.Pickler.dispatch_table)
+        dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(_REDUCERS, cloudpickle.Pickler.dispatch_table)
 
         def __init__(self, file: Any, protocol: int, buffer_callback: Any, persistent_id: Any) -> None:
             if persistent_id is not None:
@@ -135,8 +135,22 @@ def _refuse_file(obj: Any) -> Any:
         "not data; open it in the cell that reads it (with open(...) as f:)")
 
 
-_FILES = {t: _refuse_file for t in (io.TextIOWrapper, io.BufferedReader, io.BufferedWriter, io.BufferedRandom,
-                                    io.FileIO)}
+def cached_property_of(func: Any, attrname: str | None) -> functools.cached_property[Any]:
+    """A cached_property as it was (Python 3.11's holds a lock, which pickle cannot take)."""
+    prop = functools.cached_property(func)
+    prop.attrname = attrname
+    return prop
+
+
+def _reduce_cached_property(prop: functools.cached_property[Any]) -> Any:
+    return cached_property_of, (prop.func, prop.attrname)
+
+
+_REDUCERS: dict[type, Any] = {
+    **{t: _refuse_file for t in (io.TextIOWrapper, io.BufferedReader, io.BufferedWriter, io.BufferedRandom,
+                                 io.FileIO)},
+    functools.cached_property: _reduce_cached_property,
+}
 
 
 def _digest(data: bytes | bytearray | memoryview) -> str:
