@@ -16,9 +16,8 @@ import os
 import sys
 from typing import Any
 
-from IPython.core.interactiveshell import InteractiveShell
-
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, CaselessStrEnum, Unicode, observe
