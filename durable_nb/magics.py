@@ -147,7 +147,7 @@ class DurableMagics(Magics):
 
     @magic_arguments()
     @argument("mode", nargs="?", help="on: every following code cell is durable; off: only cells marked durable.")
-    @line_magic("durable")
+    @line_magic("durable")  # type: ignore[arg-type]  # IPython types the named form as taking a name only
     def durable_mode(self, line: str) -> None:
         """%durable on | off: make every following code cell durable without writing %%durable (the setting
         DurableMagics.all_cells). Cells that start with a magic (%, %%) or a shell escape (!) are left alone; a
