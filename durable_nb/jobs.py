@@ -386,7 +386,7 @@ class _Runner:
 
     async def _run(self) -> None:
         from nbclient import NotebookClient
-        from nbclient.exceptions import CellControlSignal, CellExecutionError, CellTimeoutError, DeadKernelError
+        from nbclient.exceptions import DeadKernelError
 
         client = NotebookClient(
             self.nb, kernel_name=self.kernel, timeout=self.cell_timeout, interrupt_on_timeout=True,
@@ -395,36 +395,47 @@ class _Runner:
             resources={"metadata": {"path": str(self.nb_path.parent)}}, record_timing=False,
             on_cell_execute=self._on_cell_execute)
         env = {**os.environ, "JPY_SESSION_NAME": str(self.nb_path)}
-        async with client.async_setup_kernel(env=env):
-            assert client.kc is not None
-            self._send_cell_metadata(client.kc)
-            await self._setup(client)
-            for index, cell in enumerate(self.nb.cells):
-                if cell.cell_type != "code":
-                    continue
-                result = self.cells[index]
-                remaining = sum(c.estimate_s or 0.0 for c in self.cells.values() if c.number >= result.number)
-                self.progress.start(result, remaining)
-                t0 = time.perf_counter()
-                try:
-                    await client.async_execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
-                except DeadKernelError:
-                    self._stop(result, "killed", "the kernel died (killed, out of memory, or crashed)", died=True)
-                except CellTimeoutError as exc:
-                    self._stop(result, "timed out", str(exc).splitlines()[0])
-                except (CellExecutionError, CellControlSignal) as exc:
-                    ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
-                    timed_out = ename == "CellTimeoutError"
-                    self._stop(result, "timed out" if timed_out else "failed", f"{ename}: {evalue}")
-                finally:
-                    result.seconds = time.perf_counter() - t0
-                if result.state == "not run":
-                    self._classify(result, cell)
-                self.progress.done(result)
-                if self.result.failed is not None:
-                    return
-                if time.monotonic() - self._last_write > _WRITE_EVERY_S:
-                    self._write()
+        try:
+            async with client.async_setup_kernel(env=env):
+                assert client.kc is not None
+                self._send_cell_metadata(client.kc)
+                await self._setup(client)
+                await self._cells(client)
+        except (DeadKernelError, RuntimeError) as exc:  # jupyter_client: "Kernel died before replying ..."
+            if self.result.failed is None and (isinstance(exc, DeadKernelError) or "died" in str(exc)):
+                self.result.error, self.result.kernel_died = "the kernel died while starting", True
+            elif self.result.failed is None:
+                raise
+
+    async def _cells(self, client: Any) -> None:
+        from nbclient.exceptions import CellControlSignal, CellExecutionError, CellTimeoutError, DeadKernelError
+
+        for index, cell in enumerate(self.nb.cells):
+            if cell.cell_type != "code":
+                continue
+            result = self.cells[index]
+            remaining = sum(c.estimate_s or 0.0 for c in self.cells.values() if c.number >= result.number)
+            self.progress.start(result, remaining)
+            t0 = time.perf_counter()
+            try:
+                await client.async_execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+            except DeadKernelError:
+                self._stop(result, "killed", "the kernel died (killed, out of memory, or crashed)", died=True)
+            except CellTimeoutError as exc:
+                self._stop(result, "timed out", str(exc).splitlines()[0])
+            except (CellExecutionError, CellControlSignal) as exc:
+                ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
+                timed_out = ename == "CellTimeoutError"
+                self._stop(result, "timed out" if timed_out else "failed", f"{ename}: {evalue}")
+            finally:
+                result.seconds = time.perf_counter() - t0
+            if result.state == "not run":
+                self._classify(result, cell)
+            self.progress.done(result)
+            if self.result.failed is not None:
+                return
+            if time.monotonic() - self._last_write > _WRITE_EVERY_S:
+                self._write()
 
     def _stop(self, cell: CellResult, state: str, error: str, died: bool = False) -> None:
         cell.state, cell.error = state, error
@@ -436,8 +447,9 @@ class _Runner:
                 f"%config DurableMagics.db = {str(self.log_path)!r}\n"
                 f"%config DurableMagics.from_scratch = {self.from_scratch}\n"
                 "%config DurableMagics.all_cells = True\n")
-        reply = await client.kc.execute_interactive(code, silent=True, store_history=False, timeout=120)
-        content = reply["content"]
+        self._metadata = {}
+        reply = await client.async_wait_for_reply(client.kc.execute(code, silent=True, store_history=False))
+        content = (reply or {}).get("content", {})
         if content.get("status") != "ok":
             raise DurableError(f"kernel {self.kernel} could not load durable_nb ({content.get('ename')}: "
                                f"{content.get('evalue')}); install durable_nb in that kernel's environment.")
