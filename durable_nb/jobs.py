@@ -18,6 +18,8 @@ Nothing here is imported by `%load_ext durable_nb` or `durable-nb --help`: nbcli
 from __future__ import annotations
 
 import ast
+import atexit
+import contextlib
 import html
 import os
 import sqlite3
@@ -115,6 +117,8 @@ class RunResult:
     def problem(self) -> str:
         if self.ok:
             return ""
+        if self.kernel_died and self.failed is None:
+            return f"the kernel died while starting for {self.notebook.name}; run it again."
         where = f"cell {self.failed.number} ({self.failed.label})" if self.failed else "the notebook"
         if self.kernel_died:
             return (f"the kernel died while running {where} of {self.notebook.name}; run it again to resume "
@@ -406,6 +410,12 @@ class _Runner:
                 self.result.error, self.result.kernel_died = "the kernel died while starting", True
             elif self.result.failed is None:
                 raise
+        finally:
+            # nbclient leaves its at-exit cleanup registered when the kernel died during start-up.
+            if client.km is not None:
+                with contextlib.suppress(Exception):
+                    await client._async_cleanup_kernel()
+            atexit.unregister(client._cleanup_kernel)
 
     async def _cells(self, client: Any) -> None:
         from nbclient.exceptions import CellControlSignal, CellExecutionError, CellTimeoutError, DeadKernelError

@@ -7,6 +7,7 @@ actually completes; replays write nothing there, so it counts what really ran.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -125,10 +126,8 @@ def children(pid: int) -> list[int]:
 
 
 def kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_twenty_sigkills_resume_to_the_uninterrupted_output(tmp_path: Path, env: dict[str, str]) -> None:
@@ -151,7 +150,7 @@ def test_twenty_sigkills_resume_to_the_uninterrupted_output(tmp_path: Path, env:
         # Kernel OOM (the kernel alone dies; the runner must notice and say so) or a preempted machine (the
         # runner and its kernel die at the same instant), at a random moment of the run.
         machine = len(kills) % 2 == 1
-        time.sleep(rng.uniform(0.3, 6.0))
+        time.sleep(rng.uniform(0.3, 5.0))
         kernels = [c for c in children(proc.pid) if b"ipykernel" in Path(f"/proc/{c}/cmdline").read_bytes()]
         if proc.poll() is not None:
             assert proc.returncode == 0, errors.read_text()
@@ -169,11 +168,11 @@ def test_twenty_sigkills_resume_to_the_uninterrupted_output(tmp_path: Path, env:
         for k in kernels:
             kill(k)
         rc = proc.wait(timeout=60)
-        if rc == 0 and not kernels:
-            continue
+        if rc == 0:
+            continue  # the kernel was killed after the last cell, while shutting down: not a kill of the run
         message = errors.read_text()
         assert rc == 4, message
-        assert "durable-nb run: the kernel died" in message and "Traceback" not in message, message
+        assert "durable-nb run: the kernel died while" in message and "Traceback" not in message, message
         kills.append("kernel")
 
     final = cli(["run", str(nb)], env, nb.parent)
@@ -197,6 +196,7 @@ def test_twenty_sigkills_resume_to_the_uninterrupted_output(tmp_path: Path, env:
     assert {w for w in ran if w.startswith("call ")} == {f"call {i}" for i in range(16)}
     assert call_runs <= len(calls), "a completed call always has a row: no recorded call ran again"
     assert kills.count("kernel") == 10 and kills.count("machine") == 10
+    print(f"{attempts} runs for 20 kills")
 
 
 def test_parameters_rerun_exactly_the_dependent_cells_and_exit_codes(tmp_path: Path, env: dict[str, str],
