@@ -24,6 +24,7 @@ _PUBLIC = {
     # History as data; in durable_nb.views because a durable_nb.history module would shadow history().
     **dict.fromkeys(["history", "runs", "activities", "outputs", "load", "diff", "timeline"], "durable_nb.views"),
     "export": "durable_nb.log.maintenance",
+    "run_notebook": "durable_nb.jobs",  # a notebook as a resumable batch job (durable-nb run)
 }
 
 __all__ = sorted(_PUBLIC)

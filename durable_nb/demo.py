@@ -70,11 +70,15 @@ class NotebookKernel:
         self.kc.wait_for_ready(timeout=60)
 
     def execute(self, source: str, *, cell_id: str | None = None, timeout: float = 600,
-                on_output: Any = None) -> CellRun:
-        """Execute one cell and collect its iopub messages until the kernel is idle again."""
+                on_output: Any = None, tags: list[str] | None = None) -> CellRun:
+        """Execute one cell and collect its iopub messages until the kernel is idle again. The request carries
+        the cell id and tags in its metadata, as JupyterLab sends them."""
         content = {"code": source, "silent": False, "store_history": True, "user_expressions": {},
                    "allow_stdin": False, "stop_on_error": True}
-        msg = self.kc.session.msg("execute_request", content, metadata={"cellId": cell_id} if cell_id else {})
+        metadata: dict[str, Any] = {"cellId": cell_id} if cell_id else {}
+        if tags is not None:
+            metadata["tags"] = tags
+        msg = self.kc.session.msg("execute_request", content, metadata=metadata)
         self.kc.shell_channel.send(msg)
         run = CellRun(index=-1, source=source)
         t0 = time.perf_counter()

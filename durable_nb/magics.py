@@ -2,6 +2,11 @@
 
 Settings are traitlets on `DurableMagics`: `%config DurableMagics.db = "x.durable.db"` or `ipython_config.py`
 (`c.DurableMagics.db = ...`); the DURABLE_NB_DB environment variable is the default of `db`.
+
+Durable by default (`%durable on`, `DurableMagics.all_cells`): an input transformer, last of the shell's
+`input_transformers_cleanup`, puts `%%durable` in front of every top-level cell, unless the cell starts with a
+magic (`%`, `%%`) or a shell escape (`!`), or the execute request's cell metadata has the tag `durable-off`
+(JupyterLab sends each cell's metadata, tags included, with its execute_request; so does `durable-nb run`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import sys
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, CaselessStrEnum, Unicode, observe
@@ -23,6 +29,54 @@ from .log.store import DurableLog
 
 def _names(text: str | None) -> list[str]:
     return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+OFF_TAG = "durable-off"
+_RUN_CODE = InteractiveShell.run_code.__code__
+
+
+def request_metadata(shell: Any) -> dict[str, Any]:
+    """The metadata of the execute_request being handled (JupyterLab: cellId and the cell's metadata, tags
+    included); empty outside a kernel."""
+    kernel = getattr(shell, "kernel", None)
+    try:
+        parent = kernel.get_parent() if kernel is not None else None
+    except Exception:
+        return {}
+    metadata = (parent or {}).get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _inside_a_cell() -> bool:
+    """True when called from code a cell runs (a cell magic transforming its body, a nested run_cell): only the
+    top-level cell is made durable."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code is _RUN_CODE:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+class DurableByDefault:
+    """An input transformer (lines -> lines) that makes a cell durable by putting `%%durable` in front of it.
+
+    It runs last among the cleanup transforms (prompts and indentation are gone, magics not yet translated), and
+    declares side effects so that `check_complete` (terminal IPython deciding whether input is finished) never
+    sees the added cell magic."""
+
+    has_side_effects = True
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        if not lines or lines[0].lstrip()[:1] in ("%", "!") or _inside_a_cell():
+            return lines
+        tags = request_metadata(self.shell).get("tags") or []
+        if isinstance(tags, list) and OFF_TAG in tags:
+            return lines
+        return ["%%durable\n", *lines]
 
 
 @magics_class
@@ -51,18 +105,62 @@ class DurableMagics(Magics):
     sync_interval = Unicode(
         os.environ.get("DURABLE_NB_SYNC_INTERVAL", "1s"), help="How often Litestream ships new writes (e.g. 1s, 100ms)."
     ).tag(config=True)
+    all_cells = Bool(
+        False, help="Every following code cell is durable without %%durable (also: %durable on / %durable off). "
+                    "Cells starting with a magic or !, and cells tagged durable-off, are left alone.",
+    ).tag(config=True)
+    from_scratch = Bool(
+        False, help="Records of earlier runs are not replayed: every cell and activity call runs (and is recorded) "
+                    "again. Used by durable-nb run --from-scratch.",
+    ).tag(config=True)
 
-    @observe("db", "durability")
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        self._transformer = DurableByDefault(shell)
+        super().__init__(shell=shell, **kwargs)
+
+    @observe("db", "durability", "from_scratch")
     def _reopen(self, change: Any) -> None:
         session.close_log()
+
+    @observe("all_cells")
+    def _mode_changed(self, change: Any) -> None:
+        self.apply_mode()
+
+    def apply_mode(self) -> None:
+        """Register (all_cells on) or remove (off) the input transformer; idempotent."""
+        if self.shell is None:
+            return
+        transforms = self.shell.input_transformers_cleanup
+        if self._transformer in transforms:
+            transforms.remove(self._transformer)
+        if self.all_cells:
+            transforms.append(self._transformer)
 
     def log(self, path: str | None = None) -> DurableLog:
         try:
             if path:
-                return DurableLog(path, readonly=False, durability=self.durability)
-            return session.current_if_open() or session.open_log(self.db or None, durability=self.durability)
+                return DurableLog(path, readonly=False, durability=self.durability, from_scratch=self.from_scratch)
+            return session.current_if_open() or session.open_log(self.db or None, durability=self.durability,
+                                                                  from_scratch=self.from_scratch)
         except LogError as exc:
             raise UsageError(str(exc)) from exc
+
+    @magic_arguments()
+    @argument("mode", nargs="?", help="on: every following code cell is durable; off: only cells marked durable.")
+    @line_magic("durable")  # type: ignore[arg-type]  # IPython types the named form as taking a name only
+    def durable_mode(self, line: str) -> None:
+        """%durable on | off: make every following code cell durable without writing %%durable (the setting
+        DurableMagics.all_cells). Cells that start with a magic (%, %%) or a shell escape (!) are left alone; a
+        cell opts out with a first line %%durable --off or the cell tag durable-off. %durable alone shows the
+        mode."""
+        args = parse_argstring(self.durable_mode, line)
+        mode = (args.mode or "").lower()
+        if mode not in ("", "on", "off"):
+            raise UsageError(f"%durable {args.mode}: say %durable on or %durable off (for one cell: %%durable).")
+        if mode:
+            self.all_cells = mode == "on"
+        print("durable mode: on (every code cell is durable; opt out with %%durable --off or the tag durable-off)"
+              if self.all_cells else "durable mode: off (only %%durable cells are durable)")
 
     @magic_arguments()
     @argument("--name", "-n", help="A stable name for the cell (shown in history; used to explain re-runs).")
@@ -72,15 +170,22 @@ class DurableMagics(Magics):
     @argument("--deps-file", metavar="PATH", nargs="+", action="extend", default=[],
               help="Files the cell reads; an edit to one makes the cell run again.")
     @argument("--db", metavar="PATH", help="Use this log file for this cell instead of the default log.")
+    @argument("--off", action="store_true",
+              help="Run the cell plainly: nothing is recorded or replayed (opts a cell out of the durable mode).")
     @cell_magic
     def durable(self, line: str, cell: str) -> Any:
         """Run the cell durably: replay it from the log when its code and inputs match a record, else run it
         and record its variables, output and result."""
         __tracebackhide__ = True
-        from .cell import CellOptions, DurableCell, default_cell_id, run_unlogged
+        from .cell import CellOptions, DurableCell, default_cell_id, exec_cell, run_unlogged
 
         args = parse_argstring(self.durable, line)
         assert self.shell is not None
+        if args.off:
+            from .analysis import analyze
+
+            transformed = self.shell.transform_cell(cell)
+            return exec_cell(self.shell, cell, transformed, analyze(transformed))
         if not self.enabled:
             return self.shell.run_cell(cell, store_history=False).result
         opts = CellOptions(name=args.name, force=args.force, deps=_names(args.deps), ignore=_names(args.ignore),
@@ -192,10 +297,14 @@ def load_ipython_extension(ip: Any) -> None:
     ip.register_magics(magics)
     if magics not in ip.configurables:
         ip.configurables.append(magics)
+    magics.apply_mode()  # c.DurableMagics.all_cells = True in a config file
     # A kernel that shuts down cleanly writes its pending replay rows and marks its run as ended.
     atexit.register(session.close_log)
     magics.start_configured_replication()
 
 
 def unload_ipython_extension(ip: Any) -> None:
+    for transform in list(ip.input_transformers_cleanup):
+        if isinstance(transform, DurableByDefault):
+            ip.input_transformers_cleanup.remove(transform)
     session.close_log()

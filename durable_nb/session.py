@@ -49,18 +49,22 @@ def configured_path(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(path).expanduser() if path is not None else default_log_path()
 
 
-def open_log(path: str | os.PathLike[str] | None = None, *, durability: Durability = "normal") -> DurableLog:
+def open_log(path: str | os.PathLike[str] | None = None, *, durability: Durability = "normal",
+             from_scratch: bool = False) -> DurableLog:
     """Open (creating if needed) the log at `path` (default: the rules above) and make it this process's
-    current log. Re-opening the current path returns the same object."""
+    current log. Re-opening the current path returns the same object. `from_scratch`: records of earlier runs
+    are not replayed."""
     global _current
     target = configured_path(path)
     with _lock:
-        if _current is not None and _current.path == target.resolve() and _current.durability == durability:
+        if (_current is not None and _current.path == target.resolve() and _current.durability == durability
+                and _current.from_scratch == from_scratch):
             return _current
         if _current is not None:
             _current.close()
         nb = notebook_path()
-        _current = DurableLog(target, readonly=False, durability=durability, notebook=str(nb) if nb else None)
+        _current = DurableLog(target, readonly=False, durability=durability, notebook=str(nb) if nb else None,
+                              from_scratch=from_scratch)
         return _current
 
 

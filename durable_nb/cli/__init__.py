@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from ..errors import DurableError
 
 # Modules that define `register(subparsers)`; each adds its verbs with `set_defaults(handler=...)`.
-VERB_MODULES: tuple[str, ...] = ("history", "replicate", "trust")
+VERB_MODULES: tuple[str, ...] = ("history", "replicate", "trust", "jobs")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="durable-nb", description="Inspect, share and replicate durable_nb logs.")
+    parser = argparse.ArgumentParser(
+        prog="durable-nb", description="Run notebooks as resumable jobs; inspect, share and replicate durable_nb logs.")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     for name in VERB_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)

@@ -320,6 +320,7 @@ class Recorder:
                                       "read-only. Open it writable with durable_nb.open_log(PATH).")
         self.path = log.path
         self.run_id = log.run_id
+        self.from_scratch = log.from_scratch
         self.conn = connect(log.path, durability=log.durability)
         run_uuid = self.conn.execute("SELECT uuid FROM run WHERE id = ?", (self.run_id,)).fetchone()[0]
         self.journal = _Journal(log.path, run_uuid, fsync=log.durability == "full")
@@ -361,8 +362,8 @@ class Recorder:
             rows = self.conn.execute(
                 "SELECT key, occurrence, id, codec, codec_version, meta, "
                 f"CASE WHEN length(inline) <= {INDEX_INLINE_MAX} THEN inline END, inline IS NOT NULL, parts, "
-                "signature FROM activity_call WHERE function = ? AND state = 'recorded' ORDER BY id",
-                (function,)).fetchall()
+                "signature FROM activity_call WHERE function = ? AND state = 'recorded' AND (? OR run_id = ?) "
+                "ORDER BY id", (function, not self.from_scratch, self.run_id)).fetchall()
         table = {(r[0], r[1]): _Row(*r[2:]) for r in rows}
         with self.jlock:  # journaled, not yet imported
             for call, params in self.journaled:

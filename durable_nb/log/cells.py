@@ -114,7 +114,8 @@ def names(items: Iterable[str]) -> str | None:
 def find_replayable(log: DurableLog, key: str) -> Recorded | None:
     row = log.conn.execute(
         "SELECT id, started_at, duration, inputs, output_names FROM execution "
-        "WHERE key = ? AND state = 'recorded' AND replayable = 1 ORDER BY id DESC LIMIT 1", (key,)).fetchone()
+        "WHERE key = ? AND state = 'recorded' AND replayable = 1 AND (? OR run_id = ?) ORDER BY id DESC LIMIT 1",
+        (key, not log.from_scratch, log.run_id if log.from_scratch else 0)).fetchone()
     return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, json.loads(row[3]), row[4])
 
 

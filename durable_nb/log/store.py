@@ -38,9 +38,12 @@ class DurableLog(HistoryMethods):
     are its methods (`.history()`, `.load(name)`, ...; see durable_nb.views)."""
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = True,
-                 durability: Durability = "normal", notebook: str | None = None) -> None:
+                 durability: Durability = "normal", notebook: str | None = None,
+                 from_scratch: bool = False) -> None:
         self.path = Path(path).expanduser().resolve()
         self.readonly = readonly
+        # Records of earlier runs are not replayed (cells and activity calls run, and are recorded, again).
+        self.from_scratch = from_scratch
         self.durability: Durability = durability
         self.notebook = notebook
         self.conn: sqlite3.Connection = connect(self.path, readonly=readonly, durability=durability)

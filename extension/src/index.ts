@@ -1,9 +1,11 @@
-/** The front-end plugin: the "Durable log" side panel (the badge is the mime extension in mime.ts). */
+/** The front-end plugin: the "Durable log" side panel and the notebook toolbar toggle of the durable mode
+ * (toggle.ts); the badge is the mime extension in mime.ts. */
 import type { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { DurableLogPanel } from './panel';
+import { addToggles } from './toggle';
 
 const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
 <path class="jp-icon3" fill="#616161" d="M12 3C7 3 4 4.6 4 6.5v11C4 19.4 7 21 12 21s8-1.6 8-3.5v-11C20 4.6 17 3
@@ -26,6 +28,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       label: 'Show Durable Log',
       execute: () => app.shell.activateById(panel.id)
     });
+    addToggles(tracker);
   }
 };
 

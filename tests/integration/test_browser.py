@@ -229,3 +229,42 @@ def test_renderer_states_dark_theme_and_update_in_place(tmp_path: Path, page: Pa
             "els => els.map(e => getComputedStyle(e.querySelector('.jp-DurableBadge-icon')).color)")
         assert len(set(colours[:4])) == 4, f"each state has its own theme colour: {colours}"
         page.screenshot(path=str(OUTPUT / "lab-states-dark.png"))
+
+
+def test_lab_toolbar_toggle_makes_every_cell_durable(tmp_path: Path, page: Page) -> None:
+    """The toolbar toggle sets %durable on in the kernel (also after a restart), its state is visible, the
+    durable-off tag reaches the kernel (JupyterLab sends cell metadata) and is shown on the cell."""
+    root = tmp_path / "root"
+    root.mkdir()
+    nb = nbformat.v4.new_notebook()
+    tagged = nbformat.v4.new_code_cell("y = x * 2\nprint('tagged', y)", id="c-tagged")
+    tagged.metadata["tags"] = ["durable-off"]
+    nb.cells = [nbformat.v4.new_code_cell("import time\ntime.sleep(0.5)\nx = 21\nprint('x', x)", id="c-x"), tagged,
+                nbformat.v4.new_code_cell("%%durable --off\nz = 3", id="c-off")]
+    save_with_kernel(nb, root / "mode.ipynb")
+    quiet_settings(tmp_path / "logs")
+    with running_jupyter("lab", root, tmp_path / "logs") as jupyter:
+        open_notebook(page, jupyter, "/lab/tree/mode.ipynb")
+        toggle = page.locator(".jp-DurableMode")
+        expect(toggle).to_have_attribute("data-durable-mode", "off")
+        expect(toggle).to_have_attribute("aria-pressed", "false")
+        expect(page.locator(".jp-Cell[data-durable-off]")).to_have_count(1)
+        toggle.click()
+        expect(toggle).to_have_attribute("data-durable-mode", "on")
+        expect(toggle).to_have_text(re.compile("Durable: on"))
+        menu(page, "Run", "Run All Cells")
+        wait_for_badges(page, "recorded")
+        expect(page.locator(".jp-Cell", has_text="tagged 42")).to_have_count(1)
+        page.screenshot(path=str(OUTPUT / "lab-durable-toggle-on.png"))
+
+        restart_and_run_all(page)  # the mode is re-applied to the new kernel before the cells run
+        wait_for_badges(page, "replayed")
+        expect(page.locator(BADGE).first.locator("summary")).to_contain_text("replayed")
+        page.screenshot(path=str(OUTPUT / "lab-durable-toggle-replayed.png"))
+
+        toggle.click()
+        expect(toggle).to_have_attribute("data-durable-mode", "off")
+        restart_and_run_all(page)
+        expect(page.locator(".jp-Cell", has_text="tagged 42")).to_have_count(1)
+        expect(page.locator(BADGE)).to_have_count(0)
+    assert (root / "mode.durable.db").is_file()
