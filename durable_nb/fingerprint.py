@@ -303,9 +303,20 @@ def _resolve(t: type) -> Handler:
         return _module
     # Only a value whose type comes from numpy/pandas/pyarrow imports them (they are already imported then).
     top = t.__module__.partition(".")[0]
-    special = {"numpy": _numpy_handler, "pandas": _pandas_handler, "pyarrow": _arrow_handler}.get(top)
+    special = {"numpy": _numpy_handler, "pandas": _pandas_handler, "pyarrow": _arrow_handler,
+               **dict.fromkeys(_LIBRARIES, _library_handler)}.get(top)
     found = special(t) if special is not None else None
     return found if found is not None else _object
+
+
+# Libraries whose values fingerprint_libs hashes; it is imported only when one of their values is first seen.
+_LIBRARIES = ("polars", "torch", "xarray", "scipy")
+
+
+def _library_handler(t: type) -> Handler | None:
+    from .fingerprint_libs import handler
+
+    return handler(t)
 
 
 # ---------------------------------------------------------------------------------------------- containers
