@@ -1,6 +1,7 @@
 """The last resort: cloudpickle, protocol 5, with out-of-band buffers.
 
-The main stream is one blob and each out-of-band buffer (array data, Arrow buffers...) another,
+The main stream is one blob and each out-of-band buffer (array data, Arrow buffers, torch tensors inside
+modules and optimizers — version 2) another,
 stored without a copy; decoding hands writable bytearrays back as the buffers. Unpickling runs code, so this
 codec is not `safe`, and the main stream's blake2b digest (collision-resistant, unlike the blob's xxh3) is
 kept in meta, which the trust module signs, and checked before anything is unpickled.
@@ -8,8 +9,11 @@ kept in meta, which the trust module signs, and checked before anything is unpic
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import pickle
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,17 +27,15 @@ PROTOCOL = 5
 
 class PickleCodec:
     name = "pickle"
-    version = 1
+    version = 2  # 2: torch tensors out of band (version 1 values decode the same way)
     safe = False
 
     def accepts(self, value: Any) -> bool:
         return True
 
     def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
-        import cloudpickle
-
         buffers: list[pickle.PickleBuffer] = []
-        main = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=buffers.append)
+        main = _dumps(value, buffers)
         sink.put(main)
         for buffer in buffers:
             sink.put(buffer.raw())
@@ -50,6 +52,31 @@ class PickleCodec:
                               "again.")
         buffers = [source.read() for source in sources[1:]]
         return pickle.loads(main, buffers=buffers)
+
+
+@functools.cache
+def _pickler_class() -> type:
+    import cloudpickle
+
+    class Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
+        """cloudpickle, with plain torch tensors reduced to an out-of-band buffer of their bytes (torch's own
+        reduction copies every storage into the main stream)."""
+
+        def reducer_override(self, obj: Any) -> Any:
+            if "torch" in sys.modules:
+                from .torch import plain_tensor, reduce_tensor
+
+                if plain_tensor(obj):
+                    return reduce_tensor(obj)
+            return super().reducer_override(obj)
+
+    return Pickler
+
+
+def _dumps(value: Any, buffers: list[pickle.PickleBuffer]) -> bytes:
+    out = io.BytesIO()
+    _pickler_class()(out, protocol=PROTOCOL, buffer_callback=buffers.append).dump(value)
+    return out.getvalue()
 
 
 def _digest(data: bytes | bytearray) -> str:
