@@ -837,7 +837,7 @@ def _chunked(h: _Hasher, chunked: Any) -> None:
                 h.put(chunk.buffers()[1][chunk.offset * width : (chunk.offset + len(chunk)) * width])
     elif pa.types.is_boolean(typ):
         for chunk in chunked.chunks:
-            h.put(chunk.to_numpy(zero_copy_only=False).view("u1"))
+            h.put(chunk.fill_null(False).to_numpy(zero_copy_only=False).view("u1"))  # nulls: positions above
     else:  # nested and dictionary types: element by element
         h.sequence(chunked.to_pylist())
 

@@ -219,7 +219,8 @@ def _dataset(h: _Hasher, ds: Any) -> None:
 
 
 def _variables(h: _Hasher, variables: Any) -> None:
-    h.tag(b"xv", len(variables))
+    h.put(b"x")
+    h.tag(b"v", len(variables))
     for name, variable in variables.items():
         h.visit_in(name, "a variable name")
         _variable(h, variable)
