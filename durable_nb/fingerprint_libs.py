@@ -128,7 +128,7 @@ def _string_views(h: _Hasher, chunked: Any) -> None:
                 h.put(b"w")
                 _var_width(h, chunked.cast(wide), "<i8")
                 return
-            inline.update(block)
+            inline.update(block.data)
     h.put(b"i")
     h.put(inline.digest())
 

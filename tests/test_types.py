@@ -70,7 +70,8 @@ class Run:
 def polars_frame() -> pl.DataFrame:
     return pl.DataFrame({
         "i": [1, None, 3], "f": [0.5, float("nan"), None], "s": ["a", None, "a string longer than twelve"],
-        "c": pl.Series(["x", "y", "x"], dtype=pl.Categorical), "e": pl.Series(["b", "a", "b"], dtype=pl.Enum(["b", "a"])),
+        "c": pl.Series(["x", "y", "x"], dtype=pl.Categorical),
+        "e": pl.Series(["b", "a", "b"], dtype=pl.Enum(["b", "a"])),
         "t": pl.Series([1, 2, 3]).cast(pl.Datetime("us", "Europe/Paris")), "l": [[1], [2, 3], None],
         "st": [{"a": 1}, {"a": 2}, None], "d": pl.Series(["1.5", "2.25", None]).cast(pl.Decimal(10, 2)),
         "b": [True, None, False], "bin": [b"\x00", b"yz", None],

@@ -22,8 +22,9 @@ class ArrowIpcCodec:
 
     def accepts(self, value: Any) -> bool:
         pa = sys.modules.get("pyarrow")
-        return pa is not None and type(value) in (pa.Table, pa.RecordBatch, pa.ChunkedArray) or (
-            pa is not None and isinstance(value, pa.Array))
+        if pa is None:  # pyarrow not imported: the value cannot be an Arrow object
+            return False
+        return type(value) in (pa.Table, pa.RecordBatch, pa.ChunkedArray) or isinstance(value, pa.Array)
 
     def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
         import pyarrow as pa

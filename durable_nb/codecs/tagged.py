@@ -28,6 +28,7 @@ import json
 import pathlib
 import sys
 import uuid
+import zoneinfo
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,8 @@ class TaggedCodec:
 
     def accepts(self, value: Any) -> bool:
         t = type(value)
-        return t in _TYPES or isinstance(value, (enum.Enum, tuple)) or dataclasses.is_dataclass(t) or _object_array(value)
+        return (t in _TYPES or isinstance(value, (enum.Enum, tuple)) or dataclasses.is_dataclass(t)
+                or _object_array(value))
 
     def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
         return encode_tree(value, sink)
@@ -198,8 +200,7 @@ def _zone(tz: dt.tzinfo | None) -> Any:
         name = tz.tzname(None)
         default = dt.timezone(offset).tzname(None)
         return ["tzf", offset.days, offset.seconds, offset.microseconds, None if name == default else name]
-    zoneinfo = sys.modules.get("zoneinfo")
-    if zoneinfo is not None and type(tz) is zoneinfo.ZoneInfo:
+    if type(tz) is zoneinfo.ZoneInfo:
         key = tz.key
         if key is None or zoneinfo.ZoneInfo(key) is not tz:
             raise ValueError("a ZoneInfo not loaded by key (from_file / no_cache)")
@@ -301,7 +302,8 @@ class _Decoder:
     def bytes_(self, rest: list[Any]) -> bytes | bytearray:
         if rest[0] is not None:
             return base64.b64decode(rest[0])
-        return self.sources[rest[1]].read()
+        source: BlobSource = self.sources[rest[1]]
+        return source.read()
 
     def leaf(self, rest: list[Any]) -> Any:
         from . import decode_value
@@ -377,8 +379,6 @@ def _tz(n: Any) -> dt.tzinfo | None:
         offset = dt.timedelta(n[1], n[2], n[3])
         return dt.timezone(offset) if n[4] is None else dt.timezone(offset, n[4])
     if n[0] == "tzz":
-        import zoneinfo
-
         return zoneinfo.ZoneInfo(n[1])
     raise DecodeError(f"unknown time zone node {n[0]!r}")
 
@@ -427,9 +427,9 @@ _DECODERS: dict[str, Callable[[_Decoder, list[Any]], Any]] = {
     "ba": _bytearray,
     "c": lambda d, r: complex(r[0], r[1]),
     "r": lambda d, r: range(r[0], r[1], r[2]),
-    "dt": lambda d, r: dt.datetime(*r[:7], fold=r[7], tzinfo=_tz(r[8])),
+    "dt": lambda d, r: dt.datetime(r[0], r[1], r[2], r[3], r[4], r[5], r[6], fold=r[7], tzinfo=_tz(r[8])),
     "da": lambda d, r: dt.date(*r),
-    "ti": lambda d, r: dt.time(*r[:4], fold=r[4], tzinfo=_tz(r[5])),
+    "ti": lambda d, r: dt.time(r[0], r[1], r[2], r[3], fold=r[4], tzinfo=_tz(r[5])),
     "td": lambda d, r: dt.timedelta(r[0], r[1], r[2]),
     "de": lambda d, r: decimal.Decimal(r[0]),
     "fr": lambda d, r: fractions.Fraction(r[0], r[1]),
