@@ -304,9 +304,19 @@ def _resolve(t: type) -> Handler:
     # Only a value whose type comes from numpy/pandas/pyarrow imports them (they are already imported then).
     top = t.__module__.partition(".")[0]
     special = {"numpy": _numpy_handler, "pandas": _pandas_handler, "pyarrow": _arrow_handler,
-               "matplotlib": _matplotlib_handler}.get(top)
+               "matplotlib": _matplotlib_handler, **dict.fromkeys(_LIBRARIES, _library_handler)}.get(top)
     found = special(t) if special is not None else None
     return found if found is not None else _object
+
+
+# Libraries whose values fingerprint_libs hashes; it is imported only when one of their values is first seen.
+_LIBRARIES = ("polars", "torch", "xarray", "scipy")
+
+
+def _library_handler(t: type) -> Handler | None:
+    from .fingerprint_libs import handler
+
+    return handler(t)
 
 
 # ---------------------------------------------------------------------------------------------- containers
@@ -853,7 +863,7 @@ def _chunked(h: _Hasher, chunked: Any) -> None:
                 h.put(chunk.buffers()[1][chunk.offset * width : (chunk.offset + len(chunk)) * width])
     elif pa.types.is_boolean(typ):
         for chunk in chunked.chunks:
-            h.put(chunk.to_numpy(zero_copy_only=False).view("u1"))
+            h.put(chunk.fill_null(False).to_numpy(zero_copy_only=False).view("u1"))  # nulls: positions above
     else:  # nested and dictionary types: element by element
         h.sequence(chunked.to_pylist())
 

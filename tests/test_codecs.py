@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,11 +229,13 @@ def test_numpy_scalars_round_trip(log: Log) -> None:
         assert type(back) is type(scalar) and back == scalar
 
 
-def test_object_arrays_go_to_pickle(log: Log) -> None:
+def test_object_arrays_of_plain_items_are_tagged_others_pickled(log: Log) -> None:
     arr = np.array([1, "a", None], dtype=object)
     encoded, back = log.round_trip(arr)
-    assert encoded.codec == "pickle"
-    assert list(back) == [1, "a", None]
+    assert encoded.codec == "tagged"
+    assert back.dtype == object and list(back) == [1, "a", None]
+    encoded, back = log.round_trip(np.array([1, types.SimpleNamespace(x=1)], dtype=object))
+    assert encoded.codec == "pickle" and back[1].x == 1
 
 
 @pytest.mark.parametrize("value", [
@@ -258,10 +261,15 @@ def test_json_nan_and_large_values(log: Log) -> None:
 @pytest.mark.parametrize("value", [
     (1, 2), [1, (2,)], {1: "a"}, OrderedDict(a=1), [True, np.int64(3)], (lambda x: [x, x])([1]),
 ])
-def test_inexact_plain_data_goes_to_pickle(log: Log, value: Any) -> None:
+def test_plain_data_beyond_json_goes_to_the_tagged_codec(log: Log, value: Any) -> None:
     encoded, back = log.round_trip(value)
-    assert encoded.codec == "pickle"
+    assert encoded.codec == "tagged"
     assert back == value and type(back) is type(value)
+
+
+def test_unknown_objects_go_to_pickle(log: Log) -> None:
+    encoded, back = log.round_trip([types.SimpleNamespace(a=1)])
+    assert encoded.codec == "pickle" and back[0].a == 1
 
 
 def test_aliasing_and_cycles_survive_through_pickle(log: Log) -> None:
@@ -282,16 +290,16 @@ def test_same_value_twice_is_one_blob(log: Log) -> None:
 
 
 def test_pickle_uses_out_of_band_buffers(log: Log) -> None:
-    value = {"arr": np.arange(1000.0), "tag": (1, 2)}
+    value = types.SimpleNamespace(arr=np.arange(1000.0), tag=(1, 2))
     encoded, blob_ids = log.encode(value)
     assert encoded.codec == "pickle" and encoded.meta["buffers"] == 1 and len(blob_ids) == 2
     back = log.decode(encoded, blob_ids)
-    assert np.array_equal(back["arr"], value["arr"]) and back["tag"] == (1, 2)
-    back["arr"][0] = 7.0  # buffers come back writable
+    assert np.array_equal(back.arr, value.arr) and back.tag == (1, 2)
+    back.arr[0] = 7.0  # buffers come back writable
 
 
 def test_pickle_requires_trust_before_reading(log: Log) -> None:
-    encoded, blob_ids = log.encode((1, 2))
+    encoded, blob_ids = log.encode(types.SimpleNamespace(x=1))
     with write_transaction(log.conn, log.path):
         log.conn.execute("DELETE FROM chunk")  # no byte could be read: the refusal must come first
     with pytest.raises(UntrustedError, match="not trusted"):
@@ -299,7 +307,7 @@ def test_pickle_requires_trust_before_reading(log: Log) -> None:
 
 
 def test_pickle_digest_mismatch_is_refused(log: Log) -> None:
-    encoded, blob_ids = log.encode((1, 2))
+    encoded, blob_ids = log.encode(types.SimpleNamespace(x=1))
     meta = dict(encoded.meta, blake2b="0" * 64)
     with pytest.raises(DecodeError, match="does not match its recorded digest"):
         log.decode(encoded._replace(meta=meta), blob_ids)

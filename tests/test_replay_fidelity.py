@@ -82,7 +82,8 @@ def test_an_open_file_is_reported_by_name_never_turned_into_a_copy(shell: Shell,
 def test_objects_shared_between_pickled_outputs_and_inputs_stay_shared(new_shell: Callable[[], Shell]) -> None:
     cells = ["class Model:\n    def __init__(self):\n        self.weights = [0]",
              "model = Model()",
-             "class Pipe:\n    def __init__(self, step):\n        self.steps = [step]\npipe = Pipe(model)\nalso = [pipe]"]
+             "class Pipe:\n    def __init__(self, step):\n        self.steps = [step]\n"
+             "pipe = Pipe(model)\nalso = [pipe]"]
     replayed_all(new_shell(), cells)
     sh = new_shell()
     assert replayed_all(sh, cells) == ["replayed"] * 3

@@ -1,4 +1,6 @@
-"""How values become bytes: one codec per format, tried in order arrow → npy → json → pickle.
+"""How values become bytes: one codec per format, tried in order arrow (pandas) → npy → polars → arrow_ipc
+(pyarrow) → xarray → sparse → torch → json → tagged → pickle: exact safe codecs before pickle. A codec for a
+library accepts nothing while that library is not imported (it checks sys.modules), so none is loaded for it.
 
 A codec writes its blobs through a `BlobSink` (one sink per value: `sink.blob_ids` are then exactly the
 value's blobs, in the order `decode` expects its sources) and returns a JSON-able `meta` dict.
@@ -11,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..errors import DecodeError, EncodeError, UntrustedError
-from . import arrow, json, npy, pickle
+from . import arrow, arrow_ipc, json, npy, pickle, polars, sparse, tagged, torch, xarray
 
 if TYPE_CHECKING:
     from ..log.blobs import BlobSink, BlobSource
@@ -37,8 +39,12 @@ class Encoded(NamedTuple):
     size: int  # raw bytes of the value's blobs plus inline data
 
 
+# Safe codecs of one kind of value each; the tagged codec stores them as leaves inside plain containers.
+LEAF_CODECS: tuple[Codec, ...] = (arrow.ArrowCodec(), npy.NpyCodec(), polars.PolarsCodec(),
+                                  arrow_ipc.ArrowIpcCodec(), xarray.XarrayCodec(), sparse.SparseCodec(),
+                                  torch.TorchCodec())
 PICKLE = pickle.PickleCodec()
-CODECS: tuple[Codec, ...] = (arrow.ArrowCodec(), npy.NpyCodec(), json.JsonCodec(), PICKLE)
+CODECS: tuple[Codec, ...] = (*LEAF_CODECS, json.JsonCodec(), tagged.TaggedCodec(), PICKLE)
 _SAFE = tuple(c for c in CODECS if c.safe)
 CODEC_VERSIONS: dict[str, int] = {c.name: c.version for c in CODECS}
 _BY_NAME: dict[str, Codec] = {c.name: c for c in CODECS}
@@ -72,6 +78,9 @@ def _first_codec(codecs: Sequence[Codec], value: Any, sink: BlobSink) -> tuple[E
             if not codec.accepts(value):
                 continue
             meta = codec.encode(value, sink)
+        except EncodeError:  # a codec that knows no codec may store this value (a polars LazyFrame)
+            sink.discard(mark)
+            raise
         except Exception as exc:  # a codec that fails hands the value to the next one
             sink.discard(mark)
             reason = _reason(exc)

@@ -1,6 +1,7 @@
 """The last resort: cloudpickle, protocol 5, with out-of-band buffers.
 
-The main stream is one blob and each out-of-band buffer (array data, Arrow buffers...) another,
+The main stream is one blob and each out-of-band buffer (array data, Arrow buffers, torch tensors inside
+modules and optimizers — version 2) another,
 stored without a copy; decoding hands writable bytearrays back as the buffers. Unpickling runs code, so this
 codec is not `safe`, and the main stream's blake2b digest (collision-resistant, unlike the blob's xxh3) is
 kept in meta, which the trust module signs, and checked before anything is unpickled.
@@ -42,7 +43,7 @@ class _Discard:
 
 class PickleCodec:
     name = "pickle"
-    version = 1
+    version = 2  # 2: torch tensors out of band (version 1 values decode the same way)
     safe = False
 
     def accepts(self, value: Any) -> bool:
@@ -118,6 +119,16 @@ def _pickler_class() -> type:
             if persistent_id is not None:
                 self.persistent_id = persistent_id  # looked up once, when the C pickler starts
             super().__init__(file, protocol=protocol, buffer_callback=buffer_callback)
+
+        def reducer_override(self, obj: Any) -> Any:
+            # Plain torch tensors as an out-of-band buffer of their bytes: torch's own reduction copies every
+            # storage into the main stream.
+            if "torch" in sys.modules:
+                from .torch import plain_tensor, reduce_tensor
+
+                if plain_tensor(obj):
+                    return reduce_tensor(obj)
+            return super().reducer_override(obj)
 
     return Pickler
 

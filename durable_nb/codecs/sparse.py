@@ -1,0 +1,58 @@
+"""scipy.sparse matrices and sparse arrays (CSR, CSC, COO, BSR, DIA) as their component arrays, each a `.npy`
+leaf of a tagged tree; the class comes from a fixed list of scipy's own, never from the log."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DecodeError
+from .tagged import decode_tree, encode_tree
+
+if TYPE_CHECKING:
+    from ..log.blobs import BlobSink, BlobSource
+
+_PARTS = {"csr": ("data", "indices", "indptr"), "csc": ("data", "indices", "indptr"),
+          "bsr": ("data", "indices", "indptr"), "coo": ("data", "coords"), "dia": ("data", "offsets")}
+_CLASSES = tuple(f"{fmt}_{kind}" for fmt in _PARTS for kind in ("matrix", "array"))
+
+
+class SparseCodec:
+    name = "sparse"
+    version = 1
+    safe = True
+
+    def accepts(self, value: Any) -> bool:
+        sparse = sys.modules.get("scipy.sparse")
+        return sparse is not None and type(value).__name__ in _CLASSES and type(value) is getattr(
+            sparse, type(value).__name__, None)
+
+    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+        parts = {part: getattr(value, part) for part in _PARTS[value.format]}
+        tree = {"class": type(value).__name__, "shape": tuple(value.shape), "dtype": value.dtype.str, **parts}
+        if value.format == "bsr":
+            tree["blocksize"] = tuple(value.blocksize)
+        if value.format in ("csr", "csc", "coo"):
+            tree["canonical"] = bool(value.has_canonical_format)
+        return encode_tree(tree, sink)
+
+    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+        import numpy as np
+        from scipy import sparse
+
+        tree = decode_tree(meta, sources)
+        name = tree["class"]
+        if name not in _CLASSES:
+            raise DecodeError(f"{name!r} is not a scipy.sparse class this codec stores")
+        cls = getattr(sparse, name)
+        extra = {"blocksize": tree["blocksize"]} if "blocksize" in tree else {}
+        # An empty one of the right shape, then its parts set as decoded: the constructor would copy them and
+        # may narrow the index dtype.
+        value = cls(tree["shape"], dtype=np.dtype(tree["dtype"]), **extra)
+        for part in _PARTS[value.format]:
+            setattr(value, part, tree[part])
+        if tree.get("canonical"):
+            value.has_canonical_format = True
+        value.check_format(full_check=False) if hasattr(value, "check_format") else None
+        return value
