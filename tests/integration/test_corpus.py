@@ -177,7 +177,15 @@ def summary() -> Iterator[dict[str, dict[str, Any]]]:
     print(f"  written to {OUTPUT / 'corpus-summary.json'}")
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+# Known and open (issue 11): a matplotlib figure restored by a replay renders, in a real kernel, differently from
+# the one drawn the first time, so cells drawing into it re-run, and a replayed figure shown as Out has no PNG.
+# Strict: the day it passes, this mark must go.
+KNOWN = {"signal_figures": "issue 11: figures restored by a replay do not yet fingerprint or show as recorded"}
+CASES = [pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN[p.stem], strict=True)) if p.stem in KNOWN else p
+         for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("notebook", CASES, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_replays_after_restart(notebook: Path, tmp_path: Path, summary: dict[str, dict[str, Any]]) -> None:
     name = notebook.stem
     secret = tmp_path / "secret"
