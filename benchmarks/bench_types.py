@@ -3,7 +3,7 @@
 
 Fingerprints against raw xxh3 of the same buffers (the Arrow buffers polars exports, the tensor's memory);
 record and replay through the full %%durable path against each library's own fastest file path with fsync:
-polars `write_ipc` / `read_ipc` (read into memory, memory_map=False: a mapped file reads nothing until used)
+polars `write_ipc` / `read_ipc` (polars 2 reads into memory: it has no memory_map option any more)
 and `torch.save` / `torch.load`. Runs are forked, interleaved and measured as in bench_values.
 """
 
@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ def record_polars(value: Any, path: Path) -> None:
 def replay_polars(path: Path) -> Any:
     import polars as pl
 
-    return pl.read_ipc(path / "a.arrow", memory_map=False, rechunk=False)
+    return pl.read_ipc(path / "a.arrow")
 
 
 def record_torch(value: Any, path: Path) -> None:
@@ -57,7 +60,15 @@ def _frame() -> tuple[Any, int]:
         "y": rng.standard_normal(n), "name": "user-" + pl.Series(np.arange(n) % 500_000).cast(pl.String),
         "at": np.datetime64("2024-01-01", "ns") + rng.integers(0, 10**15, n).astype("timedelta64[ns]"),
     })
-    return df, int(df.estimated_size())
+    # Its memory: the buffers polars holds (estimated_size() counts string bytes, not the 16-byte views).
+    table = df.to_arrow(compat_level=pl.CompatLevel.newest())
+    return df, sum(b.size for column in table.columns for chunk in column.chunks for b in chunk.buffers() if b)
+
+
+def _frame_size() -> int:
+    """The frame's size, measured in another process (this one must not start polars' threads yet)."""
+    code = "from benchmarks.bench_types import _frame; print(_frame()[1])"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 def _raw_xxh3(buffers: list[Any]) -> None:
@@ -86,8 +97,10 @@ def _fingerprint(label: str, value: Any, buffers: list[Any], size: int) -> None:
            limit_kind="abs")
 
 
-def _compare(label: str, value: Any, size: int, baseline: tuple[Any, Any, str], root: Path) -> None:
-    figures = _interleaved({"durable_nb": (record_durable, replay_durable), baseline[2]: baseline[:2]}, value, root)
+def _compare(label: str, value: Any, size: int, baseline: tuple[Any, Any, str], root: Path,
+             make: Callable[[], Any] | None = None) -> None:
+    figures = _interleaved({"durable_nb": (record_durable, replay_durable), baseline[2]: baseline[:2]}, value, root,
+                           make)
     base_rec, base_rec_mem, base_rep, base_rep_mem = figures[baseline[2]]
     rec_s, rec_mem, rep_s, rep_mem = figures["durable_nb"]
     report(f"{label}: record", rec_s, base_rec, baseline_name=baseline[2], limit=3)
@@ -108,20 +121,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_types_", dir=os.environ.get("BENCH_TMP")) as tmp:
         root = Path(tmp)
+        # polars' thread pool does not survive a fork: this process leaves polars untouched until the forked
+        # runs are done, and each record builds the frame in its own child.
+        size = _frame_size()
+        _compare("~500 MB polars DataFrame", None, size, (record_polars, replay_polars, "write_ipc+fsync / read_ipc"),
+                 root, make=lambda: _frame()[0])
+        tensor = torch.randn(TENSOR_BYTES // 4)
+        _fingerprint("1 GiB torch tensor", tensor, [tensor.numpy()], TENSOR_BYTES)
+        _compare("1 GiB torch float32 tensor", tensor, TENSOR_BYTES,
+                 (record_torch, replay_torch, "torch.save+fsync / torch.load"), root)
+        del tensor
         df, size = _frame()
         print(f"    polars DataFrame: {df.height:,} rows, {size / 2**20:.0f} MiB ({', '.join(map(str, df.dtypes))})",
               flush=True)
         table = df.to_arrow(compat_level=pl.CompatLevel.newest())
         buffers = [b for column in table.columns for chunk in column.chunks for b in chunk.buffers() if b is not None]
         _fingerprint("~500 MB polars DataFrame", df, buffers, size)
-        del table, buffers
-        _compare("~500 MB polars DataFrame", df, size, (record_polars, replay_polars, "write_ipc+fsync / read_ipc"),
-                 root)
-        del df
-        tensor = torch.randn(TENSOR_BYTES // 4)
-        _fingerprint("1 GiB torch tensor", tensor, [tensor.numpy()], TENSOR_BYTES)
-        _compare("1 GiB torch float32 tensor", tensor, TENSOR_BYTES,
-                 (record_torch, replay_torch, "torch.save+fsync / torch.load"), root)
 
 
 if __name__ == "__main__":
