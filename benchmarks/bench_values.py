@@ -155,13 +155,16 @@ def _rss(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
-def _in_child(fn: Callable[[], object]) -> tuple[float, int]:
-    """Run fn in a forked child; return its wall time and peak extra RSS."""
+def _in_child(fn: Callable[[], object], setup: Callable[[], object] | None = None) -> tuple[float, int]:
+    """Run fn in a forked child; return its wall time and peak extra RSS. `setup()` runs first in the child,
+    unmeasured (e.g. building a polars value there: polars' thread pool does not survive a fork)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: report "seconds extra_bytes" or an error, never return into the parent's code
         os.close(read_end)
         try:
+            if setup is not None:
+                setup()
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
             before = _rss("VmRSS")
             start = time.perf_counter()
@@ -188,12 +191,13 @@ def _fresh(path: Path) -> None:
 
 
 def _interleaved(contenders: dict[str, tuple[Recorder, Replayer]], value: Value,
-                 root: Path) -> dict[str, tuple[float, int, float, int]]:
+                 root: Path, make: Callable[[], Value] | None = None) -> dict[str, tuple[float, int, float, int]]:
     """Median time and max peak extra memory over REPEAT forked runs of each contender, taken in turns (record
     by record, then replay by replay) so that a slow spell of this shared machine hits every contender alike.
     Each phase starts with one uncounted warm-up turn (its first runs pay for the page cache and fragmented
     memory the previous phase left, seconds on this machine), and each turn starts with the next contender.
-    Each record starts from an empty folder; the replays read what the last record left."""
+    Each record starts from an empty folder; the replays read what the last record left. With `make`, each
+    record's child builds the value itself before it is measured (and `value` is unused)."""
     names = list(contenders)
     runs: dict[str, list[list[tuple[float, int]]]] = {name: [[], []] for name in names}
     for phase in (0, 1):
@@ -203,7 +207,9 @@ def _interleaved(contenders: dict[str, tuple[Recorder, Replayer]], value: Value,
                 folder = root / name.replace(" ", "_")
                 if phase == 0:
                     _fresh(folder)
-                    run = _in_child(functools.partial(record, value, folder))
+                    made: list[Value] = [value]
+                    run = _in_child(lambda: record(made[0], folder),  # noqa: B023  (called at once)
+                                    None if make is None else lambda: made.__setitem__(0, make()))  # noqa: B023
                 else:
                     run = _in_child(functools.partial(replay, folder))
                 if turn >= 0:

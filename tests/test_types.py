@@ -459,3 +459,19 @@ def test_colleague_replays_every_cell_of_these_types_without_trusting_the_log(tm
     for name, value in want.items():
         assert_same(sh.ns[name], value)
     session.close_log()
+
+
+def test_crafted_sparse_indices_are_refused(log: Log) -> None:
+    from durable_nb.errors import DecodeError
+
+    for value, part in ((sp.csr_matrix(np.eye(3)), "indices"), (sp.coo_array(np.eye(3)), "coords")):
+        encoded, blob_ids = log.encode(value)
+        doc = json.loads(encoded.meta["inline"])
+        node = doc[doc.index(part) + 1]
+        leaf = node if node[0] == "L" else node[1]  # coords: a tuple of leaves
+        bad = (value.indices if part == "indices" else value.coords[0]).copy()
+        bad[-1] = 99  # past the end: scipy's kernels would read out of bounds
+        ids = list(blob_ids)
+        ids[leaf[4]] = log.encode(bad)[1][0]
+        with pytest.raises(DecodeError, match="inconsistent"):
+            log.decode(encoded, ids)

@@ -60,7 +60,9 @@ def read_stream(source: BlobSource) -> pa.Table:
 
     buffer = pa.allocate_buffer(source.size)
     source.readinto(memoryview(buffer))  # verified before Arrow parses a byte of it
-    return pa.ipc.open_stream(buffer).read_all()
+    table = pa.ipc.open_stream(buffer).read_all()
+    table.validate()  # buffer sizes and counts against the schema: a crafted stream fails here, not later
+    return table
 
 
 def from_stream(source: BlobSource, kind: str) -> Any:

@@ -52,7 +52,22 @@ class SparseCodec:
         value = cls(tree["shape"], dtype=np.dtype(tree["dtype"]), **extra)
         for part in _PARTS[value.format]:
             setattr(value, part, tree[part])
+        _check(value)
         if tree.get("canonical"):
             value.has_canonical_format = True
-        value.check_format(full_check=False) if hasattr(value, "check_format") else None
         return value
+
+
+def _check(value: Any) -> None:
+    """Indices out of bounds would make scipy's C++ kernels read out of bounds: a crafted log must fail here."""
+    try:
+        if value.format in ("csr", "csc", "bsr"):
+            value.check_format(full_check=True)
+        elif value.format == "coo":
+            for coords, n in zip(value.coords, value.shape, strict=True):
+                if len(coords) != value.nnz or (len(coords) and (coords.min() < 0 or coords.max() >= n)):
+                    raise ValueError("coordinates out of bounds")
+        elif value.data.ndim != 2 or len(value.offsets) != value.data.shape[0]:
+            raise ValueError("dia data does not match its offsets")
+    except ValueError as exc:
+        raise DecodeError(f"sparse {value.format} value is inconsistent ({exc}): the log was modified") from exc
