@@ -12,6 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 Event = tuple[str, Any]
+# Where the cell's value was shown (Out[n]) among its outputs. A display event with an empty bundle, so a reader
+# that does not know the mark shows nothing for it.
+RESULT_MARK: Event = ("display", {"data": {}, "metadata": {}, "transient": {}, "result": True})
 
 
 class Recorder:
@@ -21,6 +24,8 @@ class Recorder:
         self.shell = shell
         self.events: list[Event] = []
         self._undo: list[Callable[[], None]] = []
+        self._paused = False
+        self.showed_result = False
 
     def __enter__(self) -> Recorder:
         self._tee_stream("stdout")
@@ -35,7 +40,16 @@ class Recorder:
         while self._undo:
             self._undo.pop()()
 
+    def show_result(self, result: Any) -> None:
+        """Show the cell's value as Out[n] now, inside the capture, so that figures the inline backend shows
+        after it follow it, as in a plain cell. The display hook's own output is not teed: a replay calls it."""
+        show(self.shell, result, pause=self)
+        self.events.append(RESULT_MARK)
+        self.showed_result = True
+
     def _add(self, kind: str, data: Any) -> None:
+        if self._paused:
+            return
         # Consecutive writes to one stream become one event: replay cost scales with events, not writes.
         if kind in ("stdout", "stderr") and self.events and self.events[-1][0] == kind:
             self.events[-1] = (kind, self.events[-1][1] + data)
@@ -113,11 +127,28 @@ class _TeeStream:
         return getattr(self._stream, name)
 
 
-def replay(shell: Any, events: list[Event]) -> None:
-    """Emit recorded events again, in order, through the live streams and display publisher."""
+def show(shell: Any, result: Any, pause: Recorder | None = None) -> None:
+    """What IPython does with a cell's value: Out[n], `_`, and the execute_result message."""
+    if pause is not None:
+        pause._paused = True
+    try:
+        shell.displayhook(result)
+    finally:
+        if pause is not None:
+            pause._paused = False
+
+
+def replay(shell: Any, events: list[Event], result: Any = None) -> bool:
+    """Emit recorded events again, in order, through the live streams and display publisher; the cell's value
+    is shown where it was. Returns whether it was (logs of older versions have no mark: the caller shows it)."""
     pub = shell.display_pub
+    shown = False
     for kind, data in events:
-        if kind in ("stdout", "stderr"):
+        if data == RESULT_MARK[1]:
+            if result is not None:
+                show(shell, result)
+            shown = True
+        elif kind in ("stdout", "stderr"):
             stream = getattr(sys, kind)
             stream.write(data)
             stream.flush()
@@ -128,3 +159,4 @@ def replay(shell: Any, events: list[Event]) -> None:
                 stream.flush()
             pub.publish(data["data"], data.get("metadata") or {}, transient=data.get("transient") or None,
                         update=kind == "update_display")
+    return shown

@@ -193,9 +193,9 @@ class DurableCell:
         differs = environment.differences(self.log, recorded.id)
         self.status.show(self._payload("replayed", recorded_at=recorded.started_at, duration=recorded.duration,
                                        execution_id=recorded.id, reason="; ".join(differs) or None))
-        capture.replay(self.shell, events)
+        shown = capture.replay(self.shell, events, result)
         cells.record_replay(self.log, start, recorded, time.perf_counter() - t0)
-        return result
+        return None if shown else result
 
     # -- execute and record ---------------------------------------------------------------------------------
 
@@ -211,20 +211,22 @@ class DurableCell:
         try:
             with recorder, execution_scope(execution_id):
                 result = self._exec_user_code(transformed, analysis)
+                duration = time.perf_counter() - t0
+                if result is not None:
+                    recorder.show_result(result)
         except BaseException as exc:
             duration = time.perf_counter() - t0
             self._record_failure(execution_id, recorder.events, duration, exc)
             self.status.show(self._payload("failed", reason=start.reason, duration=duration,
                                            error=f"{type(exc).__name__}: {exc}", execution_id=execution_id))
             raise
-        duration = time.perf_counter() - t0
         changed_settings = {} if settings_before is None else settings.changed(settings_before, settings.snapshot())
         problems = self._record(execution_id, analysis, start, before, result, recorder.events, duration,
                                 changed_settings)
         state = "not-replayable" if problems else "recorded"
         self.status.show(self._payload(state, reason=start.reason, duration=duration, problems=problems,
                                        execution_id=execution_id))
-        return result
+        return None if recorder.showed_result else result
 
     def _exec_user_code(self, transformed: str, analysis: CellAnalysis) -> Any:
         __tracebackhide__ = True

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from . import environment, settings, sharing, trust
+from . import environment, figures, settings, sharing, trust
 from .codecs import reference
 from .errors import DecodeError, UntrustedError
 from .fingerprint import fingerprint
@@ -146,16 +146,34 @@ class Writer:
                       if n not in moved and n in self.ns and not isinstance(self.ns[n], IMMUTABLE)}
         references.update(self._references)
         members = self._pickled
+        if not members:
+            return
+        figures.settle([m.value for m in members])
+        # Other visible objects the stream reaches changed with what it holds (the figure of a mutated `ax`):
+        # a first pass names them as references; then they join the stream, so the graph stays one.
+        reached: dict[int, str] = {}
+        for n, v in self.ns.items():
+            if not isinstance(v, IMMUTABLE) and n not in moved and n not in self.inputs and self.visible(n):
+                for part in (v, *_parts(v)):
+                    if id(part) not in references:
+                        reached.setdefault(id(part), f"ns:{n}")
         while members:
             conn = self.log.conn
             conn.execute("SAVEPOINT durable_pickle")
             sink = self.log.blobs.sink()
             try:
-                meta = PICKLE.encode_bundle([m.value for m in members], references, sink)
+                meta = PICKLE.encode_bundle([m.value for m in members], {**reached, **references}, sink)
             except Exception as exc:
                 conn.execute("ROLLBACK TO durable_pickle")
                 conn.execute("RELEASE durable_pickle")
                 members = self._drop_unpicklable(members, references, exc)
+                continue
+            joined = [r.removeprefix("ns:") for r in meta["references"] if r in reached.values()]
+            if joined:
+                conn.execute("ROLLBACK TO durable_pickle")
+                conn.execute("RELEASE durable_pickle")
+                members = members + [_Pickled(n, self.ns[n], True) for n in joined]
+                reached = {i: r for i, r in reached.items() if r.removeprefix("ns:") not in joined}
                 continue
             conn.execute("RELEASE durable_pickle")
             self._pickled_rows(members, meta, list(sink.blob_ids), sum(sink.sizes))
@@ -198,6 +216,24 @@ class Writer:
                                    signature=self._sign(PICKLE.name, PICKLE.version, row_meta, ids_), blob_ids=ids_),
                       listed=m.name != RESULT)
             environment.note_package(self.log, type_name(m.value))
+
+
+_PARTS_AT_MOST = 1024  # a longer container is a data set, not a handful of handles: looking in it costs too much
+
+
+def _parts(value: Any) -> list[Any]:
+    """The objects a small plain container holds directly: `ax` from `fig, ax = plt.subplots(2, 3)` holds the
+    axes a mutated figure's stream reaches."""
+    items: list[Any]
+    if isinstance(value, list | tuple | set | frozenset | dict):
+        if len(value) > _PARTS_AT_MOST:
+            return []
+        items = list(value.values() if isinstance(value, dict) else value)
+    elif sharing.is_object_array(value) and value.size <= _PARTS_AT_MOST:
+        items = value.ravel().tolist()
+    else:
+        return []
+    return [i for i in items if not isinstance(i, IMMUTABLE)]
 
 
 class Restore:
@@ -304,6 +340,7 @@ class Restore:
         # Only once everything is unpickled: unpickling an instance re-sets its class's attributes.
         for row, value in zip(rows, values, strict=True):
             self._place(row, adopt(value, self.ns))
+        figures.enable_display()
 
     def _resolve(self, reference_: str) -> Any:
         where, _, name = reference_.partition(":")

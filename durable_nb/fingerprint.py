@@ -376,9 +376,26 @@ def _memoryview(h: _Hasher, value: memoryview) -> None:
     h.put(value.tobytes() if not value.c_contiguous else value.cast("B"))
 
 
+# Immutable values of the standard library: which object holds one must not matter, as for tuples (a replay
+# that decodes two equal datetimes as two objects, where the first run shared one, keeps the same fingerprint).
+_VALUE_TYPES = frozenset({("datetime", "date"), ("datetime", "time"), ("datetime", "timedelta"),
+                          ("datetime", "tzinfo"), ("decimal", "Decimal"), ("fractions", "Fraction"),
+                          ("uuid", "UUID"), ("pathlib", "PurePath")})
+
+
+_VALUE_TYPE_SEEN: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def _value_type(t: type) -> bool:
+    known = _VALUE_TYPE_SEEN.get(t)
+    if known is None:
+        known = _VALUE_TYPE_SEEN[t] = any((b.__module__, b.__qualname__) in _VALUE_TYPES for b in t.__mro__)
+    return known
+
+
 def _object(h: _Hasher, value: object) -> None:
     """Anything else: its pickle reduction (callable, args, state, items) through the same recursion."""
-    if h.seen(value):
+    if not _value_type(type(value)) and h.seen(value):
         return
     t = type(value)
     reducer = copyreg.dispatch_table.get(t)
@@ -610,9 +627,9 @@ _EXACT: dict[type, Handler] = {
 
 
 def _matplotlib_handler(t: type) -> Handler | None:
-    from . import fingerprint_figures
+    from . import figures
 
-    return fingerprint_figures.handler(t)
+    return figures.handler(t)
 
 
 # ---------------------------------------------------------------------------------------------- numpy

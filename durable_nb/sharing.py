@@ -28,6 +28,11 @@ def numpy_if_imported() -> Any:
     return sys.modules.get("numpy")
 
 
+def is_object_array(value: Any) -> bool:
+    np = numpy_if_imported()
+    return np is not None and type(value) is np.ndarray and value.dtype.hasobject
+
+
 def _is_plain_array(value: Any, np: Any) -> bool:
     return type(value) is np.ndarray and not value.dtype.hasobject and value.size > 0
 

@@ -456,3 +456,15 @@ def test_plain_data_does_not_import_numpy_or_pandas() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_which_object_holds_an_equal_immutable_value_does_not_matter() -> None:
+    import datetime as dt
+    from decimal import Decimal
+
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    price = Decimal("1.10")
+    shared = [(when, when), (price, price)]
+    apart = [(when, when.replace()), (price, Decimal("1.10"))]
+    assert shared[0][0] is shared[0][1] and apart[0][0] is not apart[0][1]
+    assert fingerprint(shared) == fingerprint(apart)

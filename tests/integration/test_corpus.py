@@ -180,9 +180,7 @@ def summary() -> Iterator[dict[str, dict[str, Any]]]:
 # Known and open (issue 11): a matplotlib figure restored by a replay renders, in a real kernel, differently from
 # the one drawn the first time, so cells drawing into it re-run, and a replayed figure shown as Out has no PNG.
 # Strict: the day it passes, this mark must go.
-KNOWN = {"signal_figures": "issue 11: figures restored by a replay do not yet fingerprint or show as recorded",
-         "event_log_parsing": "issue 14: tz-aware datetimes through the tagged codec fingerprint differently "
-                              "after the round trip (`sessions` re-runs its reader)"}
+KNOWN: dict[str, str] = {}
 CASES = [pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN[p.stem], strict=True)) if p.stem in KNOWN else p
          for p in NOTEBOOKS]
 

@@ -1,4 +1,4 @@
-"""Fingerprints of matplotlib figures and the artists in them, by what they show.
+"""matplotlib figures: fingerprinted by what they show, settled before they are pickled, shown after a replay.
 
 A figure's object graph is no content to hash: it holds id()-keyed callback tables, and drawing it or a pickle
 round trip rewrites caches and flags. So a figure is rendered (Agg, RGBA, at its own dpi) and hashed with what
@@ -11,10 +11,13 @@ its fingerprint without another render.
 from __future__ import annotations
 
 import io
+import sys
 import weakref
 from typing import TYPE_CHECKING, Any
 
 import xxhash
+
+from .sharing import is_object_array
 
 if TYPE_CHECKING:
     from .fingerprint import Handler, _Hasher
@@ -33,13 +36,24 @@ _CACHE: weakref.WeakKeyDictionary[Any, _Hashed] = weakref.WeakKeyDictionary()
 
 def handler(t: type) -> Handler | None:
     from matplotlib.artist import Artist
+    from matplotlib.container import Container
     from matplotlib.figure import Figure
 
     if issubclass(t, Figure):
         return _figure
     if issubclass(t, Artist):
         return _artist
+    if issubclass(t, Container):
+        return _container
     return None
+
+
+def _container(h: _Hasher, container: Any) -> None:
+    """What `ax.bar` / `ax.hist` return: a tuple of artists with a label (and an id()-keyed callback table)."""
+    h.put(b"mC")
+    h.visit((type(container).__qualname__, container.get_label(), len(container)))
+    for child in container:
+        h.visit(child)
 
 
 def _figure(h: _Hasher, fig: Any) -> None:
@@ -100,3 +114,33 @@ def _root_figure(artist: Any) -> Any:
         return artist.get_figure(root=True)  # matplotlib >= 3.10: the top figure, not a subfigure
     except TypeError:
         return artist.figure
+
+
+def settle(values: list[Any]) -> None:
+    """Before figures are pickled: the autoscaling matplotlib defers to the next draw is done now. A pickle
+    drops the pending request, and the replayed axes would keep their old limits (the picture would differ)."""
+    if "matplotlib.figure" not in sys.modules:
+        return
+    from matplotlib._pylab_helpers import Gcf
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    found: list[Any] = [m.canvas.figure for m in Gcf.get_all_fig_managers()]
+    for value in values:
+        items = value.ravel().tolist() if is_object_array(value) else [value]
+        found += [v for v in items if isinstance(v, Figure | Axes)]
+    for item in found:
+        for ax in item.axes if isinstance(item, Figure) else [item]:
+            unstale = getattr(ax, "_unstale_viewLim", None)  # matplotlib >= 3.4
+            if unstale is not None:
+                unstale()
+
+
+def enable_display() -> None:
+    """After figures come back from a pickle: pyplot resolves its backend, which is what installs the
+    notebook's PNG formatter for figures (a replay creates no figure through pyplot that would)."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None and "matplotlib.figure" in sys.modules:
+        get_backend = getattr(pyplot, "_get_backend_mod", None)
+        if get_backend is not None:
+            get_backend()
