@@ -38,6 +38,10 @@ def ids(ns: dict[str, Any]) -> dict[str, int]:
     return dict(zip(ns, map(id, ns.values()), strict=True))
 
 
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_WALK_AT_MOST = 100_000  # containers looked into per value: past that, a data set of plain values, not handles
+
+
 @dataclass
 class _Pickled:
     name: str
@@ -60,6 +64,7 @@ class Writer:
     written: list[str] = field(default_factory=list)
     stored: int = 0
     _first_name: dict[int, str] = field(default_factory=dict)
+    _visible_ids: dict[int, str] | None = None
     _references: dict[int, str] = field(default_factory=dict)
     _pickled: list[_Pickled] = field(default_factory=list)
 
@@ -115,8 +120,31 @@ class Writer:
 
             self._row(StoredOutput(name, "value", "npy", npy.NpyCodec.version, type_name(value), meta))
             return
-        if not self._store_safe(name, value, mutated):
+        # A container holding an object another name also holds goes where references keep them one object.
+        if self._shares_objects(name, value) or not self._store_safe(name, value, mutated):
             self._pickled.append(_Pickled(name, value, mutated))
+
+    def _shares_objects(self, name: str, value: Any) -> bool:
+        """Whether plain container `value` holds (at any depth) a mutable object another visible name holds:
+        safe codecs would store a copy, and `d["a"] is a` would not hold after a replay."""
+        if not isinstance(value, _CONTAINERS):
+            return False
+        if self._visible_ids is None:
+            self._visible_ids = {id(v): n for n, v in self.ns.items()
+                                 if not isinstance(v, IMMUTABLE) and self.visible(n)}
+        todo, seen = [value], 0
+        while todo and seen < _WALK_AT_MOST:
+            item = todo.pop()
+            seen += 1
+            parts = item.values() if isinstance(item, dict) else item
+            for part in parts:
+                if isinstance(part, IMMUTABLE):
+                    continue
+                if self._visible_ids.get(id(part), name) != name:
+                    return True
+                if isinstance(part, _CONTAINERS):
+                    todo.append(part)
+        return False
 
     def _store_safe(self, name: str, value: Any, mutated: bool) -> bool:
         from .codecs import encode_safe
@@ -390,6 +418,8 @@ class RecordedDisplay:
 
 def adopt(value: Any, ns: dict[str, Any]) -> Any:
     """Functions and classes rebuilt from the log read globals from the live namespace, like the originals."""
+    if isinstance(value, types.FunctionType):
+        _adopt_inner(value, ns, {}, 8)
     if _notebook_function(value):
         return _rebind(value, ns)
     if isinstance(value, type) and value.__module__ == "__main__":
@@ -399,6 +429,31 @@ def adopt(value: Any, ns: dict[str, Any]) -> Any:
                 rebound = _rebind(func, ns)
                 setattr(value, attr, type(member)(rebound) if func is not member else rebound)
     return value
+
+
+def _adopt_inner(func: types.FunctionType, ns: dict[str, Any], done: dict[int, types.FunctionType],
+                 depth: int) -> None:
+    """A decorator's wrapper holds the notebook function it wraps (in its closure and as `__wrapped__`): that
+    one reads the live namespace too, and stays the one object both places hold."""
+    if depth == 0:
+        return
+
+    def adopted(inner: types.FunctionType) -> types.FunctionType:
+        if id(inner) not in done:
+            done[id(inner)] = _rebind(inner, ns)
+            _adopt_inner(inner, ns, done, depth - 1)
+        return done[id(inner)]
+
+    for cell in func.__closure__ or ():
+        try:
+            content = cell.cell_contents
+        except ValueError:  # not assigned yet
+            continue
+        if _notebook_function(content) and content is not func:
+            cell.cell_contents = adopted(content)
+    wrapped = getattr(func, "__wrapped__", None)
+    if _notebook_function(wrapped):
+        func.__wrapped__ = adopted(wrapped)  # type: ignore[attr-defined]
 
 
 def _notebook_function(value: object) -> TypeGuard[types.FunctionType]:

@@ -216,3 +216,33 @@ def test_every_kind_of_value_leads_to_the_same_keys_in_a_new_process(tmp_path: P
     names = ["setup"] + [f"{k} {role}" for k in KINDS for role in ("value", "reader")]
     not_replayed = [n for n, s in zip(names, replay_states, strict=True) if s != "replayed"]
     assert not not_replayed, f"ran again in a new process instead of replaying: {not_replayed}"
+
+
+def test_a_container_holding_another_variable_keeps_holding_it(new_shell: Callable[[], Shell]) -> None:
+    cells = ["a = [1]", "d = {'a': a, 'n': 2}\npair = (a, 3)", "a.append(2)", "seen = list(d['a'])"]
+    replayed_all(new_shell(), cells)
+    sh = new_shell()
+    assert replayed_all(sh, cells) == ["replayed"] * 4
+    assert sh.ns["d"]["a"] is sh.ns["a"] and sh.ns["pair"][0] is sh.ns["a"]
+    assert sh.ns["seen"] == [1, 2]
+
+
+def test_an_activity_defined_in_a_replayed_cell_keys_and_reads_the_live_namespace(
+        new_shell: Callable[[], Shell]) -> None:
+    cells = ["import durable_nb\nscale = 10\n@durable_nb.activity\ndef times(x):\n    return x * scale",
+             "r = times(3)"]
+    replayed_all(new_shell(), cells)
+    sh = new_shell()
+    assert replayed_all(sh, cells) == ["replayed", "replayed"]
+    sh.run("scale = 100")
+    assert sh.ns["times"].__wrapped__.__globals__ is sh.ns, "the wrapped function reads the notebook's globals"
+
+
+def test_a_decorated_notebook_function_reads_the_live_namespace_after_replay(new_shell: Callable[[], Shell]) -> None:
+    cells = ["import functools\nSCALE = 2\ndef logged(fn):\n    @functools.wraps(fn)\n    def inner(x):\n"
+             "        return fn(x)\n    return inner\n@logged\ndef scaled(x):\n    return x * SCALE"]
+    replayed_all(new_shell(), cells)
+    sh = new_shell()
+    assert replayed_all(sh, cells) == ["replayed"]
+    sh.run("SCALE = 4")
+    assert sh.run("scaled(1)") == 4
