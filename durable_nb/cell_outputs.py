@@ -11,6 +11,7 @@ replay turns the rows back into the namespace with the same sharing between obje
 
 from __future__ import annotations
 
+import contextlib
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ from typing import Any, TypeGuard
 
 from . import environment, figures, settings, sharing, trust
 from .codecs import reference
-from .errors import DecodeError, UntrustedError
-from .fingerprint import fingerprint
+from .errors import DecodeError, Unfingerprintable, UntrustedError
+from .fingerprint import by_reduction, fingerprint, remember_restored
 from .log import cells
 from .log.cells import StoredOutput
 from .log.store import DurableLog
@@ -239,6 +240,9 @@ class Writer:
                 row_meta, ids_, row_size = {**meta, "bundle": [x.name for x in members]}, blob_ids, size
             else:
                 row_meta, ids_, row_size = {"bundle_of": holder, "index": i}, [], 0
+            recorded = _recorded_fingerprint(m)
+            if recorded is not None:
+                row_meta["fingerprint"] = recorded
             self._row(StoredOutput(m.name, "result" if m.name == RESULT else "value", PICKLE.name, PICKLE.version,
                                    type_name(m.value), row_meta, row_size, inplace=m.mutated,
                                    signature=self._sign(PICKLE.name, PICKLE.version, row_meta, ids_), blob_ids=ids_),
@@ -262,6 +266,16 @@ def _parts(value: Any) -> list[Any]:
     else:
         return []
     return [i for i in items if not isinstance(i, IMMUTABLE)]
+
+
+def _recorded_fingerprint(m: _Pickled) -> str | None:
+    """The fingerprint a value hashed through its reduction had: a replay that rebuilds it inexactly keeps it."""
+    if m.name == RESULT or not by_reduction(m.value):
+        return None
+    try:
+        return fingerprint(m.value)
+    except Unfingerprintable:
+        return None
 
 
 class Restore:
@@ -302,6 +316,11 @@ class Restore:
         result = self.final.pop(RESULT, None)
         changed_settings = self.final.pop(settings.NAME, None)
         self._apply(deleted)
+        for out in pickled:
+            recorded = out.meta.get("fingerprint")
+            if recorded is not None and out.name in self.ns:
+                with contextlib.suppress(Unfingerprintable):
+                    remember_restored(self.ns[out.name], recorded)
         if changed_settings:
             settings.apply(changed_settings)
         return result

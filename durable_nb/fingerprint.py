@@ -242,6 +242,38 @@ class _Hasher:
 
 def fingerprint(value: object) -> str:
     """32 lowercase hex chars (xxh3_128) identifying `value`'s content; raises Unfingerprintable."""
+    found = _content(value)
+    restored = _RESTORED.get(id(value))
+    if restored is not None and restored[0]() is value and restored[1] == found:
+        return restored[2]
+    return found
+
+
+# A value a replay rebuilt from a pickle whose round trip is not exact (a library's __setstate__ that drops
+# state, say) hashes unlike the value recorded. While it still hashes as it did when restored — unchanged
+# since — it stands for the recorded value: id → (the value, its hash when restored, the recorded hash).
+_RESTORED: dict[int, tuple[Callable[[], object], str, str]] = {}
+
+
+def remember_restored(value: object, recorded: str) -> None:
+    """`value` was rebuilt from a value whose fingerprint was `recorded` (see `by_reduction`)."""
+    now = _content(value)
+    if now == recorded:
+        return
+    try:
+        ref: Callable[[], object] = weakref.ref(value, lambda _: _RESTORED.pop(key, None))
+    except TypeError:  # not weakly referable: held while the entry lives
+        ref = functools.partial(lambda v: v, value)
+    key = id(value)
+    _RESTORED[key] = (ref, now, recorded)
+
+
+def by_reduction(value: object) -> bool:
+    """Whether `value` is hashed through its pickle reduction: the kind whose round trip may not be exact."""
+    return _SCALARS.get(type(value)) is None and _handler(type(value)) is _object
+
+
+def _content(value: object) -> str:
     hasher = _Hasher(_Call(), _Memo())
     hasher.put(_FORMAT)
     try:
