@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -329,15 +329,8 @@ class Restore:
         from .codecs import decode_value
 
         sources = [self.log.blobs.source(b) for b in out.blob_ids]
-        try:  # signatures were checked before anything was read
+        with _decoding(_what([out])):  # signatures were checked before anything was read
             return decode_value(out.codec or "", out.codec_version or 0, out.meta, sources, allow_pickle=True)
-        except DecodeError:
-            raise
-        except ImportError as exc:
-            raise DecodeError(f"variable {out.name} ({out.type}) needs module {exc.name or '?'}, which cannot be "
-                              f"imported here ({exc}); install it to replay") from exc
-        except Exception as exc:
-            raise DecodeError(f"variable {out.name} ({out.type}): {type(exc).__name__}: {exc}") from exc
 
     def _place(self, out: StoredOutput, value: Any) -> None:
         live = self.ns.get(out.name)
@@ -375,15 +368,8 @@ class Restore:
         if holder.meta.get("bundle") != [r.name for r in rows]:
             raise DecodeError(f"the pickled outputs of this execution are incomplete ({holder.name}): re-run the cell")
         sources = [self.log.blobs.source(b) for b in holder.blob_ids]
-        try:
+        with _decoding(_what(rows)):
             values = pickle.load(holder.meta, sources, self._resolve)
-        except DecodeError:
-            raise
-        except ImportError as exc:
-            raise DecodeError(f"{_what(rows)} needs module {exc.name or '?'}, which cannot be imported here "
-                              f"({exc}); install it to replay") from exc
-        except Exception as exc:
-            raise DecodeError(f"{_what(rows)}: {type(exc).__name__}: {exc}") from exc
         # Only once everything is unpickled: unpickling an instance re-sets its class's attributes.
         for row, value in zip(rows, values, strict=True):
             self._place(row, adopt(value, self.ns))
@@ -418,6 +404,20 @@ def check_trusted(log: DurableLog, outputs: list[StoredOutput]) -> None:
             hashes = [log.blobs.source(b).hash for b in out.blob_ids]
             if not trust.verify(trust.payload(out.codec, out.codec_version or 0, out.meta, hashes), out.signature):
                 raise UntrustedError(f"variable {out.name} ({out.type}) is pickled and not signed by you")
+
+
+@contextlib.contextmanager
+def _decoding(what: str) -> Iterator[None]:
+    """Whatever decoding raises becomes a DecodeError naming `what`: the cell runs instead, nothing crashes."""
+    try:
+        yield
+    except DecodeError:
+        raise
+    except ImportError as exc:
+        raise DecodeError(f"{what} needs module {exc.name or '?'}, which cannot be imported here ({exc}); "
+                          "install it to replay") from exc
+    except Exception as exc:
+        raise DecodeError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 def _what(rows: list[StoredOutput]) -> str:

@@ -31,6 +31,7 @@ class _Hashed:
         self.places = places
 
 
+_HASH_DPI = 40
 _CACHE: weakref.WeakKeyDictionary[Any, _Hashed] = weakref.WeakKeyDictionary()
 
 
@@ -103,7 +104,10 @@ def _pixels(fig: Any) -> Any:
     """The figure rendered by a temporary Agg canvas, whatever canvas it has: one that came from a pickle may have
     another than the original, and the picture must not depend on it."""
     pixels = io.BytesIO()
-    fig.savefig(pixels, format="rgba", dpi=fig.dpi, facecolor=fig.get_facecolor(), edgecolor=fig.get_edgecolor())
+    # At a low resolution: a render costs ~50 ms at 100 dpi, a cell reads its figure every time it keys, and
+    # what a coarse picture can miss (sub-pixel moves) the line data and texts hashed beside it still hold.
+    fig.savefig(pixels, format="rgba", dpi=min(fig.dpi, _HASH_DPI), facecolor=fig.get_facecolor(),
+                edgecolor=fig.get_edgecolor())
     # Drawn now: any change to an artist marks it stale again, so until then the cached digest holds.
     fig.stale = False
     return pixels.getbuffer()
