@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+# Directory listings count only in cells that list: the import system lists folders of sys.path too.
+_LISTERS = frozenset({"listdir", "scandir", "glob", "iglob", "iterdir", "walk", "rglob"})
 _MAGIC_CALLS = {"run_line_magic", "run_cell_magic", "system", "getoutput"}
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 
@@ -29,6 +31,9 @@ class CellAnalysis:
     binds: tuple[str, ...]
     deletes: tuple[str, ...]
     has_result: bool
+    environ: tuple[str, ...] = ()  # environment variables read by name: os.environ["X"], os.getenv("X")
+    strings: tuple[str, ...] = ()  # string constants: the paths native readers (pyarrow, polars) are given
+    lists_dirs: bool = False  # the code names a directory lister (os.listdir, glob, Path.iterdir...)
 
 
 @lru_cache(maxsize=512)
@@ -45,7 +50,34 @@ def analyze(code: str) -> CellAnalysis:
         binds=tuple(dict.fromkeys(walker.binds)),
         deletes=tuple(dict.fromkeys(walker.deletes)),
         has_result=isinstance(last, ast.Expr) and not _ends_with_semicolon(code),
+        environ=tuple(dict.fromkeys(_environ_reads(tree))),
+        lists_dirs=any((isinstance(n, ast.Attribute) and n.attr in _LISTERS) or (isinstance(n, ast.Name)
+                       and n.id in _LISTERS) for n in ast.walk(tree)),
+        strings=tuple(dict.fromkeys(n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+                                    and isinstance(n.value, str) and 0 < len(n.value) < 4096)),
     )
+
+
+def _environ_reads(tree: ast.AST) -> list[str]:
+    """Names in `os.environ["X"]`, `os.environ.get("X")`, `os.getenv("X")` (and `environ`, `getenv` imported)."""
+    def environ(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "environ") or (
+            isinstance(node, ast.Name) and node.id == "environ")
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and environ(node.value):
+            key = node.slice
+        elif isinstance(node, ast.Call) and node.args and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr == "get" and environ(node.func.value))
+                or (isinstance(node.func, ast.Attribute) and node.func.attr == "getenv")
+                or (isinstance(node.func, ast.Name) and node.func.id == "getenv")):
+            key = node.args[0]
+        else:
+            continue
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            found.append(key.value)
+    return found
 
 
 def _ends_with_semicolon(code: str) -> bool:

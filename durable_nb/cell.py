@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import json
+import os
 import re
 import sys
 import time
@@ -15,7 +17,7 @@ from typing import Any
 
 import xxhash
 
-from . import capture, cell_outputs, environment, settings, sharing, trust
+from . import capture, cell_outputs, environment, file_deps, settings, sharing, trust
 from .analysis import CellAnalysis, analyze
 from .calls import execution_scope
 from .errors import DecodeError, DurableError, LogError, Unfingerprintable, UntrustedError
@@ -26,6 +28,8 @@ from .log.store import DurableLog
 from .status import StatusLine, iso, message
 
 KEY_FORMAT = 1
+ENV_PREFIX = "$"  # environment variables among a key's inputs: "$MODEL"
+NOT_SET = "\0unset"
 _IPYTHON_CACHE = re.compile(r"^(_+\d*|_i+\d*|_[ido]h)$")
 _IPYTHON_SYNTAX = re.compile(r"[%!?]|^\s*(>>>|\.\.\.|In \[)|\A\s", re.MULTILINE)
 
@@ -37,6 +41,7 @@ class CellOptions:
     deps: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
     deps_files: list[str] = field(default_factory=list)
+    auto_deps: bool = True  # files read and environment variables named are found without being declared
 
 
 @dataclass
@@ -108,6 +113,10 @@ def compute_key(analysis: CellAnalysis, shell: Any, opts: CellOptions) -> Key:
             inputs[name] = fingerprint(ns[name])
         except Unfingerprintable as exc:
             problems.append(f"input {name} cannot be fingerprinted ({exc})")
+    if opts.auto_deps:
+        # By value, hashed: a variable may hold a secret, and the log keeps only this hash of it.
+        inputs.update({ENV_PREFIX + n: xxhash.xxh3_128_hexdigest(f"{n}={os.environ.get(n, NOT_SET)}".encode())
+                       for n in analysis.environ})
     files = {p: _file_fingerprint(p) for p in opts.deps_files}
     literal_deps = sorted(d for d in opts.deps if d not in ns)
     material = json.dumps([KEY_FORMAT, analysis.normalized, inputs, files, literal_deps, sorted(opts.ignore),
@@ -125,6 +134,10 @@ def _file_fingerprint(path: str) -> str:
         return "missing"
 
 
+def _input(name: str) -> str:
+    return f"environment variable {name[1:]}" if name.startswith(ENV_PREFIX) else f"input {name}"
+
+
 def explain(prev: dict[str, Any] | None, key: Key, code_hash: str, opts: CellOptions) -> str | None:
     """Why the cell runs instead of replaying, naming what changed; None for a cell never seen before."""
     if opts.force:
@@ -137,8 +150,8 @@ def explain(prev: dict[str, Any] | None, key: Key, code_hash: str, opts: CellOpt
     if prev["code_hash"] != code_hash:
         changes.append("code changed")
     before: dict[str, str] = prev["inputs"]
-    changes += [f"input {n} changed" for n, fp in key.inputs.items() if n in before and before[n] != fp]
-    changes += [f"new input {n}" for n in key.inputs if n not in before]
+    changes += [f"{_input(n)} changed" for n, fp in key.inputs.items() if n in before and before[n] != fp]
+    changes += [f"new {_input(n)}" for n in key.inputs if n not in before]
     changes += [f"file {p} changed" for p, fp in key.files.items() if prev["deps_files"].get(p) != fp]
     if changes:
         return ", ".join(changes)
@@ -171,6 +184,9 @@ class DurableCell:
         reason = None
         if not self.opts.force and not key.problems:
             recorded = cells.find_replayable(self.log, key.value)
+            moved = file_deps.changes(recorded.read_files) if recorded is not None and self.opts.auto_deps else []
+            if moved:
+                reason, recorded = ", ".join(moved), None
             if recorded is not None:
                 try:
                     return self._replay(recorded, start)
@@ -209,7 +225,8 @@ class DurableCell:
         settings_before = settings.snapshot() if settings.may_change(self.code) else None
         t0 = time.perf_counter()
         try:
-            with recorder, execution_scope(execution_id):
+            watch = file_deps.watching() if self.opts.auto_deps else contextlib.nullcontext(file_deps.Reads())
+            with recorder, execution_scope(execution_id), watch as reads:
                 result = self._exec_user_code(transformed, analysis)
                 duration = time.perf_counter() - t0
                 if result is not None:
@@ -221,12 +238,18 @@ class DurableCell:
                                            error=f"{type(exc).__name__}: {exc}", execution_id=execution_id))
             raise
         changed_settings = {} if settings_before is None else settings.changed(settings_before, settings.snapshot())
+        read_files = self._files_read(reads, analysis, start) if self.opts.auto_deps else {}
         problems = self._record(execution_id, analysis, start, before, result, recorder.events, duration,
-                                changed_settings)
+                                changed_settings, read_files)
         state = "not-replayable" if problems else "recorded"
         self.status.show(self._payload(state, reason=start.reason, duration=duration, problems=problems,
                                        execution_id=execution_id))
         return None if recorder.showed_result else result
+
+    def _files_read(self, reads: file_deps.Reads, analysis: CellAnalysis, start: ExecutionStart) -> dict[str, Any]:
+        ns = self.shell.user_ns
+        named = [*analysis.strings, *(ns[n] for n in start.inputs if isinstance(ns.get(n), str | os.PathLike))]
+        return file_deps.record(reads, named, file_deps.log_files(self.log.path), listings=analysis.lists_dirs)
 
     def _exec_user_code(self, transformed: str, analysis: CellAnalysis) -> Any:
         __tracebackhide__ = True
@@ -244,7 +267,7 @@ class DurableCell:
 
     def _record(self, execution_id: int, analysis: CellAnalysis, start: ExecutionStart,
                 before: dict[str, Any], result: Any, events: list[tuple[str, Any]], duration: float,
-                changed_settings: dict[str, Any]) -> list[str]:
+                changed_settings: dict[str, Any], read_files: dict[str, Any]) -> list[str]:
         visible = functools.partial(is_visible, self.shell)
         shared = sharing.arrays(self.shell.user_ns, visible)
         changed, deleted = self._changed_names(analysis, start, before, shared)
@@ -254,7 +277,7 @@ class DurableCell:
             with self.log.transaction():
                 writer.write(changed, deleted, result, shared, changed_settings)
                 cells.write_events(self.log, execution_id, events)
-                cells.finish(self.log, execution_id, state="recorded", duration=duration,
+                cells.finish(self.log, execution_id, state="recorded", duration=duration, read_files=read_files,
                              replayable=not writer.problems, problems=writer.problems, bytes_stored=writer.stored,
                              output_names=writer.written)
         except DurableError as exc:

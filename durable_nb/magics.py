@@ -168,7 +168,10 @@ class DurableMagics(Magics):
     @argument("--deps", metavar="A,B", help="Extra variables (or literal tags) that enter the cell's key.")
     @argument("--ignore", metavar="X,Y", help="Variables neither fingerprinted nor recorded (e.g. a connection).")
     @argument("--deps-file", metavar="PATH", nargs="+", action="extend", default=[],
-              help="Files the cell reads; an edit to one makes the cell run again.")
+              help="Files the cell reads that it cannot be seen reading (through a subprocess, say); an edit to "
+                   "one makes the cell run again. Files opened by Python or named in the cell are found anyway.")
+    @argument("--no-auto-deps", action="store_true",
+              help="Do not look for the files and environment variables the cell reads (only --deps-file counts).")
     @argument("--db", metavar="PATH", help="Use this log file for this cell instead of the default log.")
     @argument("--off", action="store_true",
               help="Run the cell plainly: nothing is recorded or replayed (opts a cell out of the durable mode).")
@@ -189,7 +192,7 @@ class DurableMagics(Magics):
         if not self.enabled:
             return self.shell.run_cell(cell, store_history=False).result
         opts = CellOptions(name=args.name, force=args.force, deps=_names(args.deps), ignore=_names(args.ignore),
-                           deps_files=list(args.deps_file))
+                           deps_files=list(args.deps_file), auto_deps=not args.no_auto_deps)
         try:
             log = self.log(args.db)
         except UsageError as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import pickle
 import sys
 from collections import ChainMap
@@ -137,10 +138,23 @@ def _no_references(name: str) -> Any:
     raise DecodeError(f"the pickled value refers to variable {name}, which this reader cannot provide")
 
 
+def closed_file(name: str, mode: str, encoding: str | None) -> Any:
+    """A closed file as `with open(...) as f:` leaves it: the same path and kind of object, closed (a file
+    opened for writing comes back as one opened for reading, then closed: nothing is truncated)."""
+    binary = "b" in mode
+    target = name if isinstance(name, str) and os.path.isfile(name) else os.devnull
+    found = open(target, "rb" if binary else "r", encoding=None if binary else encoding)  # noqa: SIM115
+    found.close()
+    return found
+
+
 def _refuse_file(obj: Any) -> Any:
     for name in ("stdout", "stderr"):
         if obj is getattr(sys, name):
             return getattr, (sys, name)
+    if obj.closed:
+        return closed_file, (getattr(obj, "name", os.devnull), getattr(obj, "mode", "rb"),
+                             getattr(obj, "encoding", None))
     raise pickle.PicklingError(
         f"an open file ({getattr(obj, 'name', '?')!r}, mode {getattr(obj, 'mode', '?')!r}) is a live OS resource, "
         "not data; open it in the cell that reads it (with open(...) as f:)")

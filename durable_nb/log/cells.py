@@ -55,6 +55,7 @@ class Recorded:
     duration: float
     inputs: dict[str, str]
     output_names: str | None
+    read_files: dict[str, Any] = field(default_factory=dict)
 
 
 def start(log: DurableLog, s: ExecutionStart) -> int:
@@ -95,14 +96,16 @@ def write_output(log: DurableLog, execution_id: int, out: StoredOutput) -> None:
 
 def finish(log: DurableLog, execution_id: int, *, state: str, duration: float, replayable: bool = False,
            problems: list[str] | None = None, bytes_stored: int = 0, output_names: list[str] | None = None,
-           error: BaseException | None = None, traceback: str | None = None) -> None:
+           error: BaseException | None = None, traceback: str | None = None,
+           read_files: dict[str, Any] | None = None) -> None:
     """Inside the caller's transaction: the final state of a started execution."""
     log.conn.execute(
         "UPDATE execution SET state = ?, finished_at = ?, duration = ?, replayable = ?, problems = ?, "
-        "bytes_stored = ?, output_names = ?, error_type = ?, error_message = ?, traceback = ? WHERE id = ?",
+        "bytes_stored = ?, output_names = ?, error_type = ?, error_message = ?, traceback = ?, read_files = ? "
+        "WHERE id = ?",
         (state, time.time(), duration, int(replayable), json.dumps(problems or []), bytes_stored,
          names(sorted(output_names or [])), type(error).__name__ if error else None,
-         str(error) if error else None, traceback, execution_id),
+         str(error) if error else None, traceback, json.dumps(read_files or {}), execution_id),
     )
 
 
@@ -113,10 +116,11 @@ def names(items: Iterable[str]) -> str | None:
 
 def find_replayable(log: DurableLog, key: str) -> Recorded | None:
     row = log.conn.execute(
-        "SELECT id, started_at, duration, inputs, output_names FROM execution "
+        "SELECT id, started_at, duration, inputs, output_names, read_files FROM execution "
         "WHERE key = ? AND state = 'recorded' AND replayable = 1 AND (? OR run_id = ?) ORDER BY id DESC LIMIT 1",
         (key, not log.from_scratch, log.run_id if log.from_scratch else 0)).fetchone()
-    return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, json.loads(row[3]), row[4])
+    return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, json.loads(row[3]), row[4],
+                                             json.loads(row[5] or "{}"))
 
 
 def previous(log: DurableLog, s: ExecutionStart) -> dict[str, Any] | None:

@@ -272,6 +272,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         FROM execution e;
         """,
     ),
+    Migration(
+        5,
+        "files and directory listings a cell read, found while it ran (path → size, mtime, hash)",
+        """
+        ALTER TABLE execution ADD COLUMN read_files TEXT NOT NULL DEFAULT '{}';
+
+        DROP VIEW executions;
+        CREATE VIEW executions AS
+        SELECT e.id AS execution_id, e.run_id, e.cell_name, e.cell_id, e.execution_count, e.state,
+               e.started_at, e.finished_at, e.duration, e.saved_seconds, e.replayed_from, e.reason,
+               e.input_names AS inputs, e.output_names AS outputs, e.bytes_stored, e.replayable, e.error_type,
+               e.error_message, e.key, e.code_hash,
+               (SELECT group_concat(j.key, ', ') FROM json_each(e.read_files) j) AS files_read
+        FROM execution e;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
