@@ -138,3 +138,32 @@ def test_kernel_exit_marks_run_ended_and_reaps_crashes(tmp_path: Path, kernel_en
     finally:
         kernel.close()
     assert states(db) == ["crashed"]
+
+
+def test_an_edited_data_file_reruns_its_cell_in_a_new_kernel(tmp_path: Path, kernel_env: dict[str, str]) -> None:
+    import pandas as pd
+
+    pd.DataFrame({"amount": [1, 2, 3]}).to_parquet(tmp_path / "sales.parquet")
+    (tmp_path / "region.txt").write_text("north")
+    nb = make_notebook(tmp_path / "files.ipynb", [])
+    cells = ["%load_ext durable_nb",
+             "%%durable\nimport pyarrow.parquet as pq, os\nfrom pathlib import Path\n"
+             "total = pq.read_table('sales.parquet').column('amount').to_pylist()\n"
+             "region = Path('region.txt').read_text()\nmode = os.getenv('REPORT_MODE', 'full')\n"
+             "print(sum(total), region, mode)"]
+
+    def run(env: dict[str, str]) -> CellRun:
+        kernel = NotebookKernel(nb, env)
+        try:
+            return [kernel.execute(c) for c in cells][-1]
+        finally:
+            kernel.close()
+
+    assert run(kernel_env).durable_states() == ["recorded"]
+    assert run(kernel_env).durable_states() == ["replayed"]
+    pd.DataFrame({"amount": [1, 2, 3, 4]}).to_parquet(tmp_path / "sales.parquet")  # read by Arrow's own I/O
+    again = run(kernel_env)
+    assert again.durable_statuses()[0]["reason"] == "file sales.parquet changed" and "10 north full" in again.text()
+    again = run({**kernel_env, "REPORT_MODE": "short"})
+    assert "environment variable REPORT_MODE changed" in again.durable_statuses()[0]["reason"]
+    assert "10 north short" in again.text()
