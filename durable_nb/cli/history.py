@@ -413,6 +413,8 @@ def format_status(found: Any) -> str:
              f"executions: {counts(found.executions)}",
              f"activities: {counts(found.activities)}",
              f"time saved: {_seconds(found.saved_seconds) if found.saved_seconds else 'none yet'}",
+             f"files read: {found.files_read} files and listings (which, per execution: the files_read column "
+             "of durable_nb.history())",
              f"last write: {ago(found.last_activity)}"]
     if found.replication is not None:
         from ..replicate import format_status as replication_line

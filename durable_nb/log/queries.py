@@ -183,6 +183,7 @@ class LogStatus:
     activities: dict[str, int]
     saved_seconds: float
     replication: dict[str, Any] | None = None
+    files_read: int = 0  # distinct files and listings the log's executions were found reading
 
     def as_dict(self) -> dict[str, Any]:
         found = dict(self.__dict__)
@@ -213,7 +214,16 @@ def status(conn: sqlite3.Connection, path: Path, current_run: int | None = None)
         executions=dict(conn.execute("SELECT state, count(*) FROM execution GROUP BY state").fetchall()),
         activities=acts,
         saved_seconds=float(conn.execute("SELECT coalesce(sum(saved_seconds), 0) FROM execution").fetchone()[0]),
+        files_read=_files_read(conn),
     )
+
+
+def _files_read(conn: sqlite3.Connection) -> int:
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(execution)")}
+    if "read_files" not in columns:  # a log of an older schema, opened read-only
+        return 0
+    return int(conn.execute("SELECT count(DISTINCT j.key) FROM execution e, json_each(e.read_files) j "
+                            "WHERE e.read_files != '{}'").fetchone()[0])
 
 
 def last_execution_per_cell(conn: sqlite3.Connection, run_id: int) -> dict[str, int]:
