@@ -20,6 +20,7 @@ _PUBLIC = {
     "fleet": "durable_nb.fleets",  # not durable_nb.fleet: a submodule of that name would shadow the function
     "activity": "durable_nb.calls",
     "step": "durable_nb.calls",
+    "gather": "durable_nb.calls",  # bounded concurrency for async activity fan-outs
     "Permanent": "durable_nb.retry",
     # History as data; in durable_nb.views because a durable_nb.history module would shadow history().
     **dict.fromkeys(["history", "runs", "activities", "outputs", "load", "diff", "timeline"], "durable_nb.views"),

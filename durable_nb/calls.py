@@ -32,6 +32,11 @@ finish and perform its side effects, and its result is discarded. Use timeouts o
 that is harmless (idempotent calls), and prefer the client library's own timeout.
 
 **Steps.** `step(name, *key_parts)` checkpoints a value computed in a `with` body; see `step`.
+
+**Async.** `async def` activities are awaited like the function (in a `%%durable` cell with top-level await
+too); concurrent calls (`asyncio.gather`, `gather(..., limit=8)`) each take their occurrence when they start,
+which is the order the awaitables were given in, so a re-run replays the same calls. Async generators are
+refused (see `_check_decoratable`): a stream is recorded as the list it produces, by an activity that collects it.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, overload
 
 import xxhash
@@ -53,9 +58,11 @@ from .errors import EncodeError, Unfingerprintable
 from .log.calls import MISS, Call, Recorder, deps, encode_result, failure, recorder
 from .retry import Permanent, RetryOn, RetryPolicy
 
-__all__ = ["Permanent", "Step", "activity", "current_execution_id", "execution_scope", "reset_scope", "step"]
+__all__ = ["Permanent", "Step", "activity", "current_execution_id", "execution_scope", "gather", "reset_scope",
+           "step"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------- scope
@@ -433,13 +440,55 @@ def _check_decoratable(func: object) -> None:
     if inspect.ismethod(func):
         raise TypeError(f"@activity got the bound method {name}: decorate the function in the class body "
                         "(self then becomes an argument), or wrap the call in a function.")
-    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+    if inspect.isasyncgenfunction(func):
+        raise TypeError(f"@activity cannot record the async generator function {name}: a stream cannot be one "
+                        "recorded result, and a retry after part of it was consumed would repeat items. Collect "
+                        "it in an activity: @activity async def ask(p): return [c async for c in stream(p)] "
+                        "(print the chunks inside it to see them live: the cell's output is recorded too).")
+    if inspect.isgeneratorfunction(func):
         raise TypeError(f"@activity cannot record the generator function {name}: its values are "
                         "produced lazily and cannot be one recorded result. Return a list instead, or make "
                         "each item an activity call.")
     if not inspect.isfunction(func):
         raise TypeError(f"@activity expects a function (def, async def or lambda), got {type(func).__name__} "
                         f"{name}. Wrap the call in a function: @activity def call(...): return obj(...)")
+
+
+async def gather(*aws: Awaitable[T], limit: int | None = None) -> list[T]:
+    """`asyncio.gather` with at most `limit` of the awaitables running at once (None: no limit); the results
+    in the order given. The first error propagates and the awaitables not yet finished are cancelled (calls
+    already recorded stay recorded, so a re-run replays them and runs the rest).
+
+    ```python
+    answers = await durable_nb.gather(*(ask(p) for p in prompts), limit=8)
+    ```
+    """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"gather limit={limit!r}: expected a positive integer, or None for no limit")
+    if limit is None or limit >= len(aws):
+        tasks = [asyncio.ensure_future(aw) for aw in aws]
+    else:
+        semaphore = asyncio.Semaphore(limit)
+
+        async def bounded(aw: Awaitable[T]) -> T:
+            started = False
+            try:
+                async with semaphore:  # FIFO: the awaitables start in the order given
+                    started = True
+                    return await aw
+            finally:
+                if not started and inspect.iscoroutine(aw):
+                    aw.close()  # cancelled while waiting its turn: never "was never awaited"
+
+        tasks = [asyncio.ensure_future(bounded(aw)) for aw in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        # Let the cancelled ones finish (their activity calls record themselves as failed, not running).
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------- steps

@@ -1,4 +1,10 @@
-"""One durable cell: compute its key, then replay it from the log or run it and record what it produced."""
+"""One durable cell: compute its key, then replay it from the log or run it and record what it produced.
+
+Sync and async cells share one code path: `DurableCell.steps()` is a generator that runs the whole cell (key,
+replay, execute, record) and yields only where the body must be awaited (a body with top-level `await`,
+compiled with `ast.PyCF_ALLOW_TOP_LEVEL_AWAIT`, evaluates to a coroutine). `drive` runs it synchronously (a sync
+body never yields), `drive_async` awaits what it yields, on the event loop IPython is already running.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ import sys
 import time
 import traceback
 import types
+from collections.abc import Awaitable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import xxhash
 
@@ -32,6 +39,38 @@ ENV_PREFIX = "$"  # environment variables among a key's inputs: "$MODEL"
 NOT_SET = "\0unset"
 _IPYTHON_CACHE = re.compile(r"^(_+\d*|_i+\d*|_[ido]h)$")
 _IPYTHON_SYNTAX = re.compile(r"[%!?]|^\s*(>>>|\.\.\.|In \[)|\A\s", re.MULTILINE)
+_CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect
+
+# A cell run as a generator: it yields the awaitables of an async body and gets back their values.
+Steps: TypeAlias = Generator[Awaitable[Any], Any, Any]
+
+
+def drive(steps: Steps) -> Any:
+    """Run a cell's steps synchronously: a sync body never yields."""
+    __tracebackhide__ = True
+    try:
+        awaitable = next(steps)
+    except StopIteration as done:
+        return done.value
+    steps.close()
+    raise RuntimeError(f"a synchronous durable cell tried to await {awaitable!r}")
+
+
+async def drive_async(steps: Steps) -> Any:
+    """Run a cell's steps, awaiting what they yield; an exception (an interrupt's CancelledError too) is thrown
+    back into them, so the sync path's failure handling records it."""
+    __tracebackhide__ = True
+    try:
+        awaitable = next(steps)
+        while True:
+            try:
+                value = await awaitable
+            except BaseException as exc:  # handed to the cell, which records it and raises it again
+                awaitable = steps.throw(exc)
+            else:
+                awaitable = steps.send(value)
+    except StopIteration as done:
+        return done.value
 
 
 @dataclass
@@ -172,9 +211,19 @@ class DurableCell:
         self.opts = opts
         self.cell_id = cell_id
         self.status = StatusLine(shell)
+        self.awaiting = False  # steps(awaiting=True): the body may use top-level await
 
     def run(self) -> Any:
         __tracebackhide__ = True
+        return drive(self.steps())
+
+    async def run_async(self) -> Any:
+        __tracebackhide__ = True
+        return await drive_async(self.steps(awaiting=True))
+
+    def steps(self, awaiting: bool = False) -> Steps:
+        __tracebackhide__ = True
+        self.awaiting = awaiting
         transformed = _transform(self.shell, self.code)
         analysis = analyze(transformed)
         code_hash = xxhash.xxh3_128_hexdigest(analysis.normalized.encode())
@@ -198,7 +247,7 @@ class DurableCell:
                         f" ({'; '.join(differs)})" if differs else "")
         prev = cells.previous(self.log, start)
         start.reason = reason or explain(prev, key, code_hash, self.opts)
-        return self._execute(transformed, analysis, start)
+        return (yield from self._execute(transformed, analysis, start))
 
     # -- replay -------------------------------------------------------------------------------------------
 
@@ -215,7 +264,7 @@ class DurableCell:
 
     # -- execute and record ---------------------------------------------------------------------------------
 
-    def _execute(self, transformed: str, analysis: CellAnalysis, start: ExecutionStart) -> Any:
+    def _execute(self, transformed: str, analysis: CellAnalysis, start: ExecutionStart) -> Steps:
         __tracebackhide__ = True
         execution_id = cells.start(self.log, start)
         self.status.show(self._payload("running", reason=start.reason, execution_id=execution_id))
@@ -227,7 +276,7 @@ class DurableCell:
         try:
             watch = file_deps.watching() if self.opts.auto_deps else contextlib.nullcontext(file_deps.Reads())
             with recorder, execution_scope(execution_id), watch as reads:
-                result = self._exec_user_code(transformed, analysis)
+                result = yield from self._exec_user_code(transformed, analysis)
                 duration = time.perf_counter() - t0
                 if result is not None:
                     recorder.show_result(result)
@@ -251,9 +300,9 @@ class DurableCell:
         named = [*analysis.strings, *(ns[n] for n in start.inputs if isinstance(ns.get(n), str | os.PathLike))]
         return file_deps.record(reads, named, file_deps.log_files(self.log.path), listings=analysis.lists_dirs)
 
-    def _exec_user_code(self, transformed: str, analysis: CellAnalysis) -> Any:
+    def _exec_user_code(self, transformed: str, analysis: CellAnalysis) -> Steps:
         __tracebackhide__ = True
-        return exec_cell(self.shell, self.code, transformed, analysis)
+        return (yield from exec_steps(self.shell, self.code, transformed, analysis, awaiting=self.awaiting))
 
     def _record_failure(self, execution_id: int, events: list[tuple[str, Any]], duration: float,
                         exc: BaseException) -> None:
@@ -327,26 +376,38 @@ class DurableCell:
 def exec_cell(shell: Any, code: str, transformed: str, analysis: CellAnalysis) -> Any:
     """Run the cell body in the user namespace; return the value of a final expression (shown as Out[n])."""
     __tracebackhide__ = True
+    return drive(exec_steps(shell, code, transformed, analysis))
+
+
+def exec_steps(shell: Any, code: str, transformed: str, analysis: CellAnalysis, *, awaiting: bool = False) -> Steps:
+    """`exec_cell` as steps; with `awaiting`, top-level `await`, `async for` and `async with` are allowed and
+    the coroutines they make are yielded to be awaited."""
+    __tracebackhide__ = True
     tree = ast.parse(transformed)
     filename = shell.compile.cache(transformed, shell.execution_count, raw_code=code)
     last = tree.body.pop() if analysis.has_result else None
     # The shell's own flags (the user's `from __future__` imports), never this module's: compile() would
     # otherwise inherit `annotations` from the line above and make every annotation in the cell a string.
-    flags = shell.compile.flags
-    exec(compile(tree, filename, "exec", flags, dont_inherit=True), shell.user_global_ns, shell.user_ns)
+    flags = shell.compile.flags | (ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if awaiting else 0)
+    body = compile(tree, filename, "exec", flags, dont_inherit=True)
+    if body.co_flags & _CO_COROUTINE:
+        yield eval(body, shell.user_global_ns, shell.user_ns)
+    else:
+        exec(body, shell.user_global_ns, shell.user_ns)
     if isinstance(last, ast.Expr):
-        code = compile(ast.Expression(last.value), filename, "eval", flags, dont_inherit=True)
-        return eval(code, shell.user_global_ns, shell.user_ns)
+        expr = compile(ast.Expression(last.value), filename, "eval", flags, dont_inherit=True)
+        value = eval(expr, shell.user_global_ns, shell.user_ns)
+        return (yield value) if expr.co_flags & _CO_COROUTINE else value
     return None
 
 
-def run_unlogged(shell: Any, code: str, problem: str) -> Any:
+def run_unlogged(shell: Any, code: str, problem: str, *, awaiting: bool = False) -> Steps:
     """The log cannot be used: the cell runs anyway, so the work is not blocked, and the user is told why
     nothing was recorded."""
     __tracebackhide__ = True
     print(f"durable: this cell is not recorded: {problem}", file=sys.stderr, flush=True)
     transformed = _transform(shell, code)
-    return exec_cell(shell, code, transformed, analyze(transformed))
+    return (yield from exec_steps(shell, code, transformed, analyze(transformed), awaiting=awaiting))
 
 
 def default_cell_id(shell: Any) -> str | None:

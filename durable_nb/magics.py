@@ -7,14 +7,24 @@ Durable by default (`%durable on`, `DurableMagics.all_cells`): an input transfor
 `input_transformers_cleanup`, puts `%%durable` in front of every top-level cell, unless the cell starts with a
 magic (`%`, `%%`) or a shell escape (`!`), or the execute request's cell metadata has the tag `durable-off`
 (JupyterLab sends each cell's metadata, tags included, with its execute_request; so does `durable-nb run`).
+
+Async cells (top-level `await`, `async for`, `async with`): IPython decides whether to run a cell on its event
+loop from the *transformed* cell (`should_run_async`), and `%%durable BODY` becomes
+`get_ipython().run_cell_magic('durable', LINE, BODY)`, which is not async. `AwaitDurable`, an input transformer
+of the shell's `input_transformers_post`, rewrites that call into `await get_ipython().run_cell_magic('durable',
+'--awaited ' + LINE, BODY)` when autoawait is on and BODY has top-level await: IPython then runs the cell on
+the loop it already runs (ipykernel's, or terminal IPython's runner), and the magic returns the coroutine of the
+cell's run (`DurableCell.run_async`), which that `await` awaits. No loop is started, nothing is patched.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import atexit
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
@@ -26,12 +36,16 @@ from . import session
 from .errors import LogError
 from .log.store import DurableLog
 
+if TYPE_CHECKING:
+    from .cell import Steps
+
 
 def _names(text: str | None) -> list[str]:
     return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
 OFF_TAG = "durable-off"
+AWAIT_OPTION = "--awaited"
 _RUN_CODE = InteractiveShell.run_code.__code__
 
 
@@ -47,7 +61,7 @@ def request_metadata(shell: Any) -> dict[str, Any]:
     return metadata if isinstance(metadata, dict) else {}
 
 
-def _inside_a_cell() -> bool:
+def _called_from_run_code() -> bool:
     """True when called from code a cell runs (a cell magic transforming its body, a nested run_cell): only the
     top-level cell is made durable."""
     frame = sys._getframe(2)
@@ -56,6 +70,57 @@ def _inside_a_cell() -> bool:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
+
+
+class _Nesting:
+    depth = 0  # > 0 while AwaitDurable transforms a cell body: that body is not a top-level cell
+
+
+def _inside_a_cell() -> bool:
+    return _Nesting.depth > 0 or _called_from_run_code()
+
+
+class AwaitDurable:
+    """An input transformer of `input_transformers_post` (lines -> lines, after IPython's own transforms):
+    `get_ipython().run_cell_magic('durable', LINE, BODY)` whose BODY has top-level await becomes the awaited
+    call above (module doc). Any other cell is returned as it is, after a substring test."""
+
+    _PREFIX = "get_ipython().run_cell_magic('durable', "
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        if not lines or not lines[0].startswith(self._PREFIX) or not getattr(self.shell, "autoawait", False):
+            return lines
+        source = "".join(lines)
+        if "await" not in source and "async" not in source:
+            return lines
+        try:
+            (stmt,) = ast.parse(source).body
+            assert isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+            name, line, body = (ast.literal_eval(a) for a in stmt.value.args)
+        except (SyntaxError, ValueError, AssertionError):
+            return lines
+        if not isinstance(line, str) or not isinstance(body, str) or not self._awaits(body):
+            return lines
+        return [f"await get_ipython().run_cell_magic({name!r}, {AWAIT_OPTION + ' ' + line!r}, {body!r})\n"]
+
+    def _awaits(self, body: str) -> bool:
+        from .cell import _transform
+
+        _Nesting.depth += 1
+        try:
+            transformed = _transform(self.shell, body)
+        except Exception:
+            return False  # the magic reports it when it runs
+        finally:
+            _Nesting.depth -= 1
+        try:
+            code = compile(transformed, "<durable>", "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+        except (SyntaxError, ValueError, MemoryError):
+            return False
+        return bool(code.co_flags & 0x0080)  # inspect.CO_COROUTINE, as IPython's _should_be_async
 
 
 class DurableByDefault:
@@ -175,30 +240,41 @@ class DurableMagics(Magics):
     @argument("--db", metavar="PATH", help="Use this log file for this cell instead of the default log.")
     @argument("--off", action="store_true",
               help="Run the cell plainly: nothing is recorded or replayed (opts a cell out of the durable mode).")
+    @argument(AWAIT_OPTION, action="store_true", help=argparse.SUPPRESS)  # added by AwaitDurable, see there
     @cell_magic
     def durable(self, line: str, cell: str) -> Any:
         """Run the cell durably: replay it from the log when its code and inputs match a record, else run it
-        and record its variables, output and result."""
+        and record its variables, output and result. Top-level await, async for and async with work as in a
+        plain cell."""
         __tracebackhide__ = True
-        from .cell import CellOptions, DurableCell, default_cell_id, exec_cell, run_unlogged
+        from .cell import drive, drive_async
 
         args = parse_argstring(self.durable, line)
+        if args.awaited:
+            # AwaitDurable made the cell `await get_ipython().run_cell_magic(...)`: IPython awaits this.
+            return drive_async(self._steps(args, cell, awaiting=True))
+        return drive(self._steps(args, cell, awaiting=False))
+
+    def _steps(self, args: Any, cell: str, *, awaiting: bool) -> Steps:
+        """The cell's run as steps (cell.Steps): one code path for sync and async bodies."""
+        __tracebackhide__ = True
+        from .cell import CellOptions, DurableCell, default_cell_id, exec_steps, run_unlogged
+
         assert self.shell is not None
-        if args.off:
+        if args.off or not self.enabled:
             from .analysis import analyze
 
             transformed = self.shell.transform_cell(cell)
-            return exec_cell(self.shell, cell, transformed, analyze(transformed))
-        if not self.enabled:
-            return self.shell.run_cell(cell, store_history=False).result
+            return (yield from exec_steps(self.shell, cell, transformed, analyze(transformed), awaiting=awaiting))
         opts = CellOptions(name=args.name, force=args.force, deps=_names(args.deps), ignore=_names(args.ignore),
                            deps_files=list(args.deps_file), auto_deps=not args.no_auto_deps)
         try:
             log = self.log(args.db)
         except UsageError as exc:
-            return run_unlogged(self.shell, cell, str(exc))
+            return (yield from run_unlogged(self.shell, cell, str(exc), awaiting=awaiting))
         try:
-            return DurableCell(self.shell, log, cell, opts, default_cell_id(self.shell)).run()
+            durable = DurableCell(self.shell, log, cell, opts, default_cell_id(self.shell))
+            return (yield from durable.steps(awaiting=awaiting))
         finally:
             if args.db:
                 log.close()
@@ -301,6 +377,8 @@ def load_ipython_extension(ip: Any) -> None:
     if magics not in ip.configurables:
         ip.configurables.append(magics)
     magics.apply_mode()  # c.DurableMagics.all_cells = True in a config file
+    if not any(isinstance(t, AwaitDurable) for t in ip.input_transformers_post):
+        ip.input_transformers_post.append(AwaitDurable(ip))
     # A kernel that shuts down cleanly writes its pending replay rows and marks its run as ended.
     atexit.register(session.close_log)
     magics.start_configured_replication()
@@ -310,4 +388,7 @@ def unload_ipython_extension(ip: Any) -> None:
     for transform in list(ip.input_transformers_cleanup):
         if isinstance(transform, DurableByDefault):
             ip.input_transformers_cleanup.remove(transform)
+    for transform in list(ip.input_transformers_post):
+        if isinstance(transform, AwaitDurable):
+            ip.input_transformers_post.remove(transform)
     session.close_log()

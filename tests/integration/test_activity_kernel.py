@@ -145,19 +145,32 @@ def run_notebook(path: Path, env: dict[str, str]) -> Any:
     return nb
 
 
-def test_agent_loop_notebook_resumes_after_its_kernel_dies(tmp_path: Path) -> None:
+def crash_then_resume(tmp_path: Path, name: str, crash_at: int) -> str:
+    """Run an example notebook whose kernel kills itself (AGENT_CRASH_AT), then again without it; return the
+    text the second run printed."""
     import os
     import shutil
 
     from nbclient.exceptions import DeadKernelError
 
-    nb_path = tmp_path / "agent_loop.ipynb"
-    shutil.copy(EXAMPLES / "agent_loop.ipynb", nb_path)
+    nb_path = tmp_path / name
+    shutil.copy(EXAMPLES / name, nb_path)
     env = {**os.environ, "DURABLE_NB_SECRET_FILE": str(tmp_path / "secret")}
     with pytest.raises(DeadKernelError):
-        run_notebook(nb_path, {**env, "AGENT_CRASH_AT": "12"})
+        run_notebook(nb_path, {**env, "AGENT_CRASH_AT": str(crash_at)})
     nb = run_notebook(nb_path, env)
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_agent_loop_notebook_resumes_after_its_kernel_dies(tmp_path: Path) -> None:
+    text = crash_then_resume(tmp_path, "agent_loop.ipynb", 12)
     assert "30 tasks done" in text
     # Tasks 0-11 (24 calls) were recorded before the kernel died: only the other 36 ran again.
     assert "API calls made by this run: 36 of 60" in text, text
+
+
+def test_async_agent_notebook_resumes_mid_fan_out_after_its_kernel_dies(tmp_path: Path) -> None:
+    text = crash_then_resume(tmp_path, "async_agent.ipynb", 20)
+    assert "16 tasks done" in text and "all 16 tasks are solved" in text
+    # 20 answers were recorded before the kernel died: only the other 13 calls went to the API again.
+    assert "model calls made by this run: 13 of 33" in text, text
