@@ -152,3 +152,13 @@ def test_an_environment_variable_is_keyed_by_value_and_never_stored(
     session.close_log()
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("t.durable.db*"))
     assert secret.encode() not in stored
+
+
+def test_an_async_cell_finds_the_files_it_reads(new_shell: Callable[[], Shell], tmp_path: Path) -> None:
+    write_inputs(tmp_path)
+    cell = "import asyncio\nawait asyncio.sleep(0)\nwith open('notes.txt') as f:\n    text = f.read()"
+    new_shell().durable(cell)
+    (tmp_path / "notes.txt").write_text("edited")
+    sh = new_shell()
+    sh.durable(cell)
+    assert sh.last_status()["reason"] == "file notes.txt changed" and sh.ns["text"] == "edited"
