@@ -269,10 +269,9 @@ class DurableCell:
             problem = (f"{NOT_WRITTEN}: {exc} {kept} stay{'s' if len(changed) == 1 else ''} in the kernel; "
                        "the cell runs again next time")
             # The execution must not stay `running`: a tiny write often fits where the value did not.
-            with contextlib.suppress(DurableError):
-                with self.log.transaction():
-                    cells.finish(self.log, execution_id, state="recorded", duration=duration, replayable=False,
-                                 problems=[problem])
+            with contextlib.suppress(DurableError), self.log.transaction():
+                cells.finish(self.log, execution_id, state="recorded", duration=duration, replayable=False,
+                             problems=[problem])
             return [problem]
         return writer.problems
 

@@ -1,11 +1,10 @@
 """Shared pytest fixtures. Fixture modules live next to this file; importing a fixture here registers it."""
 
+from typing import Any
+
+import torture
 from s3server import s3  # noqa: F401  (fixture: a real rclone S3 server on 127.0.0.1)
 from shells import new_shell, secret, shell  # noqa: F401  (fixtures: IPython shells with durable_nb loaded)
-
-from typing import Any  # noqa: E402
-
-import torture  # noqa: E402
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -303,6 +303,10 @@ class BlobSource:
         self.hash: str = row[0]
         self.size: int = row[1]
         self._chunk_count: int = row[2]
+        if not (isinstance(self.hash, str) and isinstance(self.size, int) and self.size >= 0
+                and isinstance(self._chunk_count, int)):
+            self.hash, self.size = str(self.hash), 0
+            raise self._tampered()  # a damaged blob row: never read, never decoded
 
     def read(self) -> bytearray:
         out = bytearray(self.size)

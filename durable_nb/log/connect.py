@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import time
@@ -65,6 +66,16 @@ def _damage(exc: sqlite3.DatabaseError, conn: sqlite3.Connection) -> Exception:
     return CorruptLogError(f"durable log {path} is damaged ({exc}). It was left as it is: keep a copy, restore it "
                            "from its replica (durable-nb restore URL -o FILE), or salvage what SQLite can read "
                            "with `sqlite3 FILE .recover`.")
+
+
+def stored_json(conn: sqlite3.Connection, text: Any) -> Any:
+    """A JSON field of a row; a field that does not parse (a damaged page) is CorruptLogError naming the log."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise CorruptLogError(f"durable log {getattr(conn, 'log_path', '?')} is damaged: a stored field does not "
+                              f"parse ({exc}). Restore it from its replica (durable-nb restore URL -o FILE), or "
+                              "salvage what SQLite can read with `sqlite3 FILE .recover`.") from exc
 
 
 class _Cursor(sqlite3.Cursor):

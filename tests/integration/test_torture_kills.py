@@ -76,9 +76,9 @@ def make_cell(rng: random.Random, name: str, side: Path) -> Cell:
         body = f"import numpy as np\nval = np.random.default_rng({seed}).random({int(mb * 131072)})\n"
     elif kind == "frame":
         rows = int(rng.uniform(1, MAX_MB) * 1e6 / 24)
-        body = ("import numpy as np, pandas as pd\n_r = np.random.default_rng({s})\n"
-                "val = pd.DataFrame({{'a': _r.random({n}), 'b': _r.integers(0, 1000, {n}), "
-                "'c': pd.Categorical(_r.integers(0, 50, {n}).astype(str))}})\n").format(s=seed, n=rows)
+        body = (f"import numpy as np, pandas as pd\n_r = np.random.default_rng({seed})\n"
+                f"val = pd.DataFrame({{'a': _r.random({rows}), 'b': _r.integers(0, 1000, {rows}), "
+                f"'c': pd.Categorical(_r.integers(0, 50, {rows}).astype(str))}})\n")
     else:
         # An activity loop: calls already recorded (earlier rounds) replay, the others run and are journaled.
         count = rng.randrange(200, 3000)
