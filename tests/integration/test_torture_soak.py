@@ -70,7 +70,8 @@ def test_four_kernels_soak_one_log(tmp_path: Path) -> None:
     written = sum(reported.values())
     growth = {k: round(end - warm, 1) for k, (warm, end) in memory.items()}
     figure("soak", kernels=KERNELS, seconds=SECONDS, records_written=written, records_lost=written - in_log,
-           activity_calls=calls, lock_errors=len(locks), other_problems=len(problems), memory_growth_mib_after_warmup=growth)
+           activity_calls=calls, lock_errors=len(locks), other_problems=len(problems),
+           memory_growth_mib_after_warmup=growth)
     assert not locks and not problems, (locks + problems)[:3]
     assert len(memory) == KERNELS and written > 0
     assert in_log == written, "records reported recorded are missing from the log"
