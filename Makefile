@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench clean
+.PHONY: demo test lint unit bench clean torture
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,11 @@ $(EXT_STAMP): $(STAMP) $(NODE_STAMP) $(EXT_SRC)
 
 js-test: $(NODE_STAMP)
 	cd extension && npm test
+
+# The torture suite at full size (issue 17): 100+ SIGKILLs, 300 corrupted copies, a 30 s S3 outage, a 10 minute
+# soak of 4 kernels. `make test` runs the same tests at a short size. Prints the figures at the end.
+torture: $(STAMP)
+	DURABLE_NB_TORTURE=long $(BIN)/python -m pytest -q -p no:cacheprovider -k torture tests
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

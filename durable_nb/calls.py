@@ -54,7 +54,7 @@ from typing import Any, TypeVar, overload
 
 import xxhash
 
-from .errors import EncodeError, Unfingerprintable
+from .errors import EncodeError, LogError, Unfingerprintable
 from .log.calls import MISS, Call, Recorder, deps, encode_result, failure, recorder
 from .retry import Permanent, RetryOn, RetryPolicy
 
@@ -324,9 +324,25 @@ def _spec_of(wrapper: Callable[..., Any]) -> _Spec:
     return spec
 
 
+_unlogged_warned: set[str] = set()
+
+
+def _log_unusable(spec: _Spec, exc: LogError) -> None:
+    """The log cannot record calls (damaged, read-only, full): the activity runs unrecorded; said once per log."""
+    text = str(exc)
+    if text not in _unlogged_warned:
+        _unlogged_warned.add(text)
+        print(f"durable: activity {spec.name} runs unrecorded (so do later calls on this log): {text}",
+              file=sys.stderr, flush=True)
+
+
 def _call_sync(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     spec = _spec_of(wrapper)
-    rec, call = _replay_or_begin(spec, args, kwargs)
+    try:
+        rec, call = _replay_or_begin(spec, args, kwargs)
+    except LogError as exc:
+        _log_unusable(spec, exc)
+        return spec.invoke_sync(args, kwargs)
     if not isinstance(call, Call):
         return call
     sleep = spec.sleep or time.sleep
@@ -348,7 +364,11 @@ def _call_sync(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
 
 async def _call_async(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     spec = _spec_of(wrapper)
-    rec, call = _replay_or_begin(spec, args, kwargs)
+    try:
+        rec, call = _replay_or_begin(spec, args, kwargs)
+    except LogError as exc:
+        _log_unusable(spec, exc)
+        return await spec.invoke_async(args, kwargs)
     if not isinstance(call, Call):
         return call
     try:

@@ -32,7 +32,7 @@ from .fingerprint import fingerprint, fingerprint_file, referenced_globals
 from .log import cells
 from .log.cells import ExecutionStart, Recorded
 from .log.store import DurableLog
-from .status import StatusLine, iso, message
+from .status import NOT_WRITTEN, StatusLine, iso, message
 
 KEY_FORMAT = 1
 ENV_PREFIX = "$"  # environment variables among a key's inputs: "$MODEL"
@@ -231,21 +231,24 @@ class DurableCell:
         start = ExecutionStart(self.opts.name, self.cell_id, self.shell.execution_count, key.value, self.code,
                                code_hash, key.inputs, key.files, None)
         reason = None
-        if not self.opts.force and not key.problems:
-            recorded = cells.find_replayable(self.log, key.value)
-            moved = file_deps.changes(recorded.read_files) if recorded is not None and self.opts.auto_deps else []
-            if moved:
-                reason, recorded = ", ".join(moved), None
-            if recorded is not None:
-                try:
-                    return self._replay(recorded, start)
-                except UntrustedError:
-                    reason = trust.untrusted_reason(self.log.path)
-                except DecodeError as exc:
-                    differs = environment.differences(self.log, recorded.id)
-                    reason = f"recorded value could not be loaded here: {exc}" + (
-                        f" ({'; '.join(differs)})" if differs else "")
-        prev = cells.previous(self.log, start)
+        try:  # the log fails before the user's code started (damaged, read-only, full): the cell runs unlogged
+            if not self.opts.force and not key.problems:
+                recorded = cells.find_replayable(self.log, key.value)
+                moved = file_deps.changes(recorded.read_files) if recorded is not None and self.opts.auto_deps else []
+                if moved:
+                    reason, recorded = ", ".join(moved), None
+                if recorded is not None:
+                    try:
+                        return self._replay(recorded, start)
+                    except UntrustedError:
+                        reason = trust.untrusted_reason(self.log.path)
+                    except DecodeError as exc:
+                        differs = environment.differences(self.log, recorded.id)
+                        reason = f"recorded value could not be loaded here: {exc}" + (
+                            f" ({'; '.join(differs)})" if differs else "")
+            prev = cells.previous(self.log, start)
+        except LogError as exc:
+            return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting))
         start.reason = reason or explain(prev, key, code_hash, self.opts)
         return (yield from self._execute(transformed, analysis, start))
 
@@ -266,7 +269,10 @@ class DurableCell:
 
     def _execute(self, transformed: str, analysis: CellAnalysis, start: ExecutionStart) -> Steps:
         __tracebackhide__ = True
-        execution_id = cells.start(self.log, start)
+        try:
+            execution_id = cells.start(self.log, start)
+        except LogError as exc:
+            return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting))
         self.status.show(self._payload("running", reason=start.reason, execution_id=execution_id))
         ns = self.shell.user_ns
         before = dict(ns)  # a C-level copy: holding the old objects also keeps their ids unique
@@ -330,7 +336,14 @@ class DurableCell:
                              replayable=not writer.problems, problems=writer.problems, bytes_stored=writer.stored,
                              output_names=writer.written)
         except DurableError as exc:
-            return [f"could not write the log: {exc}"]
+            kept = ", ".join(changed) or "its variables"
+            problem = (f"{NOT_WRITTEN}: {exc} {kept} stay{'s' if len(changed) == 1 else ''} in the kernel; "
+                       "the cell runs again next time")
+            # The execution must not stay `running`: a tiny write often fits where the value did not.
+            with contextlib.suppress(DurableError), self.log.transaction():
+                cells.finish(self.log, execution_id, state="recorded", duration=duration, replayable=False,
+                             problems=[problem])
+            return [problem]
         return writer.problems
 
     def _changed_names(self, analysis: CellAnalysis, start: ExecutionStart, before: dict[str, Any],

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 MIME = "application/vnd.durable-nb.status+json"
+# How a problem starts when the log refused the record itself (full disk, read-only media): nothing was stored.
+NOT_WRITTEN = "could not write the log"
 
 _COLOURS = {"running": "#1976d2", "recorded": "#2e7d32", "replayed": "#6a1b9a", "failed": "#c62828",
             "not-replayable": "#ef6c00"}
@@ -50,6 +52,8 @@ def message(state: str, *, recorded_at: float | None = None, duration: float | N
         return f"{prefix}running…"
     if state == "failed":
         return f"{prefix}failed after {fmt_duration(duration)}: {error} · not recorded as a success"
+    if state == "not-replayable" and problems and problems[0].startswith(NOT_WRITTEN):
+        return f"{prefix}ran in {fmt_duration(duration)} · not recorded: " + "; ".join(problems)
     if state == "not-replayable":
         return f"{prefix}ran in {fmt_duration(duration)} · recorded, but will not replay: " + "; ".join(problems or [])
     return f"{prefix}recorded in log · took {fmt_duration(duration)}"

@@ -292,9 +292,12 @@ def _check_blobs(conn: sqlite3.Connection, review: Review,
     streams = _pickle_streams(values)
 
     rows = conn.execute("SELECT id, hash, size FROM blob ORDER BY id").fetchall()
-    buffer = bytearray(max((r[2] for r in rows), default=0))
+    buffer = bytearray(max((r[2] for r in rows if isinstance(r[2], int)), default=0))
     bad: dict[int, str] = {}
     for blob_id, blob_hash, size in rows:
+        if not isinstance(size, int) or size < 0 or not isinstance(blob_hash, str):
+            bad[blob_id] = f"the row of blob {blob_id} is damaged (size {size!r}, hash {blob_hash!r})"
+            continue
         review.blobs += 1
         review.blob_bytes += size
         view = memoryview(buffer)[:size]

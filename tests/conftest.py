@@ -1,4 +1,14 @@
 """Shared pytest fixtures. Fixture modules live next to this file; importing a fixture here registers it."""
 
+from typing import Any
+
+import torture
 from s3server import s3  # noqa: F401  (fixture: a real rclone S3 server on 127.0.0.1)
 from shells import new_shell, secret, shell  # noqa: F401  (fixtures: IPython shells with durable_nb loaded)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The torture suite's figures (kills survived, corruptions detected, ...), when any torture test ran."""
+    if torture.FIGURES:
+        for line in torture.summary():
+            terminalreporter.write_line(line)

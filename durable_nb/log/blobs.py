@@ -303,6 +303,10 @@ class BlobSource:
         self.hash: str = row[0]
         self.size: int = row[1]
         self._chunk_count: int = row[2]
+        if not (isinstance(self.hash, str) and isinstance(self.size, int) and self.size >= 0
+                and isinstance(self._chunk_count, int)):
+            self.hash, self.size = str(self.hash), 0
+            raise self._tampered()  # a damaged blob row: never read, never decoded
 
     def read(self) -> bytearray:
         out = bytearray(self.size)
@@ -352,7 +356,15 @@ class BlobSource:
 
     def _fill(self, conn: sqlite3.Connection, rowid: int, compression: str, part: memoryview,
               leaves: bool) -> list[bytes]:
-        """Fill `part` from one chunk; with `leaves`, return the digests of its pieces."""
+        """Fill `part` from one chunk; with `leaves`, return the digests of its pieces. A chunk SQLite cannot
+        read (a damaged page) fails verification like a tampered one."""
+        try:
+            return self._fill_chunk(conn, rowid, compression, part, leaves)
+        except sqlite3.DatabaseError as exc:
+            raise self._tampered() from exc
+
+    def _fill_chunk(self, conn: sqlite3.Connection, rowid: int, compression: str, part: memoryview,
+                    leaves: bool) -> list[bytes]:
         if compression == "zstd":
             self._decompress(conn, rowid, part)
             return _leaves(part) if leaves else []

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .connect import stored_json
 from .store import DurableLog
 
 
@@ -119,8 +120,8 @@ def find_replayable(log: DurableLog, key: str) -> Recorded | None:
         "SELECT id, started_at, duration, inputs, output_names, read_files FROM execution "
         "WHERE key = ? AND state = 'recorded' AND replayable = 1 AND (? OR run_id = ?) ORDER BY id DESC LIMIT 1",
         (key, not log.from_scratch, log.run_id if log.from_scratch else 0)).fetchone()
-    return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, json.loads(row[3]), row[4],
-                                             json.loads(row[5] or "{}"))
+    return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, stored_json(log.conn, row[3]), row[4],
+                                             stored_json(log.conn, row[5] or "{}"))
 
 
 def previous(log: DurableLog, s: ExecutionStart) -> dict[str, Any] | None:
@@ -132,7 +133,7 @@ def previous(log: DurableLog, s: ExecutionStart) -> dict[str, Any] | None:
         return None
     found = dict(zip(("code_hash", "inputs", "deps_files", "state", "replayable", "problems"), row, strict=True))
     for k in ("inputs", "deps_files", "problems"):
-        found[k] = json.loads(found[k])
+        found[k] = stored_json(log.conn, found[k])
     return found
 
 
@@ -144,12 +145,12 @@ def outputs(log: DurableLog, execution_id: int) -> list[StoredOutput]:
     for name, blob_id in log.conn.execute(
             "SELECT name, blob_id FROM output_blob WHERE execution_id = ? ORDER BY name, seq", (execution_id,)):
         blobs.setdefault(name, []).append(blob_id)
-    return [StoredOutput(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], bool(r[8]), r[9],
+    return [StoredOutput(r[0], r[1], r[2], r[3], r[4], stored_json(log.conn, r[5]), r[6], r[7], bool(r[8]), r[9],
                          blobs.get(r[0], [])) for r in rows]
 
 
 def events(log: DurableLog, execution_id: int) -> list[tuple[str, Any]]:
-    return [(kind, json.loads(data)) for kind, data in log.conn.execute(
+    return [(kind, stored_json(log.conn, data)) for kind, data in log.conn.execute(
         "SELECT kind, data FROM event WHERE execution_id = ? ORDER BY seq", (execution_id,))]
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import CorruptLogError, LogError, LogNotWritableError, NewerLogError, NotALogError
 from .schema import MIGRATIONS, SCHEMA_VERSION
@@ -45,16 +46,97 @@ def connect(path: str | Path, *, readonly: bool = False, durability: Durability 
     except BaseException:
         conn.close()
         raise
+    # From now on (the file is a log of a schema we know) damage met by a query is named as such.
+    if isinstance(conn, LogConnection):
+        conn.log_path = path
     return conn
+
+
+# What SQLite says when the file's pages are damaged (a flipped byte, a torn copy, a bad disk): reported as
+# CorruptLogError naming the log wherever a query meets it, never as a bare sqlite3 error.
+_DAMAGE = ("malformed", "not a database", "corrupt", "encrypted", "no such table", "no such column",
+           "Could not decode to UTF-8")
+
+
+def _damage(exc: sqlite3.DatabaseError, conn: sqlite3.Connection) -> Exception:
+    """A CorruptLogError for SQLite's reports of a damaged file; any other error as it was."""
+    path = getattr(conn, "log_path", None)
+    if path is None or not any(word in str(exc) for word in _DAMAGE):
+        return exc
+    return CorruptLogError(f"durable log {path} is damaged ({exc}). It was left as it is: keep a copy, restore it "
+                           "from its replica (durable-nb restore URL -o FILE), or salvage what SQLite can read "
+                           "with `sqlite3 FILE .recover`.")
+
+
+def stored_json(conn: sqlite3.Connection, text: Any) -> Any:
+    """A JSON field of a row; a field that does not parse (a damaged page) is CorruptLogError naming the log."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise CorruptLogError(f"durable log {getattr(conn, 'log_path', '?')} is damaged: a stored field does not "
+                              f"parse ({exc}). Restore it from its replica (durable-nb restore URL -o FILE), or "
+                              "salvage what SQLite can read with `sqlite3 FILE .recover`.") from exc
+
+
+class _Cursor(sqlite3.Cursor):
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.DatabaseError as exc:
+            raise _damage(exc, self.connection) from exc
+
+    def executemany(self, sql: str, parameters: Any, /) -> _Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.DatabaseError as exc:
+            raise _damage(exc, self.connection) from exc
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise _damage(exc, self.connection) from exc
+
+    def fetchmany(self, size: int | None = 1) -> list[Any]:
+        try:
+            return super().fetchmany(size)
+        except sqlite3.DatabaseError as exc:
+            raise _damage(exc, self.connection) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise _damage(exc, self.connection) from exc
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as exc:
+            raise _damage(exc, self.connection) from exc
+
+
+class LogConnection(sqlite3.Connection):
+    """The connection of an open log: its queries report a damaged file as CorruptLogError naming the log."""
+
+    log_path: Path
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        return self.cursor(_Cursor).execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> _Cursor:
+        return self.cursor(_Cursor).executemany(sql, parameters)
 
 
 def _open(path: Path, readonly: bool) -> sqlite3.Connection:
     try:
         if readonly:
-            return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                   check_same_thread=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False, factory=LogConnection)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=LogConnection)
+        return conn
     except (sqlite3.OperationalError, OSError) as exc:
         raise LogNotWritableError(
             f"cannot open durable log {path}: {exc}. Choose a writable place with "
@@ -181,7 +263,8 @@ def _checkpoint(path: Path) -> None:
     with _schedule_lock:
         _scheduled.pop(path, None)  # a commit from now on schedules the next one
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+        # mode=rw: a log deleted (or moved) since its last commit is not re-created empty by its checkpoint.
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:

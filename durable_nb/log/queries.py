@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotRecordedError
-from .connect import applied_version
+from .connect import applied_version, stored_json
 
 STATES = ("running", "recorded", "replayed", "failed", "crashed")
 # The states whose variables a later cell saw: a replay restores its source's outputs.
@@ -94,7 +94,7 @@ def execution(conn: sqlite3.Connection, execution_id: int, path: Path) -> Execut
         raise NotRecordedError(f"execution {execution_id} is not in {path} ({held}); list them with "
                                f"`durable-nb history {path}`.")
     values = list(row)
-    values[14], values[15] = json.loads(values[14]), json.loads(values[15])
+    values[14], values[15] = stored_json(conn, values[14]), stored_json(conn, values[15])
     return ExecutionRecord(*values)
 
 
@@ -117,8 +117,8 @@ def outputs(conn: sqlite3.Connection, execution_id: int) -> list[OutputRecord]:
         "o.signature, (SELECT json_group_array(b.hash) FROM (SELECT bl.hash FROM output_blob ob "
         "JOIN blob bl ON bl.id = ob.blob_id WHERE ob.execution_id = o.execution_id AND ob.name = o.name "
         "ORDER BY ob.seq) b) FROM output o WHERE o.execution_id = ? ORDER BY o.rowid", (execution_id,))
-    return [OutputRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7], r[8], r[9],
-                         json.loads(r[10])) for r in rows]
+    return [OutputRecord(r[0], r[1], r[2], r[3], r[4], r[5], stored_json(conn, r[6]), r[7], r[8], r[9],
+                         stored_json(conn, r[10])) for r in rows]
 
 
 def blob_ids(conn: sqlite3.Connection, execution_id: int, name: str) -> list[int]:
@@ -127,7 +127,7 @@ def blob_ids(conn: sqlite3.Connection, execution_id: int, name: str) -> list[int
 
 
 def events(conn: sqlite3.Connection, execution_id: int) -> list[tuple[str, Any]]:
-    return [(kind, json.loads(data)) for kind, data in conn.execute(
+    return [(kind, stored_json(conn, data)) for kind, data in conn.execute(
         "SELECT kind, data FROM event WHERE execution_id = ? ORDER BY seq", (execution_id,))]
 
 

@@ -1,0 +1,186 @@
+"""Torture (issue 17): a full disk in the middle of a large record, and read-only media flipped mid-session, seen
+from real kernels.
+
+The log lives on a tmpfs the test mounts with `size=` (the full disk), remounted `ro` and back (read-only
+media). The kernels run as root, and root bypasses file permissions, so a `chmod` of the log proves nothing:
+a read-only mount is what a user without write access, a full quota's remount or a locked USB stick look like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+from torture import TESTS, figure
+
+from durable_nb.demo import CellRun, NotebookKernel
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 40 MB tmpfs, unmounted at the end."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, (f"these tests mount a size-limited tmpfs and need root (or CAP_SYS_ADMIN): "
+                                  f"{done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(mount)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def remount(mount: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True)
+
+
+def kernel_for(folder: Path, tmp_path: Path, **extra: str) -> NotebookKernel:
+    folder.mkdir(exist_ok=True)
+    nb = folder / "nb.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), nb)  # type: ignore[no-untyped-call]
+    env = {"DURABLE_NB_SECRET_FILE": str(tmp_path / "secret"), "PYTHONHASHSEED": "1",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **extra}
+    kernel = NotebookKernel(nb, env)
+    ok(kernel.execute("%load_ext durable_nb"))
+    return kernel
+
+
+def ok(run: CellRun) -> CellRun:
+    """No traceback reached the user: no error message, no 'Traceback' in any output."""
+    assert run.status == "ok", run.text()
+    assert "Traceback" not in run.text(), run.text()
+    return run
+
+
+def integrity(db: Path) -> str:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def recorded(db: Path) -> list[str]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in conn.execute(
+            "SELECT cell_name FROM execution WHERE state = 'recorded' AND replayable = 1 ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def fill(path: Path, keep_free: int) -> None:
+    """Fill the filesystem of `path` until `keep_free` bytes are left."""
+    stat = os.statvfs(path.parent)
+    free = stat.f_bavail * stat.f_frsize
+    with open(path, "wb") as out:
+        out.write(b"\0" * max(free - keep_free, 0))
+
+
+BIG = "%%durable --name big\nimport numpy as np\nbig = np.random.default_rng(2).random(3_000_000)  # 24 MB"
+
+
+def test_full_disk_mid_record(small_fs: Path, tmp_path: Path) -> None:
+    db = small_fs / "nb.durable.db"
+    kernel = kernel_for(small_fs, tmp_path)
+    faults = 0
+    try:
+        assert ok(kernel.execute("%%durable --name small\nsmall = 1")).durable_states() == ["recorded"]
+        filler = small_fs / "filler"
+        fill(filler, 12 << 20)  # room for the `running` row, not for 24 MB
+        full = ok(kernel.execute(BIG))
+        status = full.durable_statuses()[-1]
+        assert status["state"] == "not-replayable" and status["cell"] == "big", status
+        problem = " ".join(status["problems"])
+        assert str(db) in problem and "full" in problem, problem
+        assert "big" in status["message"], status["message"]
+        faults += 1
+        shape = ok(kernel.execute("print(big.shape, small)")).text()
+        assert "(3000000,) 1" in shape, "the variables stay in the kernel"
+        assert integrity(db) == "ok"
+
+        # Not a byte left: small records still fit in the WAL pages the failed one freed; a big one fails
+        # the same clear way, and the cells keep running.
+        fill(small_fs / "filler2", 0)
+        tiny = ok(kernel.execute("%%durable --name tiny\ntiny = 'still computed'\nprint(tiny)"))
+        assert "still computed" in tiny.text()
+        assert tiny.durable_states() == ["recorded"] or ("not recorded" in tiny.text() and str(db) in tiny.text())
+        big2 = ok(kernel.execute(BIG.replace("big", "big2")))
+        assert big2.durable_statuses()[-1]["state"] == "not-replayable", big2.durable_statuses()
+        assert "not recorded" in big2.durable_statuses()[-1]["message"]
+        faults += 1
+        assert integrity(db) == "ok"
+
+        # Space freed: the same cells record again.
+        filler.unlink()
+        (small_fs / "filler2").unlink()
+        again = ok(kernel.execute(BIG))
+        assert again.durable_states() == ["recorded"], again.durable_statuses()
+        assert ok(kernel.execute("%%durable --name tiny\ntiny = 'recorded again'")).durable_states() == ["recorded"]
+    finally:
+        kernel.close()
+    assert integrity(db) == "ok"
+    assert recorded(db)[0] == "small" and recorded(db)[-2:] == ["big", "tiny"]
+    fresh = kernel_for(small_fs, tmp_path)
+    try:
+        replay = ok(fresh.execute(BIG))
+        assert replay.durable_states() == ["replayed"]
+        assert "24000000" in ok(fresh.execute("print(big.nbytes, float(big[-1]))")).text()
+    finally:
+        fresh.close()
+    figure("disk_full", faults_survived=f"{faults}/2", recorded_after_space_freed=True)
+
+
+def test_read_only_media_mid_session(small_fs: Path, tmp_path: Path) -> None:
+    """Linux refuses to remount a filesystem read-only while a file on it is open for writing, so the cells
+    here name their log with --db (opened and closed by each cell) and the media flips between two cells;
+    a kernel started while the media is read-only is the other half."""
+    db = small_fs / "ro.durable.db"
+    kernel = kernel_for(tmp_path, tmp_path)
+    faults = 0
+    first = f"%%durable --db {db} --name first\nimport numpy as np\nfirst = np.arange(100_000)"
+    second = f"%%durable --db {db} --name second\nsecond = first * 2\nprint(second[-1])"
+    try:
+        assert ok(kernel.execute(first)).durable_states() == ["recorded"]
+        remount(small_fs, "ro")
+        try:
+            blocked = ok(kernel.execute(second))
+            text = blocked.text()
+            assert "199998" in text, "the cell ran"
+            assert "not recorded" in text and str(db) in text and "read" in text.lower(), text
+            faults += 1
+            # A replay needs no write: it replays; its bookkeeping row is dropped, never raised.
+            replay = ok(kernel.execute(first))
+            assert replay.durable_states() == ["replayed"] or "not recorded" in replay.text(), replay.text()
+            faults += 1
+            assert "199998" in ok(kernel.execute("print(second[-1])")).text(), "variables stay in the kernel"
+            # A kernel started now, its log on the read-only media.
+            fresh = kernel_for(tmp_path / "other", tmp_path, DURABLE_NB_DB=str(small_fs / "cold.durable.db"))
+            try:
+                cold = ok(fresh.execute("%%durable --name cold\ncold = 7\nprint(cold)"))
+                assert "7" in cold.text() and "not recorded" in cold.text(), cold.text()
+                faults += 1
+            finally:
+                fresh.close()
+        finally:
+            remount(small_fs, "rw")
+        again = ok(kernel.execute(second))
+        assert again.durable_states() == ["recorded"], again.durable_statuses()
+        third = ok(kernel.execute(f"%%durable --db {db} --name third\nthird = len(second)"))
+        assert third.durable_states() == ["recorded"]
+    finally:
+        with contextlib.suppress(Exception):
+            kernel.close()
+    assert integrity(db) == "ok"
+    assert recorded(db) == ["first", "second", "third"]
+    figure("read_only_media", faults_survived=f"{faults}/3", recorded_after_rw=True)
