@@ -30,7 +30,7 @@ from durable_nb.log.store import DurableLog
 from durable_nb.trust import verify_log
 
 COPIES = int(os.environ.get("DURABLE_NB_TORTURE_COPIES", size(100, 300)))
-CLI_COPIES = size(10, 100)
+CLI_COPIES = int(os.environ.get("DURABLE_NB_TORTURE_CLI_COPIES", size(10, 100)))
 REGIONS = ("header", "index", "chunk", "table", "wal")
 
 CELLS = {
