@@ -291,6 +291,7 @@ class Restore:
 
     def run(self, execution_id: int) -> Any:
         outputs = cells.outputs(self.log, execution_id)
+        _check_complete(self.log, execution_id, outputs)
         check_trusted(self.log, outputs)
         deleted, aliases, views, pickled = [], [], [], []
         for out in outputs:
@@ -391,6 +392,19 @@ class Restore:
                 self.ns[name] = value
         for name in deleted:
             self.ns.pop(name, None)
+
+
+def _check_complete(log: DurableLog, execution_id: int, outputs: list[StoredOutput]) -> None:
+    """The output rows are the ones the execution lists (written in the same transaction): a row lost or renamed
+    by a damaged page would otherwise replay with a hole, or under another name."""
+    row = log.conn.execute("SELECT output_names FROM execution WHERE id = ?", (execution_id,)).fetchone()
+    listed = set(str(row[0]).split(", ")) if row is not None and row[0] else set()
+    stored = {out.name for out in outputs} - {RESULT, settings.NAME}
+    if listed != stored:
+        raise DecodeError(f"the record of execution {execution_id} in {log.path} is inconsistent (it lists "
+                          f"{', '.join(sorted(listed)) or 'no variables'}, holds "
+                          f"{', '.join(sorted(stored)) or 'none'}): the log is damaged or was modified. "
+                          "Nothing of it is replayed; the cell runs instead.")
 
 
 def check_trusted(log: DurableLog, outputs: list[StoredOutput]) -> None:

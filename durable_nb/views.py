@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import DecodeError, NotRecordedError, UntrustedError
+from .errors import CorruptLogError, DecodeError, NotRecordedError, UntrustedError
 from .log import queries
 from .log.queries import STATES, ExecutionRecord
 
@@ -90,7 +90,12 @@ def _frame(log: DurableLog, view: str, where: str = "", params: tuple[Any, ...] 
     for name in _FLAGS.intersection(names):
         frame[name] = frame[name].astype(bool)
     for name in times if times is not None else _TIMES.get(view, ()):
-        frame[name] = pd.to_datetime(frame[name].astype("float64"), unit="s", utc=True)
+        try:
+            frame[name] = pd.to_datetime(frame[name].astype("float64"), unit="s", utc=True)
+        except (ValueError, TypeError, OverflowError) as exc:  # OutOfBoundsDatetime is a ValueError
+            raise CorruptLogError(f"durable log {log.path} is damaged: column {name} of {view} holds a value that "
+                                  f"is not a time ({exc}). Restore it from its replica (durable-nb restore URL -o "
+                                  "FILE), or salvage what SQLite can read with `sqlite3 FILE .recover`.") from exc
     if "state" in frame and view != "runs":
         frame["state"] = pd.Categorical(frame["state"], categories=_state_order(view))
     return frame

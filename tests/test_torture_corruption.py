@@ -30,7 +30,7 @@ from durable_nb.log.store import DurableLog
 from durable_nb.trust import verify_log
 
 COPIES = int(os.environ.get("DURABLE_NB_TORTURE_COPIES", size(100, 300)))
-CLI_COPIES = size(10, 100)
+CLI_COPIES = int(os.environ.get("DURABLE_NB_TORTURE_CLI_COPIES", size(10, 100)))
 REGIONS = ("header", "index", "chunk", "table", "wal")
 
 CELLS = {
@@ -66,39 +66,38 @@ def build_log(folder: Path, make: Callable[[], Shell]) -> tuple[dict[str, str], 
     return expected, wal_dir
 
 
-def pages(db: Path) -> dict[str, list[int]]:
-    """Page numbers by region, from SQLite's dbstat."""
+def pages(db: Path) -> dict[str, list[tuple[int, int, int]]]:
+    """(page number, bytes in its header and cell pointers, bytes of cell content) by region, from dbstat."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT name, pageno, pagetype FROM dbstat").fetchall()
+        rows = conn.execute("SELECT name, pageno, pagetype, ncell, unused, pgsize FROM dbstat").fetchall()
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     finally:
         conn.close()
-    found: dict[str, list[int]] = {"index": [], "chunk": [], "table": []}
-    for name, pageno, pagetype in rows:
-        if name in indexes or pagetype == "internal":
-            found["index"].append(pageno)
-        elif name == "chunk":
-            found["chunk"].append(pageno)
-        else:
-            found["table"].append(pageno)
-    found["page_size"] = [page_size]
+    found: dict[str, list[tuple[int, int, int]]] = {"index": [], "chunk": [], "table": []}
+    for name, pageno, pagetype, ncell, unused, pgsize in rows:
+        head = (12 if pagetype == "internal" else 8) + 2 * ncell if pagetype != "overflow" else 4
+        content = max(pgsize - unused - head, 0)
+        where = "index" if name in indexes or pagetype == "internal" else "chunk" if name == "chunk" else "table"
+        found[where].append((pageno, head, content))
+    found["page_size"] = [(int(rows[0][5]), 0, 0)]
     return found
 
 
-def flip(path: Path, rng: random.Random, region: str, layout: dict[str, list[int]]) -> str:
-    """Flip 1-16 random bytes of `region` in place; returns where."""
+def flip(path: Path, rng: random.Random, region: str, layout: dict[str, list[tuple[int, int, int]]]) -> str:
+    """Flip 1-16 random bytes of `region` in place, in bytes the page uses (its header, cell pointers and cell
+    content; the free space between them is never read); returns where."""
     data = bytearray(path.read_bytes())
-    page_size = layout["page_size"][0]
-    if region == "header":
-        lo, hi = 0, 100
-    elif region == "wal":
-        lo, hi = 0, len(data)
+    page_size = layout["page_size"][0][0]
+    if region in ("header", "wal"):
+        hi = 100 if region == "header" else len(data)
+        spots = sorted(rng.randrange(0, hi) for _ in range(rng.randint(1, 16)))
     else:
-        page = rng.choice([p for p in layout[region] if p * page_size <= len(data)])
-        lo, hi = (page - 1) * page_size, page * page_size
-    spots = sorted(rng.randrange(lo, hi) for _ in range(rng.randint(1, 16)))
+        page, head, content = rng.choice([p for p in layout[region] if p[0] * page_size <= len(data)])
+        start = (page - 1) * page_size + (100 if page == 1 else 0)
+        end = page * page_size
+        used = [*range(start, start + head), *range(end - content, end)]
+        spots = sorted(rng.choice(used) for _ in range(rng.randint(1, 16)))
     for spot in spots:
         data[spot] ^= rng.randrange(1, 256)
     path.write_bytes(bytes(data))

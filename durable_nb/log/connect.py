@@ -58,10 +58,11 @@ _DAMAGE = ("malformed", "not a database", "corrupt", "encrypted", "no such table
            "Could not decode to UTF-8")
 
 
-def _damage(exc: sqlite3.DatabaseError, conn: sqlite3.Connection) -> Exception:
-    """A CorruptLogError for SQLite's reports of a damaged file; any other error as it was."""
+def _damage(exc: sqlite3.DatabaseError | UnicodeDecodeError, conn: sqlite3.Connection) -> Exception:
+    """A CorruptLogError for SQLite's reports of a damaged file (and text that is not UTF-8); any other error
+    as it was."""
     path = getattr(conn, "log_path", None)
-    if path is None or not any(word in str(exc) for word in _DAMAGE):
+    if path is None or not (isinstance(exc, UnicodeDecodeError) or any(word in str(exc) for word in _DAMAGE)):
         return exc
     return CorruptLogError(f"durable log {path} is damaged ({exc}). It was left as it is: keep a copy, restore it "
                            "from its replica (durable-nb restore URL -o FILE), or salvage what SQLite can read "
@@ -78,42 +79,38 @@ def stored_json(conn: sqlite3.Connection, text: Any) -> Any:
                               "salvage what SQLite can read with `sqlite3 FILE .recover`.") from exc
 
 
+@contextlib.contextmanager
+def _reporting_damage(conn: sqlite3.Connection) -> Iterator[None]:
+    try:
+        yield
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+        raise _damage(exc, conn) from exc
+
+
 class _Cursor(sqlite3.Cursor):
     def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
-        try:
+        with _reporting_damage(self.connection):
             return super().execute(sql, parameters)
-        except sqlite3.DatabaseError as exc:
-            raise _damage(exc, self.connection) from exc
 
     def executemany(self, sql: str, parameters: Any, /) -> _Cursor:
-        try:
+        with _reporting_damage(self.connection):
             return super().executemany(sql, parameters)
-        except sqlite3.DatabaseError as exc:
-            raise _damage(exc, self.connection) from exc
 
     def fetchone(self) -> Any:
-        try:
+        with _reporting_damage(self.connection):
             return super().fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise _damage(exc, self.connection) from exc
 
     def fetchmany(self, size: int | None = 1) -> list[Any]:
-        try:
+        with _reporting_damage(self.connection):
             return super().fetchmany(size)
-        except sqlite3.DatabaseError as exc:
-            raise _damage(exc, self.connection) from exc
 
     def fetchall(self) -> list[Any]:
-        try:
+        with _reporting_damage(self.connection):
             return super().fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise _damage(exc, self.connection) from exc
 
     def __next__(self) -> Any:
-        try:
+        with _reporting_damage(self.connection):
             return super().__next__()
-        except sqlite3.DatabaseError as exc:
-            raise _damage(exc, self.connection) from exc
 
 
 class LogConnection(sqlite3.Connection):
@@ -192,6 +189,10 @@ def check_version(conn: sqlite3.Connection, path: Path) -> int:
         version = applied_version(conn)
     except sqlite3.DatabaseError as exc:
         raise _classify(exc, path) from exc
+    except UnicodeDecodeError as exc:  # the schema's text is not UTF-8: damaged pages
+        raise CorruptLogError(f"durable log {path} is damaged (its schema does not decode: {exc}). It was left "
+                              "untouched: keep a copy, try `sqlite3 FILE .recover`, or restore it from its "
+                              "replica.") from exc
     if tables and "schema_migration" not in tables:
         raise NotALogError(f"{path} is a SQLite database but not a durable_nb log (tables: "
                            f"{', '.join(sorted(tables)[:5])}). It was left untouched; use another path.")

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LogError
+from ..errors import CorruptLogError, LogError
 from .connect import connect, migrate, write_transaction
 from .store import DurableLog
 
@@ -73,7 +73,12 @@ def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], latest_only
         stale.unlink(missing_ok=True)
     conn = _new_log(dst_path)
     try:
-        conn.execute("ATTACH DATABASE ? AS src", (f"{src_path.as_uri()}?mode=ro",))
+        try:
+            conn.execute("ATTACH DATABASE ? AS src", (f"{src_path.as_uri()}?mode=ro",))
+        except sqlite3.DatabaseError as exc:
+            raise CorruptLogError(f"cannot export durable log {src_path}: SQLite cannot read it ({exc}); it is "
+                                  "probably damaged. Restore it from its replica, or salvage what SQLite can read "
+                                  "with `sqlite3 FILE .recover`.") from exc
         with write_transaction(conn, dst_path):
             # A kept call may name an execution that --latest-only leaves out: fixed before the commit.
             conn.execute("PRAGMA defer_foreign_keys=ON")

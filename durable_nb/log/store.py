@@ -6,6 +6,7 @@ log never adds rows. Readers open the file read-only and never write.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import LogError
 from ..views import HistoryMethods
 from .connect import Durability, connect, settle_checkpoints, write_transaction
 
@@ -52,6 +54,7 @@ class DurableLog(HistoryMethods):
         self._lock = threading.RLock()
         self._deferred: list[tuple[str, tuple[Any, ...]]] = []
         self._flush_timer: threading.Timer | None = None
+        self.dropped_rows = 0  # deferred bookkeeping rows the log refused (see flush)
         if not readonly:
             self.reap_crashed()
             if Path(f"{self.path}-activities").is_dir():
@@ -104,8 +107,14 @@ class DurableLog(HistoryMethods):
         with self._lock:
             self._flush_timer = None
             if self._deferred and not self.readonly:
-                with self.transaction():
-                    pass
+                try:
+                    with self.transaction():
+                        pass
+                except LogError:
+                    # Bookkeeping rows the log refuses (read-only media, a full disk, a damaged log) are dropped,
+                    # as a crash would drop them: kept, they would make every later record fail with them.
+                    self.dropped_rows += len(self._deferred)
+                    self._deferred.clear()
         calls = sys.modules.get(f"{__package__}.calls")  # not imported: no activity ran in this process
         if calls is not None:
             calls.flush_log(self)
@@ -139,7 +148,8 @@ class DurableLog(HistoryMethods):
             if self._flush_timer is not None:
                 self._flush_timer.cancel()
             self.flush()
-            self.end_run()
+            with contextlib.suppress(LogError):  # a log that cannot be written keeps its run open, as a crash
+                self.end_run()
         finally:
             if not self.readonly:
                 settle_checkpoints(self.path)

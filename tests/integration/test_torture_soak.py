@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -17,7 +18,7 @@ from durable_nb.demo import NotebookKernel
 
 pytestmark = pytest.mark.integration
 KERNELS = 4
-SECONDS = size(40, 600)
+SECONDS = int(os.environ.get("DURABLE_NB_TORTURE_SOAK_SECONDS", size(40, 600)))
 ACTIVITY = "from durable_nb import activity\n@activity\ndef halve(i):\n    return i / 2\n"
 
 
