@@ -148,13 +148,14 @@ class Writer:
         return False
 
     def _store_safe(self, name: str, value: Any, mutated: bool) -> bool:
-        from .codecs import encode_safe
+        from .codecs import encode_safe, seal
 
         sink = self.log.blobs.sink()
         enc = encode_safe(value, sink)
         if enc is None:
             return False
         variable = name not in (RESULT, settings.NAME)  # the others are kept as results: no variable
+        enc = enc._replace(meta=seal(enc.meta))
         self._row(StoredOutput(name, "value" if variable else "result", enc.codec, enc.version,
                                enc.type_name, enc.meta, enc.size, inplace=mutated,
                                signature=self._sign(enc.codec, enc.version, enc.meta, list(sink.blob_ids)),
@@ -330,6 +331,9 @@ class Restore:
         from .codecs import decode_value
 
         sources = [self.log.blobs.source(b) for b in out.blob_ids]
+        from .codecs import check_seal
+
+        check_seal(out.meta, _what([out]))
         with _decoding(_what([out])):  # signatures were checked before anything was read
             return decode_value(out.codec or "", out.codec_version or 0, out.meta, sources, allow_pickle=True)
 

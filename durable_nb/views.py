@@ -229,7 +229,6 @@ def _epoch(at: dt.datetime | str | float | None) -> float | None:
 
 
 def _decode(log: DurableLog, execution_id: int, out: queries.OutputRecord) -> Any:
-    import importlib
 
     from . import trust
     from .codecs import decode_value
@@ -239,9 +238,24 @@ def _decode(log: DurableLog, execution_id: int, out: queries.OutputRecord) -> An
         raise NotRecordedError(f"{where} was deleted (del {out.name}) by that execution; pass an earlier "
                                "execution= or at= to get the value before.")
     if out.kind == "module":
-        return importlib.import_module(str(out.target))
+        from .codecs import reference
+
+        return reference.resolve(str(out.target), out.name)
     if out.codec is None:
         raise DecodeError(f"{where} was only displayed ({out.type}), not stored as a value.")
+    from .codecs import check_seal
+
+    check_seal(out.meta, where)
+    if "view_of" in out.meta:  # a view of another variable of that execution (or one it read)
+        from . import sharing
+
+        anchor = load(str(out.meta["view_of"]), execution=out.execution_id, log=log)
+        return sharing.rebuild(out.name, anchor, out.meta)
+    if "bundle_of" in out.meta:  # one of the execution's pickled outputs: they share one stream
+        _, holder = queries.find_output(log.conn, str(out.meta["bundle_of"]), log.path, execution=out.execution_id)
+        return _bundle(log, holder, where)[int(out.meta["index"])]
+    if "bundle" in out.meta:
+        return _bundle(log, out, where)[0]
     sources = [log.blobs.source(b) for b in queries.blob_ids(log.conn, out.execution_id, out.name)]
     allowed = trust.verify(trust.payload(out.codec, out.codec_version or 0, out.meta, [s.hash for s in sources]),
                            out.signature)
@@ -255,6 +269,29 @@ def _decode(log: DurableLog, execution_id: int, out: queries.OutputRecord) -> An
         raise
     except Exception as exc:
         raise DecodeError(f"{where} ({out.type}) cannot be loaded here: {type(exc).__name__}: {exc}") from exc
+
+
+def _bundle(log: DurableLog, holder: queries.OutputRecord, where: str) -> list[Any]:
+    """The pickled outputs of one execution, in order; the variables they refer to are loaded as recorded then."""
+    from . import trust
+    from .codecs import pickle
+
+    sources = [log.blobs.source(b) for b in queries.blob_ids(log.conn, holder.execution_id, holder.name)]
+    if not trust.verify(trust.payload(holder.codec or "", holder.codec_version or 0, holder.meta,
+                                      [s.hash for s in sources]), holder.signature):
+        raise UntrustedError(f"{where} is pickled and this log is not trusted here: loading it would run code "
+                             f"from the log. If you trust its author, run `durable-nb trust {log.path}`, "
+                             "then load again.")
+
+    def named(ref: str) -> Any:
+        return load(ref.partition(":")[2], execution=holder.execution_id, log=log)
+
+    try:
+        return list(pickle.load(holder.meta, sources, named))
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"{where} cannot be loaded here: {type(exc).__name__}: {exc}") from exc
 
 
 # -- diff ------------------------------------------------------------------------------------------------------

@@ -260,3 +260,14 @@ def test_a_value_whose_pickle_round_trip_drops_state_still_replays_its_readers(
     sh.run("obj.data.append(3)")  # a real change is still a change
     sh.durable("n = len(obj.data)")
     assert sh.last_status()["state"] == "recorded" and sh.ns["n"] == 3
+
+
+def test_load_reads_views_imports_and_pickled_outputs_back(shell: Shell, tmp_path: Path) -> None:
+    import durable_nb
+
+    shell.durable("import numpy as np\nfrom collections import OrderedDict\nbase = np.arange(6.0)\nsub = base[1:3]\n"
+                  "class Box:\n    pass\nbox = Box()\nboxes = [box, 2]")
+    log = tmp_path / "t.durable.db"
+    assert durable_nb.load("sub", log=log).tolist() == [1.0, 2.0]
+    assert durable_nb.load("OrderedDict", log=log).__name__ == "OrderedDict"
+    assert type(durable_nb.load("boxes", log=log)[0]).__name__ == "Box"

@@ -90,6 +90,30 @@ def _first_codec(codecs: Sequence[Codec], value: Any, sink: BlobSink) -> tuple[E
     return None, reason
 
 
+def seal(meta: dict[str, Any]) -> dict[str, Any]:
+    """`meta` with a digest of itself: blobs verify their bytes, this verifies what says how to read them (a
+    flipped byte in a dtype or an inline document would otherwise decode a wrong value)."""
+    return {**meta, _SEAL: _digest(meta)}
+
+
+def check_seal(meta: dict[str, Any], where: str) -> None:
+    """DecodeError when a sealed `meta` was changed since (metas of older logs carry no seal)."""
+    sealed = meta.get(_SEAL)
+    if sealed is not None and sealed != _digest({k: v for k, v in meta.items() if k != _SEAL}):
+        raise DecodeError(f"{where}: its stored description was modified (the log is damaged); it was not decoded")
+
+
+_SEAL = "seal"
+
+
+def _digest(meta: dict[str, Any]) -> str:
+    import hashlib
+    import json as json_
+
+    text = json_.dumps(meta, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
