@@ -71,7 +71,9 @@ def differences(log: DurableLog, execution_id: int) -> list[str]:
     recorded_python, packages_json = row
     try:
         recorded: dict[str, str] = json.loads(packages_json or "{}")
-    except ValueError:
+    except (TypeError, ValueError):  # a damaged row: no versions to compare
+        recorded = {}
+    if not isinstance(recorded, dict):
         recorded = {}
     found = []
     here_python = ".".join(map(str, sys.version_info[:2]))
