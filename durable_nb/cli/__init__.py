@@ -13,9 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DurableError
+from .output import UsageError
 
 # Modules that define `register(subparsers)`; each adds its verbs with `set_defaults(handler=...)`.
-VERB_MODULES: tuple[str, ...] = ("history", "replicate", "trust", "jobs")
+VERB_MODULES: tuple[str, ...] = ("history", "query", "replicate", "trust", "jobs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
+    except UsageError as exc:
+        verb_parser: argparse.ArgumentParser = args.usage_parser
+        verb_parser.error(str(exc))  # the verb's usage and the message on stderr, exit 2, as argparse does
     except DurableError as exc:
         print(f"durable-nb {args.verb}: {exc}", file=sys.stderr)
         return 1
