@@ -19,13 +19,54 @@ from .output import UsageError
 VERB_MODULES: tuple[str, ...] = ("history", "query", "replicate", "trust", "jobs")
 
 
+# One example per command, shown by `durable-nb COMMAND --help` and in docs/cli.md; tests/test_cli_conventions.py
+# checks that the two agree and runs every one of them.
+EXAMPLES: dict[str, str] = {
+    "run": "durable-nb run job.ipynb -p rows 100 -o job.out.ipynb",
+    "history": "durable-nb history analysis.durable.db --state failed --last 5",
+    "runs": "durable-nb runs analysis.durable.db --csv",
+    "activities": "durable-nb activities analysis.durable.db --nl --state recorded",
+    "query": "durable-nb query analysis.durable.db \"SELECT cell_name, count(*) AS n FROM executions "
+             "WHERE state = :state GROUP BY cell_name\" -p state recorded --table",
+    "show": "durable-nb show analysis.durable.db 1",
+    "load": "durable-nb load analysis.durable.db df -o df.parquet --run 1",
+    "diff": "durable-nb diff analysis.durable.db 1 2",
+    "gc": "durable-nb gc analysis.durable.db --keep-last 2",
+    "export": "durable-nb export analysis.durable.db -o share.durable.db --latest-only",
+    "status": "durable-nb status analysis.durable.db --json",
+    "verify": "durable-nb verify analysis.durable.db",
+    "trust": "durable-nb trust analysis.durable.db --dry-run",
+    "replicate": "durable-nb replicate analysis.durable.db s3://team-logs/alice/analysis.durable.db "
+                 "--endpoint http://127.0.0.1:9000",
+    "restore": "durable-nb restore s3://team-logs/alice/analysis.durable.db -o restored.durable.db "
+               "--endpoint http://127.0.0.1:9000",
+    "fleet ls": "durable-nb fleet ls s3://team-logs/ --endpoint http://127.0.0.1:9000 --fmt github",
+    "fleet pull": "durable-nb fleet pull s3://team-logs/ --match 'alice/*' -o team --endpoint http://127.0.0.1:9000",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="durable-nb", description="Run notebooks as resumable jobs; inspect, share and replicate durable_nb logs.")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     for name in VERB_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
+    for name, command in commands(parser):
+        if name in EXAMPLES:
+            command.epilog = f"example:\n  {EXAMPLES[name]}"
+            command.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the example on its own line
     return parser
+
+
+def commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every command under `parser` by its full name ("history", "fleet ls"), groups included."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                found.append((prefix + name, command))
+                found += commands(command, f"{prefix}{name} ")
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
