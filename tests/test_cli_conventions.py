@@ -11,6 +11,7 @@ import os
 import pty
 import select
 import shlex
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from s3server import S3Server, wait_for
 from shells import Shell
 from test_history import fingerprint
 
@@ -287,22 +289,30 @@ LOCAL = ["history", "runs", "activities", "query", "show", "load", "diff", "stat
          "gc"]  # gc last: it changes the log
 
 
-def test_every_local_example_runs(new_shell: Callable[[], Shell], tmp_path: Path, secret: Path,
-                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """The examples of the commands that need only a log, run as written against a log of that name."""
-    monkeypatch.chdir(tmp_path)
+def _analysis_log(new_shell: Callable[[], Shell], folder: Path) -> Path:
+    """The log the examples name: two recorded cells, one of them calling an activity."""
+    log = folder / "analysis.durable.db"
     sh = new_shell()
-    sh.run(f"%config DurableMagics.db = {str(tmp_path / 'analysis.durable.db')!r}")
+    sh.run(f"%config DurableMagics.db = {str(log)!r}")
     sh.durable("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]})", "--name load")
     sh.run("import durable_nb\n\n@durable_nb.activity()\ndef twice(x):\n    return 2 * x")
     sh.durable("total = twice(int(df['a'].sum()))", "--name total")
     session.close_log()
+    return log
+
+
+def test_every_local_example_runs(new_shell: Callable[[], Shell], tmp_path: Path, secret: Path,
+                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The examples of the commands that need only a log, run as written against a log of that name."""
+    monkeypatch.chdir(tmp_path)
+    _analysis_log(new_shell, tmp_path)
     for name in LOCAL:
         code, out, err = run(capsys, *shlex.split(EXAMPLES[name])[1:])
         assert code == 0, (name, err)
         assert out.strip(), f"durable-nb {name}'s example printed nothing"
     assert pd.read_parquet(tmp_path / "df.parquet")["a"].tolist() == [1, 2]
     assert (tmp_path / "share.durable.db").exists()
+    # The others run in test_the_run_example_runs and test_the_s3_examples_run.
     assert set(EXAMPLES) - set(LOCAL) == {"run", "replicate", "restore", "fleet ls", "fleet pull"}
 
 
@@ -313,3 +323,37 @@ def test_the_run_example_runs(tmp_path: Path, secret: Path) -> None:
     assert done.returncode == 0, done.stderr
     executed = nbformat.read(tmp_path / "job.out.ipynb", as_version=4)
     assert any("rows 100" in o.get("text", "") for c in executed.cells for o in c.get("outputs", [])), nb
+
+
+@pytest.mark.integration
+def test_the_s3_examples_run(new_shell: Callable[[], Shell], s3: S3Server, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """replicate, restore, fleet ls and fleet pull as written, on a real S3 server (its port for 9000)."""
+    monkeypatch.chdir(tmp_path)
+    _analysis_log(new_shell, tmp_path)
+    s3.make_bucket("team-logs")
+
+    def argv(name: str) -> list[str]:
+        return shlex.split(EXAMPLES[name].replace("http://127.0.0.1:9000", s3.endpoint))[1:]
+
+    replicating = subprocess.Popen([DURABLE_NB, *argv("replicate")], cwd=tmp_path, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: s3.client().list_objects_v2(Bucket="team-logs", Prefix="alice/").get("KeyCount", 0) > 0,
+                 60, "the replicate example to upload the log")
+    finally:
+        replicating.send_signal(signal.SIGINT)
+        _, err = replicating.communicate(timeout=60)
+    assert replicating.returncode == 0, err
+
+    code, out, _ = run(capsys, *argv("restore"))
+    assert code == 0 and "into restored.durable.db" in out
+    code, out, _ = run(capsys, "query", "restored.durable.db", "SELECT cell_name FROM executions", "--nl")
+    assert code == 0 and [json.loads(line)["cell_name"] for line in out.splitlines()] == ["load", "total"]
+    code, out, _ = run(capsys, *argv("fleet ls"))
+    assert code == 0 and out.startswith("| log ") and "| alice/analysis.durable.db |" in out, out
+    code, out, _ = run(capsys, "fleet", "ls", "s3://team-logs/", "--endpoint", s3.endpoint, "--json")
+    listed = json.loads(out)
+    assert [r["name"] for r in listed] == ["alice/analysis.durable.db"] and listed[0]["updated"].endswith("Z")
+    assert main(argv("fleet pull")) == 0
+    assert (tmp_path / "team" / "alice" / "analysis.durable.db").exists()
