@@ -83,7 +83,11 @@ def results(sql: str, params: Params = None, *,
         if cursor.description is None:
             raise QueryError(f"the SQL returned no rows to show: {_short(sql)!r}. durable-nb query runs one "
                              f"SELECT over {path}'s views ({', '.join(VIEWS)}; docs/schema.md).")
-        yield [d[0] for d in cursor.description], _rows(cursor, sql, path)
+        rows = _rows(cursor, sql, path)
+        try:
+            yield [d[0] for d in cursor.description], rows
+        finally:
+            rows.close()  # before the connection: a generator left open would fetch from a closed one
     finally:
         conn.close()
 

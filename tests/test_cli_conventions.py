@@ -248,7 +248,7 @@ def _cli(argv: list[str], cwd: Path, secret: Path, timeout: float = 300) -> subp
 def test_every_exit_code_of_the_docs(log: Path, tmp_path: Path, secret: Path) -> None:
     """0, 1, 2 on a log; 3 and 4 from `run` on real kernels: a failing cell, then a kernel that dies."""
     docs = DOCS.read_text()
-    for code in ("0", "1", "2", "3", "4", "130"):
+    for code in ("0", "1", "2", "3", "4", "130", "141"):  # 130 and 141: test_ctrl_c_is_130_and_...
         assert f"| `{code}` |" in docs, f"exit code {code} is not in docs/cli.md's table"
     assert _cli(["runs", str(log)], tmp_path, secret).returncode == 0
     missing = _cli(["history", str(tmp_path / "nowhere.db")], tmp_path, secret)
@@ -357,3 +357,33 @@ def test_the_s3_examples_run(new_shell: Callable[[], Shell], s3: S3Server, tmp_p
     assert [r["name"] for r in listed] == ["alice/analysis.durable.db"] and listed[0]["updated"].endswith("Z")
     assert main(argv("fleet pull")) == 0
     assert (tmp_path / "team" / "alice" / "analysis.durable.db").exists()
+
+
+ENDLESS = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n"
+
+
+def test_ctrl_c_is_130_and_a_closed_pipe_is_141_without_a_traceback(log: Path) -> None:
+    interrupted = subprocess.Popen([DURABLE_NB, "query", str(log), ENDLESS, "--nl"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+    assert interrupted.stdout is not None and json.loads(interrupted.stdout.readline()) == {"i": 1}
+    interrupted.send_signal(signal.SIGINT)
+    _, err = interrupted.communicate(timeout=60)
+    assert interrupted.returncode == 130 and b"Traceback" not in err, err
+
+    reader_leaves = subprocess.Popen([DURABLE_NB, "query", str(log), ENDLESS], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+    assert reader_leaves.stdout is not None and reader_leaves.stdout.readline().startswith(b'[{"i": 1},')
+    reader_leaves.stdout.close()  # as `| head -1` does after its line
+    assert reader_leaves.wait(timeout=60) == 141
+    assert reader_leaves.stderr is not None and reader_leaves.stderr.read() == b""
+
+
+def test_query_starts_without_pandas(log: Path) -> None:
+    probe = ("import sys, contextlib, io\nfrom durable_nb.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+             f"    assert main(['query', {str(log)!r}, 'SELECT count(*) FROM executions', '--csv']) == 0\n"
+             "assert out.getvalue().splitlines()[1] == '4', out.getvalue()\n"
+             "print(','.join(m for m in ('pandas', 'numpy', 'pyarrow', 'sqlite_utils', 'IPython') "
+             "if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "", f"durable-nb query imported {done.stdout.strip()}"

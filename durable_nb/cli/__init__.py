@@ -8,7 +8,9 @@ Nothing heavy is imported until a verb runs: `durable-nb --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -85,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader stopped reading (`durable-nb history LOG | head -3`): stop quietly, as `yes | head` does.
+        # Python's own flush of stdout at exit would fail again, so stdout now goes nowhere.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a writer whose pipe closed
 
 
 if __name__ == "__main__":
