@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,7 +92,7 @@ def results(sql: str, params: Params = None, *,
         conn.close()
 
 
-def _rows(cursor: sqlite3.Cursor, sql: str, path: Path) -> Iterator[Any]:
+def _rows(cursor: sqlite3.Cursor, sql: str, path: Path) -> Generator[Any, None, None]:
     with _explained(sql, path):
         yield from cursor
 
