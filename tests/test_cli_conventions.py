@@ -387,3 +387,15 @@ def test_query_starts_without_pandas(log: Path) -> None:
              "if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "", f"durable-nb query imported {done.stdout.strip()}"
+
+
+def test_query_of_the_current_log_sees_what_this_process_deferred(new_shell: Callable[[], Shell],
+                                                                  tmp_path: Path) -> None:
+    sh = new_shell()
+    sh.durable("x = 41 + 1", "--name answer")
+    sh.durable("x = 41 + 1", "--name answer")  # a replay: its row is deferred, not yet committed
+    sh.run("import durable_nb\nstates = durable_nb.query('SELECT state FROM executions ORDER BY 1')['state']")
+    assert sh.ns["states"].tolist() == ["recorded", "replayed"]
+    with pytest.raises(DurableError, match="DELETE refused"):
+        sh.run("durable_nb.query('DELETE FROM execution')")
+    assert len(durable_nb.history(tmp_path / "t.durable.db")) == 2
