@@ -74,7 +74,7 @@ def results(sql: str, params: Params = None, *,
     path = _path(log)
     conn = connect(path, readonly=True)
     # The user's SQL: "no such table" is a typo of theirs, not a sign of a damaged file (connect's reading).
-    del conn.log_path  # type: ignore[attr-defined]
+    vars(conn).pop("log_path", None)
     try:
         conn.execute("PRAGMA query_only=ON")
         conn.set_authorizer(_authorize)
