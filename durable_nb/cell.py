@@ -32,7 +32,8 @@ from .fingerprint import fingerprint, fingerprint_file, referenced_globals
 from .log import cells
 from .log.cells import ExecutionStart, Recorded
 from .log.store import DurableLog
-from .status import NOT_WRITTEN, StatusLine, iso, message
+from .status import NOT_WRITTEN, StatusLine, message
+from .vocabulary import iso
 
 KEY_FORMAT = 1
 ENV_PREFIX = "$"  # environment variables among a key's inputs: "$MODEL"

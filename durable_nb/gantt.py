@@ -11,16 +11,14 @@ import functools
 import io
 from typing import TYPE_CHECKING, Any
 
-from .status import fmt_duration
+from .vocabulary import LOOKS, SAVED_COLOUR, fmt_duration
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-COLORS = {"recorded": "#2e7d32", "replayed": "#1565c0", "failed": "#c62828", "crashed": "#6a1b9a",
-          "running": "#9e9e9e"}
-SAVED_COLOR = "#90caf9"
+COLORS = {state: LOOKS[state].colour for state in ("recorded", "replayed", "failed", "crashed", "running")}
 ANNOTATE_MAX = 40  # bars; above this the labels would overlap
 LABELS_MAX = 40  # lane labels shown; more lanes show every k-th label
 MIN_WIDTH = 0.004  # of the time span: the narrowest bar drawn
@@ -148,7 +146,7 @@ def _draw_savings(ax: Axes, executions: pd.DataFrame, cells: list[str], lanes: d
     verts = [[(x, y - 0.3), (x, y + 0.3), (x + max(w, span * MIN_WIDTH), y + 0.3), (x + max(w, span * MIN_WIDTH),
              y - 0.3)] for x, w, y in rows]
     if verts:
-        ax.add_collection(PolyCollection(verts, facecolors="none", edgecolors=SAVED_COLOR, hatch="///",
+        ax.add_collection(PolyCollection(verts, facecolors="none", edgecolors=SAVED_COLOUR, hatch="///",
                                          linewidths=0.8, label="time saved by replay"))
     if len(executions) <= ANNOTATE_MAX:
         for x, w, y in rows:

@@ -31,17 +31,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import DurableError
-from .status import MIME, fmt_duration
+from .status import MIME
+from .vocabulary import JOB_STATES as STATES
+from .vocabulary import fmt_duration, look
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
 INJECTED_ID = "injected-parameters"
 OFF_TAG = "durable-off"
-# Per-cell states of a run. The durable ones come from the cell's status display; `ran` is a cell left alone
-# (a magic, a shell escape, the durable-off tag); `killed` the cell the kernel died in; `not run` follows a stop.
-STATES = ("replayed", "recorded", "not-replayable", "ran", "failed", "timed out", "killed", "not run")
-_ICONS = {"replayed": "↺", "recorded": "✓", "not-replayable": "⚠", "ran": "•", "failed": "✗", "timed out": "✗",
-          "killed": "☠", "not run": "·"}
 _WRITE_EVERY_S = 5.0  # the output notebook is also rewritten during long runs, at most this often
 
 
@@ -66,7 +63,7 @@ class CellResult:
 
     def line(self, total: int) -> str:
         width = len(str(total))
-        text = f"[{self.number:>{width}}/{total}] {_ICONS.get(self.state, '?')} {self.state:<14} " \
+        text = f"[{self.number:>{width}}/{total}] {look(self.state).icon} {self.state:<14} " \
                f"{fmt_duration(self.seconds):>8}  {self.label[:48]}"
         if self.state == "replayed":
             text += f"  (saved {fmt_duration(self.saved_s)})"
@@ -145,7 +142,7 @@ class RunResult:
         def row(c: CellResult) -> str:
             facts = c.error or (f"saved {fmt_duration(c.saved_s)}" if c.state == "replayed" else c.reason or "")
             return (f"<tr data-state='{html.escape(c.state)}'><td>{c.number}</td><td><code>{html.escape(c.label)}"
-                    f"</code></td><td>{_ICONS.get(c.state, '')} {html.escape(c.state)}</td>"
+                    f"</code></td><td>{look(c.state).icon} {html.escape(c.state)}</td>"
                     f"<td>{fmt_duration(c.seconds)}</td><td>{html.escape(facts)}</td></tr>")
 
         summary = html.escape(self.summary()).replace("\n", "<br>")

@@ -7,40 +7,13 @@ from __future__ import annotations
 
 import html
 import uuid
-from datetime import datetime, timezone
 from typing import Any
+
+from .vocabulary import fmt_duration, fmt_when, look
 
 MIME = "application/vnd.durable-nb.status+json"
 # How a problem starts when the log refused the record itself (full disk, read-only media): nothing was stored.
 NOT_WRITTEN = "could not write the log"
-
-_COLOURS = {"running": "#1976d2", "recorded": "#2e7d32", "replayed": "#6a1b9a", "failed": "#c62828",
-            "not-replayable": "#ef6c00"}
-# The same icons as the JupyterLab badge (extension/src/format.ts), so every front end reads alike.
-_ICONS = {"running": "◷", "recorded": "✓", "replayed": "↺", "failed": "✗", "not-replayable": "⚠"}
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
-
-
-def fmt_when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M")
-
-
-def iso(epoch: float | None) -> str | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat()
-
 
 def message(state: str, *, recorded_at: float | None = None, duration: float | None = None,
             reason: str | None = None, error: str | None = None, problems: list[str] | None = None) -> str:
@@ -62,8 +35,9 @@ def message(state: str, *, recorded_at: float | None = None, duration: float | N
 def bundle(payload: dict[str, Any]) -> dict[str, Any]:
     """The display data: the JSON payload plus fallbacks that read well in VS Code, nbconvert and GitHub."""
     state = str(payload["state"])
-    text = f"{_ICONS.get(state, '•')} durable: {payload['message']}"
-    colour = _COLOURS.get(state, "#555")
+    shown = look(state)
+    text = f"{shown.icon} durable: {payload['message']}"
+    colour = shown.colour
     title = html.escape(f"log: {payload.get('log')}")
     badge = (f'<div class="durable-nb-status" data-durable-state="{html.escape(state)}" title="{title}" '
              f'style="font-family:var(--jp-ui-font-family,sans-serif);font-size:12px;color:{colour};'

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import CorruptLogError, DecodeError, NotRecordedError, UntrustedError
 from .log import queries
-from .log.queries import STATES, ExecutionRecord
+from .log.queries import ExecutionRecord
+from .vocabulary import CALL_STATES, STATES, ago, fmt_duration, look
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -102,7 +103,7 @@ def _frame(log: DurableLog, view: str, where: str = "", params: tuple[Any, ...] 
 
 
 def _state_order(view: str) -> list[str]:
-    return ["running", "recorded", "failed", "crashed"] if view == "activities" else list(STATES)
+    return list(CALL_STATES if view == "activities" else STATES)
 
 
 # -- the views ---------------------------------------------------------------------------------------------
@@ -149,9 +150,6 @@ def history_html(log: DurableLog | str | os.PathLike[str] | None = None, *, cell
     """The compact table of %durable_history: one line per execution, relative times, escaped text."""
     import html
 
-    from .cli.history import ago
-    from .gantt import COLORS
-    from .status import fmt_duration
 
     frame = history(log, cell=cell, state=("failed", "crashed") if failed else None, last=last)
     if not len(frame):
@@ -163,7 +161,7 @@ def history_html(log: DurableLog | str | os.PathLike[str] | None = None, *, cell
         saved = f"saved {fmt_duration(r.saved_seconds)}" if r.saved_seconds == r.saved_seconds and \
             r.saved_seconds else ""
         row = [str(r.execution_id), str(r.run_id), queries.cell_label(r.cell_name, r.cell_id, r.code_hash),
-               f'<span style="color:{COLORS.get(str(r.state), "#000")}">{r.state}</span>', ago(r.started_at),
+               f'<span style="color:{look(str(r.state)).colour}">{r.state}</span>', ago(r.started_at),
                fmt_duration(r.duration) if r.duration == r.duration else "-", saved, why]
         cells.append("<tr>" + "".join(f"<td>{c if i == 3 else html.escape(c)}</td>" for i, c in enumerate(row))
                      + "</tr>")

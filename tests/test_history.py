@@ -23,6 +23,7 @@ from durable_nb import session, views
 from durable_nb.errors import NewerLogError, NotALogError, NotRecordedError, UntrustedError
 from durable_nb.log.maintenance import export, gc
 from durable_nb.log.store import DurableLog
+from durable_nb.vocabulary import LOOKS
 
 DOCS = Path(__file__).parents[1] / "docs" / "schema.md"
 
@@ -247,7 +248,7 @@ def test_timeline_small_log_png_has_lanes_states_and_savings(story: Path, tmp_pa
     png = tmp_path / "timeline.png"
     fig.savefig(png, dpi=60)
     pixels = (mpimg.imread(png)[:, :, :3] * 255).round().astype(int)
-    for color in ("#2e7d32", "#c62828", "#6a1b9a", "#1565c0"):
+    for color in (LOOKS[s].colour for s in ("recorded", "replayed", "failed", "crashed")):
         rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
         assert ((abs(pixels - rgb).sum(axis=2)) < 12).sum() > 5, f"no {color} pixels in the timeline"
 

@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..vocabulary import CALL_STATES, STATES, ago, fmt_duration
 from . import output
 from .output import Table
 
 if TYPE_CHECKING:
     import pandas as pd
 
-STATES = ("running", "recorded", "replayed", "failed", "crashed")
 TABLE_LAST = 30  # rows a terminal table shows unless --last says otherwise
 
 
@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
     output.add_options(p)
     p.add_argument("--last", type=int, metavar="N",
                    help=f"only the last N calls (table default {TABLE_LAST}; 0 = all)")
-    p.add_argument("--state", choices=("running", "recorded", "failed", "crashed"), help="only calls in this state")
+    p.add_argument("--state", choices=CALL_STATES, help="only calls in this state")
     p.set_defaults(handler=_activities)
 
     p = sub.add_parser("show", help="one execution: code, inputs, outputs, and its recorded output as text")
@@ -94,25 +94,7 @@ def _log(p: argparse.ArgumentParser) -> None:
 # -- table rendering ------------------------------------------------------------------------------------------
 
 
-def ago(when: Any, now: float | None = None) -> str:
-    """'42s ago', '5m ago', '3h ago', '2d ago'; older than 30 days: the date."""
-    import math
-
-    if when is None or (isinstance(when, float) and math.isnan(when)) or str(when) == "NaT":
-        return "-"
-    seconds = when.timestamp() if hasattr(when, "timestamp") else float(when)
-    delta = (now if now is not None else dt.datetime.now(dt.timezone.utc).timestamp()) - seconds
-    if delta < 0:
-        return "in the future"
-    for limit, unit, size in ((60, "s", 1), (3600, "m", 60), (86400, "h", 3600), (30 * 86400, "d", 86400)):
-        if delta < limit:
-            return "just now" if unit == "s" and delta < 1 else f"{int(delta // size)}{unit} ago"
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d")
-
-
 def _seconds(value: Any) -> str:
-    from ..status import fmt_duration
-
     try:
         return "-" if value is None or value != value else fmt_duration(float(value))
     except (TypeError, ValueError):

@@ -15,7 +15,6 @@ from typing import Any
 from ..errors import NotRecordedError
 from .connect import applied_version, stored_json
 
-STATES = ("running", "recorded", "replayed", "failed", "crashed")
 # The states whose variables a later cell saw: a replay restores its source's outputs.
 _COMPLETED = "('recorded', 'replayed')"
 
