@@ -18,6 +18,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check durable_nb tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(STAMP) lint browser-deps js-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider

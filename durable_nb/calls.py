@@ -54,8 +54,10 @@ from typing import Any, TypeVar, overload
 
 import xxhash
 
+from . import session
 from .errors import EncodeError, LogError, Unfingerprintable
-from .log.calls import MISS, Call, Recorder, deps, encode_result, failure, recorder
+from .fingerprint import fingerprint
+from .log.calls import MISS, Call, Recorder, encode_result, failure, recorder
 from .retry import Permanent, RetryOn, RetryPolicy
 
 __all__ = ["Permanent", "Step", "activity", "current_execution_id", "execution_scope", "gather", "reset_scope",
@@ -161,7 +163,7 @@ class _Spec:
     def call_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         material = self._key_material(args, kwargs)
         try:
-            args_fp = deps().fingerprint(material)
+            args_fp = fingerprint(material)
         except Unfingerprintable as exc:
             raise self._argument_error(args, kwargs, exc) from exc
         return xxhash.xxh3_128_hexdigest(f"{self.function_fingerprint()}\0{args_fp}\0{self.version}".encode())
@@ -178,7 +180,6 @@ class _Spec:
         return tuple(bound.arguments.items())
 
     def _argument_error(self, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> EncodeError:
-        fingerprint = deps().fingerprint
         if self.key_fn is not None:
             return EncodeError(f"activity {self.name}: the value returned by its key= function cannot be "
                                f"fingerprinted ({exc}). Return a string, number or tuple of them.")
@@ -212,7 +213,6 @@ class _Spec:
 def _function_fingerprint(fn: Any) -> str:
     """The function's code, defaults, closure and the globals it reads. A value that cannot be fingerprinted
     (an API client, a lock, a connection: common in activities) counts by its type only."""
-    fingerprint = deps().fingerprint
     try:
         return fingerprint(fn)
     except Unfingerprintable:
@@ -298,7 +298,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def _replay_or_begin(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Recorder, Any]:
-    rec = recorder(_hook_ipython)
+    rec = recorder(session.current_log(), _hook_ipython)
     key = spec.call_key(args, kwargs)
     occurrence = _SCOPE.occurrence(spec.name, key)
     row = rec.lookup(spec.name, key, occurrence, _SCOPE.generation)
@@ -547,14 +547,13 @@ class Step:
         self._result = value
 
     def __enter__(self) -> Step:
-        fingerprint = deps().fingerprint
         function = f"step:{self.name}"
         try:
             key = fingerprint(self.key_parts)
         except Unfingerprintable as exc:
             raise EncodeError(f"step {self.name!r}: its key parts cannot be fingerprinted ({exc}). Pass "
                               "plain values (numbers, strings, tuples) after the name.") from exc
-        rec = recorder(_hook_ipython)
+        rec = recorder(session.current_log(), _hook_ipython)
         occurrence = _SCOPE.occurrence(function, key)
         row = rec.lookup(function, key, occurrence, _SCOPE.generation)
         if row is not None:

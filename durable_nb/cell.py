@@ -29,9 +29,9 @@ from .analysis import CellAnalysis, analyze
 from .calls import execution_scope
 from .errors import DecodeError, DurableError, LogError, Unfingerprintable, UntrustedError
 from .fingerprint import fingerprint, fingerprint_file, referenced_globals
-from .log import cells
+from .log import background, cells
 from .log.cells import ExecutionStart, Recorded
-from .log.store import DurableLog
+from .log.store import LogStore
 from .status import NOT_WRITTEN, StatusLine, message
 from .vocabulary import iso
 
@@ -205,7 +205,7 @@ def explain(prev: dict[str, Any] | None, key: Key, code_hash: str, opts: CellOpt
 class DurableCell:
     """Runs one `%%durable` cell body against one log."""
 
-    def __init__(self, shell: Any, log: DurableLog, code: str, opts: CellOptions, cell_id: str | None) -> None:
+    def __init__(self, shell: Any, log: LogStore, code: str, opts: CellOptions, cell_id: str | None) -> None:
         self.shell = shell
         self.log = log
         self.code = code
@@ -382,8 +382,8 @@ class DurableCell:
             "execution_id": execution_id, "log": str(self.log.path), "recorded_at": iso(recorded_at),
             "duration_s": duration, "saved_s": duration if state == "replayed" else None, "reason": reason,
             "changed": reason.split(", ") if reason else [], "problems": problems or [],
-            "message": message(state, recorded_at=recorded_at, duration=duration, reason=reason, error=error,
-                               problems=problems),
+            "message": " · ".join([message(state, recorded_at=recorded_at, duration=duration, reason=reason,
+                                           error=error, problems=problems), *background.problems(self.log.path)]),
         }
 
 

@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from . import environment, figures, settings, sharing, trust
-from .codecs import reference
+from . import environment, figures, settings, sharing
+from .codecs import reference, signature, trusted
 from .errors import DecodeError, Unfingerprintable, UntrustedError
 from .fingerprint import by_reduction, fingerprint, remember_restored
 from .log import cells
 from .log.cells import StoredOutput
-from .log.store import DurableLog
+from .log.store import LogStore
 
 RESULT = "__result__"
 # Rebinding these cannot be observed through an alias, so a mutation check or a reference would be wasted.
@@ -54,7 +54,7 @@ class _Pickled:
 class Writer:
     """Writes one execution's outputs inside the caller's transaction."""
 
-    log: DurableLog
+    log: LogStore
     execution_id: int
     ns: dict[str, Any]
     before: dict[str, Any]
@@ -165,7 +165,7 @@ class Writer:
 
     def _sign(self, codec: str, version: int, meta: dict[str, Any], blob_ids: list[int]) -> str:
         hashes = [self.log.blobs.source(b).hash for b in blob_ids]
-        return trust.sign(trust.payload(codec, version, meta, hashes))
+        return signature(codec, version, meta, hashes)
 
     def _write_pickled(self, moved: set[str]) -> None:
         """Everything only pickle takes, as one stream; a value that cannot be pickled is left out by name."""
@@ -283,7 +283,7 @@ class Restore:
     """Rebuilds one recorded execution's outputs. Everything is decoded before the namespace is touched: a
     failure leaves no half-restored state."""
 
-    def __init__(self, log: DurableLog, ns: dict[str, Any], inputs: dict[str, str]) -> None:
+    def __init__(self, log: LogStore, ns: dict[str, Any], inputs: dict[str, str]) -> None:
         self.log = log
         self.ns = ns
         self.inputs = inputs  # this replay's key inputs: what the live namespace holds now
@@ -398,7 +398,7 @@ class Restore:
             self.ns.pop(name, None)
 
 
-def _check_complete(log: DurableLog, execution_id: int, outputs: list[StoredOutput]) -> None:
+def _check_complete(log: LogStore, execution_id: int, outputs: list[StoredOutput]) -> None:
     """The output rows are the ones the execution lists (written in the same transaction): a row lost or renamed
     by a damaged page would otherwise replay with a hole, or under another name."""
     row = log.conn.execute("SELECT output_names FROM execution WHERE id = ?", (execution_id,)).fetchone()
@@ -411,16 +411,13 @@ def _check_complete(log: DurableLog, execution_id: int, outputs: list[StoredOutp
                           "Nothing of it is replayed; the cell runs instead.")
 
 
-def check_trusted(log: DurableLog, outputs: list[StoredOutput]) -> None:
+def check_trusted(log: LogStore, outputs: list[StoredOutput]) -> None:
     """Raise UntrustedError unless every pickled output is signed by this user; checked before any value is
     read, so an untrusted record costs no decoding."""
-    from .codecs import CODECS
-
-    safe = {c.name for c in CODECS if c.safe}
     for out in outputs:
-        if out.kind in ("value", "result") and out.codec is not None and out.codec not in safe:
+        if out.kind in ("value", "result") and out.codec is not None:
             hashes = [log.blobs.source(b).hash for b in out.blob_ids]
-            if not trust.verify(trust.payload(out.codec, out.codec_version or 0, out.meta, hashes), out.signature):
+            if not trusted(out.codec, out.codec_version or 0, out.meta, hashes, out.signature):
                 raise UntrustedError(f"variable {out.name} ({out.type}) is pickled and not signed by you")
 
 

@@ -34,7 +34,8 @@ from traitlets import Bool, CaselessStrEnum, Unicode, observe
 
 from . import session
 from .errors import LogError
-from .log.store import DurableLog
+from .log import current
+from .views import DurableLog
 
 if TYPE_CHECKING:
     from .cell import Steps
@@ -185,7 +186,11 @@ class DurableMagics(Magics):
 
     @observe("db", "durability", "from_scratch")
     def _reopen(self, change: Any) -> None:
-        session.close_log()
+        self.configure_log()
+
+    def configure_log(self) -> None:
+        """Make the session's current log the one these settings name (cells and activities then agree)."""
+        session.configure(self.db or None, durability=self.durability, from_scratch=self.from_scratch)
 
     @observe("all_cells")
     def _mode_changed(self, change: Any) -> None:
@@ -205,8 +210,7 @@ class DurableMagics(Magics):
         try:
             if path:
                 return DurableLog(path, readonly=False, durability=self.durability, from_scratch=self.from_scratch)
-            return session.current_if_open() or session.open_log(self.db or None, durability=self.durability,
-                                                                  from_scratch=self.from_scratch)
+            return session.current_log()
         except LogError as exc:
             raise UsageError(str(exc)) from exc
 
@@ -283,10 +287,9 @@ class DurableMagics(Magics):
     def durable_status(self, line: str) -> None:
         """Show the log path and size, its schema, the runs, the executions and activities by state, the time
         saved, and the replication state when this kernel replicates the log. Nothing is written."""
-        from .cli.history import format_status
         from .views import status
 
-        print(format_status(status(self.log())))
+        print(status(self.log()))
 
     @magic_arguments()
     @argument("--cell", metavar="NAME", help="Only this cell (its --name or cell id).")
@@ -360,7 +363,7 @@ class DurableMagics(Magics):
             return
         from . import replicate
 
-        path = session.configured_path(self.db or None)
+        path = current.configured_path()
         options = {"endpoint": self.replicate_endpoint or None}
         try:
             if replicate.restore_if_missing(path, self.replicate_url, **options):
@@ -377,6 +380,7 @@ def load_ipython_extension(ip: Any) -> None:
     if magics not in ip.configurables:
         ip.configurables.append(magics)
     magics.apply_mode()  # c.DurableMagics.all_cells = True in a config file
+    magics.configure_log()  # c.DurableMagics.db in a config file, before any cell or activity call
     if not any(isinstance(t, AwaitDurable) for t in ip.input_transformers_post):
         ip.input_transformers_post.append(AwaitDurable(ip))
     # A kernel that shuts down cleanly writes its pending replay rows and marks its run as ended.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .connect import stored_json
-from .store import DurableLog
+from .store import LogStore
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Recorded:
     read_files: dict[str, Any] = field(default_factory=dict)
 
 
-def start(log: DurableLog, s: ExecutionStart) -> int:
+def start(log: LogStore, s: ExecutionStart) -> int:
     """Commit the execution as `running` before user code starts, so a crash leaves a visible trace."""
     run_id = log.run_id
     with log.transaction() as conn:
@@ -73,7 +73,7 @@ def start(log: DurableLog, s: ExecutionStart) -> int:
         return int(cur.lastrowid or 0)
 
 
-def write_events(log: DurableLog, execution_id: int, events: list[tuple[str, Any]]) -> None:
+def write_events(log: LogStore, execution_id: int, events: list[tuple[str, Any]]) -> None:
     """Inside the caller's transaction."""
     log.conn.executemany(
         "INSERT INTO event (execution_id, seq, kind, data) VALUES (?, ?, ?, ?)",
@@ -81,7 +81,7 @@ def write_events(log: DurableLog, execution_id: int, events: list[tuple[str, Any
     )
 
 
-def write_output(log: DurableLog, execution_id: int, out: StoredOutput) -> None:
+def write_output(log: LogStore, execution_id: int, out: StoredOutput) -> None:
     """Inside the caller's transaction."""
     log.conn.execute(
         "INSERT INTO output (execution_id, name, kind, codec, codec_version, type, meta, size, target, inplace, "
@@ -95,7 +95,7 @@ def write_output(log: DurableLog, execution_id: int, out: StoredOutput) -> None:
     )
 
 
-def finish(log: DurableLog, execution_id: int, *, state: str, duration: float, replayable: bool = False,
+def finish(log: LogStore, execution_id: int, *, state: str, duration: float, replayable: bool = False,
            problems: list[str] | None = None, bytes_stored: int = 0, output_names: list[str] | None = None,
            error: BaseException | None = None, traceback: str | None = None,
            read_files: dict[str, Any] | None = None) -> None:
@@ -115,7 +115,7 @@ def names(items: Iterable[str]) -> str | None:
     return ", ".join(items) or None
 
 
-def find_replayable(log: DurableLog, key: str) -> Recorded | None:
+def find_replayable(log: LogStore, key: str) -> Recorded | None:
     row = log.conn.execute(
         "SELECT id, started_at, duration, inputs, output_names, read_files FROM execution "
         "WHERE key = ? AND state = 'recorded' AND replayable = 1 AND (? OR run_id = ?) ORDER BY id DESC LIMIT 1",
@@ -124,7 +124,7 @@ def find_replayable(log: DurableLog, key: str) -> Recorded | None:
                                              stored_json(log.conn, row[5] or "{}"))
 
 
-def previous(log: DurableLog, s: ExecutionStart) -> dict[str, Any] | None:
+def previous(log: LogStore, s: ExecutionStart) -> dict[str, Any] | None:
     """The latest finished execution of the same cell (see ExecutionStart.lineage)."""
     row = log.conn.execute(
         "SELECT code_hash, inputs, deps_files, state, replayable, problems FROM execution "
@@ -137,7 +137,7 @@ def previous(log: DurableLog, s: ExecutionStart) -> dict[str, Any] | None:
     return found
 
 
-def outputs(log: DurableLog, execution_id: int) -> list[StoredOutput]:
+def outputs(log: LogStore, execution_id: int) -> list[StoredOutput]:
     rows = log.conn.execute(
         "SELECT name, kind, codec, codec_version, type, meta, size, target, inplace, signature FROM output "
         "WHERE execution_id = ? ORDER BY rowid", (execution_id,)).fetchall()
@@ -149,13 +149,13 @@ def outputs(log: DurableLog, execution_id: int) -> list[StoredOutput]:
                          blobs.get(r[0], [])) for r in rows]
 
 
-def events(log: DurableLog, execution_id: int) -> list[tuple[str, Any]]:
+def events(log: LogStore, execution_id: int) -> list[tuple[str, Any]]:
     return [(kind, stored_json(log.conn, data)) for kind, data in log.conn.execute(
         "SELECT kind, data FROM event WHERE execution_id = ? ORDER BY seq", (execution_id,))]
 
 
-def record_replay(log: DurableLog, s: ExecutionStart, source: Recorded, duration: float) -> None:
-    """A replay is bookkeeping: its row is deferred to the next commit (see DurableLog.defer)."""
+def record_replay(log: LogStore, s: ExecutionStart, source: Recorded, duration: float) -> None:
+    """A replay is bookkeeping: its row is deferred to the next commit (see LogStore.defer)."""
     now = time.time()
     log.defer(
         "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, lineage, state, "

@@ -1,4 +1,4 @@
-"""DurableLog: one open log file — its connection, its current run, its blobs, and crash bookkeeping.
+"""LogStore: one open log file — its connection, its current run, its blobs, and crash bookkeeping.
 
 Writers (a kernel, a script) register a *run* lazily, on their first write, so merely opening or inspecting a
 log never adds rows. Readers open the file read-only and never write.
@@ -16,14 +16,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import LogError
-from ..views import HistoryMethods
+from . import journal
 from .connect import Durability, connect, settle_checkpoints, write_transaction
 
 if TYPE_CHECKING:
@@ -34,10 +34,10 @@ FLUSH_DELAY = 0.5
 KEY_PACKAGES = ("durable_nb", "ipython", "ipykernel", "numpy", "pandas", "pyarrow", "cloudpickle")
 
 
-class DurableLog(HistoryMethods):
+class LogStore:
     """An open durable log, read-only by default: any log (a colleague's, a restored one) is inspected without
-    being written. Writers (the cell runner, `open_log`, gc, trust) pass `readonly=False`. The history views
-    are its methods (`.history()`, `.load(name)`, ...; see durable_nb.views)."""
+    being written. Writers (the cell runner, `open_log`, gc, trust) pass `readonly=False`. The public
+    `durable_nb.DurableLog` adds the history views as methods (durable_nb.views)."""
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = True,
                  durability: Durability = "normal", notebook: str | None = None,
@@ -55,17 +55,17 @@ class DurableLog(HistoryMethods):
         self._deferred: list[tuple[str, tuple[Any, ...]]] = []
         self._flush_timer: threading.Timer | None = None
         self.dropped_rows = 0  # deferred bookkeeping rows the log refused (see flush)
+        # What else holds this log's records in memory (the activity recorder): flushed with it.
+        self._flushers: list[Callable[[], None]] = []
         if not readonly:
             self.reap_crashed()
-            if Path(f"{self.path}-activities").is_dir():
-                from .calls import recover
-
-                recover(self)
+            if journal.journal_folder(self.path).is_dir():
+                journal.recover(self.conn, self.path, set(self.dead_run_ids()))
 
     def __repr__(self) -> str:
-        return f"DurableLog({str(self.path)!r}{', readonly=True' if self.readonly else ''})"
+        return f"{type(self).__name__}({str(self.path)!r}{', readonly=True' if self.readonly else ''})"
 
-    def __enter__(self) -> DurableLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -115,9 +115,13 @@ class DurableLog(HistoryMethods):
                     # as a crash would drop them: kept, they would make every later record fail with them.
                     self.dropped_rows += len(self._deferred)
                     self._deferred.clear()
-        calls = sys.modules.get(f"{__package__}.calls")  # not imported: no activity ran in this process
-        if calls is not None:
-            calls.flush_log(self)
+        for flush in list(self._flushers):
+            with contextlib.suppress(LogError):  # reported by the flusher itself; its records wait in its journal
+                flush()
+
+    def on_flush(self, flush: Callable[[], None]) -> None:
+        """Have `flush()` (and so close, and every view that reads the log) also write what `flush` holds."""
+        self._flushers.append(flush)
 
     @property
     def run_id(self) -> int:
