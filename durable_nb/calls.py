@@ -41,7 +41,6 @@ refused (see `_check_decoratable`): a stream is recorded as the list it produces
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import inspect
@@ -204,6 +203,8 @@ class _Spec:
     async def invoke_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.timeout is None:
             return await self.fn(*args, **kwargs)
+        import asyncio  # deferred for start-up speed: a script's first call must not import asyncio
+
         try:
             return await asyncio.wait_for(self.fn(*args, **kwargs), self.timeout)
         except asyncio.TimeoutError:
@@ -380,6 +381,8 @@ async def _call_async(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs
             else:
                 _succeeded(rec, spec.name, call, value)
                 return value
+            import asyncio  # deferred for start-up speed (loaded already: this runs in an event loop)
+
             waited = (spec.sleep or asyncio.sleep)(_attempt_failed(rec, spec, call, error))
             if inspect.isawaitable(waited):
                 await waited
@@ -483,6 +486,8 @@ async def gather(*aws: Awaitable[T], limit: int | None = None) -> list[T]:
     answers = await durable_nb.gather(*(ask(p) for p in prompts), limit=8)
     ```
     """
+    import asyncio  # deferred for start-up speed: a script's first call must not import asyncio
+
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"gather limit={limit!r}: expected a positive integer, or None for no limit")
     if limit is None or limit >= len(aws):

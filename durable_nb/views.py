@@ -11,7 +11,6 @@ function once imported.)
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -355,6 +354,8 @@ def _compare(log: LogStore, a: ExecutionRecord, b: ExecutionRecord, into: Diff) 
     cell = b.cell
     if a.code_hash != b.code_hash or a.code != b.code:
         into.changes.append(Change(cell, "code", cell, "changed", a.code_hash[:12], b.code_hash[:12]))
+        import difflib  # deferred for start-up speed: activities import this module, only diff() needs it
+
         into.code[cell] = "".join(difflib.unified_diff(
             a.code.splitlines(keepends=True), b.code.splitlines(keepends=True),
             f"execution {a.id}", f"execution {b.id}"))
