@@ -55,8 +55,8 @@ import xxhash
 
 from . import session
 from .errors import EncodeError, LogError, Unfingerprintable
-from .fingerprint import fingerprint
-from .log.calls import MISS, Call, Recorder, encode_result, failure, recorder
+from .fingerprint import fingerprint, referenced_globals
+from .log.calls import MISS, Call, Recorder, encode_result, failure, recorder_for
 from .retry import Permanent, RetryOn, RetryPolicy
 
 __all__ = ["Permanent", "Step", "activity", "current_execution_id", "execution_scope", "gather", "reset_scope",
@@ -70,7 +70,6 @@ T = TypeVar("T")
 
 class _Scope:
     """Occurrence counters and the cell execution that calls belong to (one per process)."""
-
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.generation = 0
@@ -135,7 +134,6 @@ def _on_pre_run_cell(info: object = None) -> None:
 
 class _Spec:
     """What a decorated function needs per call: its identity, signature shortcuts, retry policy."""
-
     def __init__(self, fn: Callable[..., Any], options: dict[str, Any],
                  sleep: Callable[[float], Any] | None) -> None:
         self.fn = fn
@@ -225,7 +223,6 @@ def _function_fingerprint(fn: Any) -> str:
         except Unfingerprintable:
             return ("unfingerprintable", type(v).__module__, type(v).__qualname__)
 
-    from .fingerprint import referenced_globals
 
     cells = [c.cell_contents for c in fn.__closure__ or () if c.cell_contents is not None]
     names = sorted(referenced_globals(fn))
@@ -299,7 +296,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def _replay_or_begin(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Recorder, Any]:
-    rec = recorder(session.current_log(), _hook_ipython)
+    rec = recorder_for(session.current_log(), _hook_ipython)
     key = spec.call_key(args, kwargs)
     occurrence = _SCOPE.occurrence(spec.name, key)
     row = rec.lookup(spec.name, key, occurrence, _SCOPE.generation)
@@ -534,7 +531,6 @@ class Step:
     that raises is recorded as a failed attempt and the error propagates; steps are not retried. The key is
     the name and the fingerprint of `key_parts` only: include whatever the body's result depends on.
     """
-
     def __init__(self, name: str, key_parts: tuple[Any, ...]) -> None:
         self.name = name
         self.key_parts = key_parts
@@ -558,7 +554,7 @@ class Step:
         except Unfingerprintable as exc:
             raise EncodeError(f"step {self.name!r}: its key parts cannot be fingerprinted ({exc}). Pass "
                               "plain values (numbers, strings, tuples) after the name.") from exc
-        rec = recorder(session.current_log(), _hook_ipython)
+        rec = recorder_for(session.current_log(), _hook_ipython)
         occurrence = _SCOPE.occurrence(function, key)
         row = rec.lookup(function, key, occurrence, _SCOPE.generation)
         if row is not None:

@@ -27,9 +27,10 @@ import xxhash
 from . import capture, cell_outputs, environment, file_deps, settings, sharing, trust
 from .analysis import CellAnalysis, analyze
 from .calls import execution_scope
+from .codecs import CODEC_VERSIONS
 from .errors import DecodeError, DurableError, LogError, Unfingerprintable, UntrustedError
 from .fingerprint import fingerprint, fingerprint_file, referenced_globals
-from .log import background, cells
+from .log import background, cells, queries
 from .log.cells import ExecutionStart, Recorded
 from .log.store import LogStore
 from .status import NOT_WRITTEN, StatusLine, message
@@ -143,7 +144,6 @@ def input_names(analysis: CellAnalysis, shell: Any, opts: CellOptions) -> list[s
 
 
 def compute_key(analysis: CellAnalysis, shell: Any, opts: CellOptions) -> Key:
-    from .codecs import CODEC_VERSIONS
 
     ns = shell.user_ns
     inputs: dict[str, str] = {}
@@ -204,7 +204,6 @@ def explain(prev: dict[str, Any] | None, key: Key, code_hash: str, opts: CellOpt
 
 class DurableCell:
     """Runs one `%%durable` cell body against one log."""
-
     def __init__(self, shell: Any, log: LogStore, code: str, opts: CellOptions, cell_id: str | None) -> None:
         self.shell = shell
         self.log = log
@@ -258,7 +257,7 @@ class DurableCell:
     def _replay(self, recorded: Recorded, start: ExecutionStart) -> Any:
         t0 = time.perf_counter()
         result = cell_outputs.Restore(self.log, self.shell.user_ns, start.inputs).run(recorded.id)
-        events = cells.events(self.log, recorded.id)
+        events = queries.events(self.log.conn, recorded.id)
         differs = environment.differences(self.log, recorded.id)
         self.status.show(self._payload("replayed", recorded_at=recorded.started_at, duration=recorded.duration,
                                        execution_id=recorded.id, reason="; ".join(differs) or None))
@@ -277,30 +276,30 @@ class DurableCell:
         self.status.show(self._payload("running", reason=start.reason, execution_id=execution_id))
         ns = self.shell.user_ns
         before = dict(ns)  # a C-level copy: holding the old objects also keeps their ids unique
-        recorder = capture.Recorder(self.shell)
+        captured = capture.Capture(self.shell)
         settings_before = settings.snapshot() if settings.may_change(self.code) else None
         t0 = time.perf_counter()
         try:
             watch = file_deps.watching() if self.opts.auto_deps else contextlib.nullcontext(file_deps.Reads())
-            with recorder, execution_scope(execution_id), watch as reads:
+            with captured, execution_scope(execution_id), watch as reads:
                 result = yield from self._exec_user_code(transformed, analysis)
                 duration = time.perf_counter() - t0
                 if result is not None:
-                    recorder.show_result(result)
+                    captured.show_result(result)
         except BaseException as exc:
             duration = time.perf_counter() - t0
-            self._record_failure(execution_id, recorder.events, duration, exc)
+            self._record_failure(execution_id, captured.events, duration, exc)
             self.status.show(self._payload("failed", reason=start.reason, duration=duration,
                                            error=f"{type(exc).__name__}: {exc}", execution_id=execution_id))
             raise
         changed_settings = {} if settings_before is None else settings.changed(settings_before, settings.snapshot())
         read_files = self._files_read(reads, analysis, start) if self.opts.auto_deps else {}
-        problems = self._record(execution_id, analysis, start, before, result, recorder.events, duration,
+        problems = self._record(execution_id, analysis, start, before, result, captured.events, duration,
                                 changed_settings, read_files)
         state = "not-replayable" if problems else "recorded"
         self.status.show(self._payload(state, reason=start.reason, duration=duration, problems=problems,
                                        execution_id=execution_id))
-        return None if recorder.showed_result else result
+        return None if captured.showed_result else result
 
     def _files_read(self, reads: file_deps.Reads, analysis: CellAnalysis, start: ExecutionStart) -> dict[str, Any]:
         ns = self.shell.user_ns

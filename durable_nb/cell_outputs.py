@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from . import environment, figures, settings, sharing
-from .codecs import reference, signature, trusted
+from .codecs import PICKLE, check_seal, decode_value, encode_safe, npy, pickle, reference, seal, signature, trusted
 from .errors import DecodeError, Unfingerprintable, UntrustedError
 from .fingerprint import by_reduction, fingerprint, remember_restored
 from .log import cells
@@ -53,7 +53,6 @@ class _Pickled:
 @dataclass
 class Writer:
     """Writes one execution's outputs inside the caller's transaction."""
-
     log: LogStore
     execution_id: int
     ns: dict[str, Any]
@@ -117,7 +116,6 @@ class Writer:
             meta = {**view.meta, "view_of": view.anchor}
             if view.anchor not in changed:
                 meta["anchor_fingerprint"] = self.inputs.get(view.anchor) or fingerprint(self.ns[view.anchor])
-            from .codecs import npy
 
             self._row(StoredOutput(name, "value", "npy", npy.NpyCodec.version, type_name(value), meta))
             return
@@ -148,7 +146,6 @@ class Writer:
         return False
 
     def _store_safe(self, name: str, value: Any, mutated: bool) -> bool:
-        from .codecs import encode_safe, seal
 
         sink = self.log.blobs.sink()
         enc = encode_safe(value, sink)
@@ -169,7 +166,6 @@ class Writer:
 
     def _write_pickled(self, moved: set[str]) -> None:
         """Everything only pickle takes, as one stream; a value that cannot be pickled is left out by name."""
-        from .codecs import PICKLE
 
         # Inputs the cell left alone come back as the live objects: the key vouches for their content.
         references = {id(self.ns[n]): f"ns:{n}" for n in self.inputs
@@ -211,7 +207,6 @@ class Writer:
 
     def _drop_unpicklable(self, members: list[_Pickled], references: dict[int, str],
                           exc: Exception) -> list[_Pickled]:
-        from .codecs import pickle
 
         bad = {m.name: why for m in members if (why := pickle.problem([m.value], references)) is not None}
         if not bad:  # only together do they fail: none of them can be stored
@@ -233,7 +228,6 @@ class Writer:
                                meta={"bundle": {"data": data, "metadata": metadata}}), listed=False)
 
     def _pickled_rows(self, members: list[_Pickled], meta: dict[str, Any], blob_ids: list[int], size: int) -> None:
-        from .codecs import PICKLE
 
         holder = members[0].name
         for i, m in enumerate(members):
@@ -282,7 +276,6 @@ def _recorded_fingerprint(m: _Pickled) -> str | None:
 class Restore:
     """Rebuilds one recorded execution's outputs. Everything is decoded before the namespace is touched: a
     failure leaves no half-restored state."""
-
     def __init__(self, log: LogStore, ns: dict[str, Any], inputs: dict[str, str]) -> None:
         self.log = log
         self.ns = ns
@@ -328,10 +321,8 @@ class Restore:
         return result
 
     def _decode(self, out: StoredOutput) -> Any:
-        from .codecs import decode_value
 
         sources = [self.log.blobs.source(b) for b in out.blob_ids]
-        from .codecs import check_seal
 
         check_seal(out.meta, _what([out]))
         with _decoding(_what([out])):  # signatures were checked before anything was read
@@ -367,7 +358,6 @@ class Restore:
     def _unpickle(self, rows: list[StoredOutput]) -> None:
         if not rows:
             return
-        from .codecs import pickle
 
         holder = rows[0]
         if holder.meta.get("bundle") != [r.name for r in rows]:
@@ -442,7 +432,6 @@ def _what(rows: list[StoredOutput]) -> str:
 
 class RecordedDisplay:
     """Stands in for a result that could not be stored as a value: it shows what the original showed."""
-
     def __init__(self, bundle: dict[str, Any]) -> None:
         self._bundle = bundle
 

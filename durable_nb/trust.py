@@ -9,12 +9,15 @@ import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from . import signing
+from .codecs import CODECS
+from .codecs.pickle import _digest
+from .errors import DecodeError, NotALogError
+from .log.blobs import BlobSource
+from .log.store import LogStore
 
-if TYPE_CHECKING:
-    from .log.store import LogStore
 
 def untrusted_reason(log_path: str | os.PathLike[str]) -> str:
     """The status text of a cell whose record holds pickled values this user has not signed."""
@@ -35,7 +38,6 @@ def _shown(path: Path) -> str:
 @dataclass
 class StoredValue:
     """One stored value of a log (a cell output or an activity result) and where its bytes are."""
-
     where: str
     codec: str
     version: int
@@ -62,7 +64,6 @@ class Finding:
 class Review:
     """What `verify_log` found. `tampered`: bytes or records that changed after they were written (never
     decoded); `unsigned`: intact pickled values this user's key did not sign (they replay once trusted)."""
-
     path: Path
     blobs: int = 0
     blob_bytes: int = 0
@@ -96,7 +97,6 @@ class Review:
 @dataclass
 class Trusted:
     """What `trust_log` did: the values it signed, those already signed, those refused (tampered)."""
-
     path: Path
     signed: list[StoredValue] = field(default_factory=list)
     already: int = 0
@@ -154,8 +154,6 @@ def _meta(text: str | None) -> dict[str, Any]:
 def verify_log(path: str | os.PathLike[str]) -> Review:
     """Check every blob's content hash, every pickle stream's digest and every pickled value's signature.
     Reads the log read-only; nothing is decoded."""
-    from .log.store import LogStore
-
     with LogStore(path, readonly=True) as log:
         return _review(log.conn, log.path)
 
@@ -163,9 +161,6 @@ def verify_log(path: str | os.PathLike[str]) -> Review:
 def trust_log(log: str | os.PathLike[str] | LogStore, *, dry_run: bool = False) -> Trusted:
     """Re-sign with this user's key every intact pickled value (cell outputs and activity results) of a log
     the user has reviewed, so they replay here. Tampered values are refused, never signed."""
-    from .errors import NotALogError
-    from .log.store import LogStore
-
     if isinstance(log, LogStore):
         return _trust(log, dry_run)
     if not Path(log).exists():
@@ -198,7 +193,6 @@ def _hashes(value: StoredValue, blob_hashes: dict[int, str]) -> list[str]:
 
 
 def _review(conn: sqlite3.Connection, path: Path) -> Review:
-    from .codecs import CODECS
 
     safe = {c.name: c.safe for c in CODECS}
     review = Review(path)
@@ -239,9 +233,6 @@ def _check_blobs(conn: sqlite3.Connection, review: Review,
                  values: list[StoredValue]) -> tuple[dict[int, str], dict[int, str]]:
     """Read every blob once through BlobSource (which verifies its content hash) into one reused buffer;
     returns the failures and the hashes by blob id."""
-    from .errors import DecodeError
-    from .log.blobs import BlobSource
-
     streams = _pickle_streams(values)
 
     rows = conn.execute("SELECT id, hash, size FROM blob ORDER BY id").fetchall()
@@ -268,7 +259,6 @@ def _check_blobs(conn: sqlite3.Connection, review: Review,
 
 
 def _stream_digest(data: bytes | bytearray | memoryview) -> str:
-    from .codecs.pickle import _digest
 
     # The pickle codec's own digest function: one definition of what its meta records (hashlib takes views).
     return _digest(cast(bytes, data))

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import gantt, sharing
+from .codecs import check_seal, decode_value, pickle, reference, trusted
 from .errors import CorruptLogError, DecodeError, NotRecordedError, UntrustedError
 from .log import background, current, journal, queries
 from .log.queries import ExecutionRecord
@@ -214,23 +216,19 @@ def _epoch(at: dt.datetime | str | float | None) -> float | None:
 
 def _decode(log: LogStore, execution_id: int, out: queries.OutputRecord) -> Any:
 
-    from .codecs import decode_value, trusted
 
     where = f"variable {out.name} (execution {execution_id} of {log.path})"
     if out.kind == "deleted":
         raise NotRecordedError(f"{where} was deleted (del {out.name}) by that execution; pass an earlier "
                                "execution= or at= to get the value before.")
     if out.kind == "module":
-        from .codecs import reference
 
         return reference.resolve(str(out.target), out.name)
     if out.codec is None:
         raise DecodeError(f"{where} was only displayed ({out.type}), not stored as a value.")
-    from .codecs import check_seal
 
     check_seal(out.meta, where)
     if "view_of" in out.meta:  # a view of another variable of that execution (or one it read)
-        from . import sharing
 
         anchor = load(str(out.meta["view_of"]), execution=out.execution_id, log=log)
         return sharing.rebuild(out.name, anchor, out.meta)
@@ -255,8 +253,6 @@ def _decode(log: LogStore, execution_id: int, out: queries.OutputRecord) -> Any:
 
 def _bundle(log: LogStore, holder: queries.OutputRecord, where: str) -> list[Any]:
     """The pickled outputs of one execution, in order; the variables they refer to are loaded as recorded then."""
-    from .codecs import pickle, trusted
-
     sources = [log.blobs.source(b) for b in queries.blob_ids(log.conn, holder.execution_id, holder.name)]
     if not trusted(holder.codec or "", holder.codec_version or 0, holder.meta, [s.hash for s in sources],
                    holder.signature):
@@ -291,7 +287,6 @@ class Change:
 @dataclass
 class Diff:
     """What differs between two executions or two runs: code (unified diffs by cell), inputs, outputs."""
-
     a: str
     b: str
     changes: list[Change] = field(default_factory=list)
@@ -415,8 +410,6 @@ def timeline(log: LogStore | str | os.PathLike[str] | None = None, *, run: int |
     """A Gantt chart of cell executions (one lane per cell) and activity calls over time, coloured by state;
     each replay is drawn with a hatched bar as long as the time it saved. Reads well from 5 to 5,000+
     executions: one collection per state, thinned lane labels, a minimum visible bar width."""
-    from . import gantt
-
     with opened(log) as lg:
         executions = history(lg, run=run, last=last)
         calls = None
@@ -430,7 +423,6 @@ class DurableLog(LogStore):
     """An open durable log, read-only by default: any log (a colleague's, a restored one) is inspected without
     being written (`readonly=False` to write). The history views are its methods:
     `DurableLog("colleague.durable.db").history()`, `.load(name)`, `.timeline()`..."""
-
     def history(self, *, cell: str | None = None, state: str | None = None, run: int | None = None,
                 last: int | None = None) -> pd.DataFrame:
         return history(self, cell=cell, state=state, run=run, last=last)

@@ -580,7 +580,7 @@ def test_a_failing_background_flush_is_shown_until_the_log_takes_the_calls(shell
     shell.run("import durable_nb\n@durable_nb.activity\ndef inc(x):\n    return x + 1\n")
     shell.run("inc(1)")
     log = session.current_log()
-    rec = log_calls.recorder(log, lambda: None)
+    rec = log_calls.recorder_for(log, lambda: None)
     rec.flush()
     rec.conn.execute("PRAGMA query_only = 1")  # SQLite itself now refuses the flusher's writes
     shell.run("inc(2)")

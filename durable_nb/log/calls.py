@@ -40,12 +40,13 @@ import xxhash
 from ..codecs import SAFE_CODECS, decode_value, encode_value, signature, trusted
 from ..errors import DecodeError, DurableError, EncodeError, LogNotWritableError
 from . import background
+from .blobs import BlobStore, content_hash
 from .connect import connect, write_transaction
 from .journal import INLINE_AT, UPSERT_MANY, Journal, journal_line, recover, upsert
 
 if TYPE_CHECKING:
     from ..codecs import Encoded
-    from .blobs import BlobSource, BlobStore
+    from .blobs import BlobSource
     from .store import LogStore
 
 # A call is written as `running` once it has run this long (so a crash leaves a visible `crashed` row).
@@ -63,7 +64,6 @@ RETRY_DELAY = 1.0  # seconds between attempts of a flush the log refused (full d
 class _CaptureSink:
     """A BlobSink stand-in used while encoding a result outside the write transaction: it keeps the buffers
     (not copied) until the recorder writes them inline or as blobs."""
-
     def __init__(self) -> None:
         self.parts: list[memoryview] = []
         self.sizes: list[int] = []
@@ -109,7 +109,6 @@ class _CaptureWriter(io.BytesIO):
 
 class _InlineSource:
     """A BlobSource over bytes kept in the call row."""
-
     def __init__(self, data: bytes) -> None:
         self._data = data
         self.size = len(data)
@@ -140,7 +139,6 @@ class _Result:
         """The hashes the signature covers: what `_InlineSource.hash` or the parts' blobs will report."""
         if inline:
             return [xxhash.xxh3_128_hexdigest(self.parts[0])]
-        from .blobs import content_hash
 
         return [content_hash(p) for p in self.parts]
 
@@ -195,7 +193,6 @@ class Call:
 @dataclass
 class _Row:
     """A recorded call in the replay index."""
-
     id: int | None  # None: journaled by this process, not yet in the SQLite log
     codec: str
     codec_version: int
@@ -219,7 +216,6 @@ def failure(call: Call, exc: BaseException, state: str) -> _Failure:
 class Recorder:
     """Writes and finds the calls of one log through its own connection (so a cell runner's transaction on
     the log's main connection never meets ours)."""
-
     def __init__(self, log: LogStore) -> None:
         if log.readonly:
             raise LogNotWritableError(f"activities record their calls, but durable log {log.path} is open "
@@ -246,7 +242,6 @@ class Recorder:
     @property
     def blobs(self) -> BlobStore:
         if self._blobs is None:
-            from .blobs import BlobStore
 
             self._blobs = BlobStore(self.conn)
         return self._blobs
@@ -430,7 +425,6 @@ class Recorder:
 class _Flusher:
     """One daemon thread for the process: moves journaled calls into their logs, and writes calls that have
     been running for FLUSH_DELAY as `running` (so a crash leaves a visible `crashed` row)."""
-
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.dirty: set[Recorder] = set()
@@ -493,7 +487,7 @@ atexit.register(_flush_at_exit)
 _last: tuple[LogStore | None, Recorder | None] = (None, None)
 
 
-def recorder(log: LogStore, on_create: Callable[[], object]) -> Recorder:
+def recorder_for(log: LogStore, on_create: Callable[[], object]) -> Recorder:
     """The recorder of `log` (one per log and process); `on_create` runs before a log gets its recorder."""
     global _last
     if _last[0] is log and _last[1] is not None:

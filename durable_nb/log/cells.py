@@ -149,11 +149,6 @@ def outputs(log: LogStore, execution_id: int) -> list[StoredOutput]:
                          blobs.get(r[0], [])) for r in rows]
 
 
-def events(log: LogStore, execution_id: int) -> list[tuple[str, Any]]:
-    return [(kind, stored_json(log.conn, data)) for kind, data in log.conn.execute(
-        "SELECT kind, data FROM event WHERE execution_id = ? ORDER BY seq", (execution_id,))]
-
-
 def record_replay(log: LogStore, s: ExecutionStart, source: Recorded, duration: float) -> None:
     """A replay is bookkeeping: its row is deferred to the next commit (see LogStore.defer)."""
     now = time.time()

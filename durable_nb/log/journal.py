@@ -15,6 +15,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from . import queries
 from .connect import write_transaction
 
 # Columns of one activity_call upsert, in the order of `Recorder._params` (and of a journal line).
@@ -116,11 +117,7 @@ def recover(conn: sqlite3.Connection, path: Path, dead: set[int]) -> int:
                 if parsed is not None:
                     upsert(conn, *parsed)
                     imported += 1
-        running = {r[0] for r in conn.execute("SELECT DISTINCT run_id FROM activity_call WHERE state = 'running'")}
-        stale = sorted(running & dead)
-        if stale:
-            conn.execute(f"UPDATE activity_call SET state = 'crashed' WHERE state = 'running' AND "
-                         f"run_id IN ({','.join('?' * len(stale))})", stale)
+        queries.mark_crashed(conn, "activity_call", dead)
     for file in orphans:
         file.unlink(missing_ok=True)
     return imported

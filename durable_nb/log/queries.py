@@ -262,3 +262,18 @@ def last_execution_per_cell(conn: sqlite3.Connection, run_id: int) -> dict[str, 
             "SELECT id, cell_name, cell_id, code_hash FROM execution WHERE run_id = ? ORDER BY id", (run_id,)):
         found[cell_label(name, cell_id, code_hash)] = int(ex_id)
     return found
+
+
+def running_runs(conn: sqlite3.Connection, table: str) -> set[int]:
+    """Runs with rows still `running` in `table` (execution or activity_call)."""
+    return {r[0] for r in conn.execute(f"SELECT DISTINCT run_id FROM {table} WHERE state = 'running'")}
+
+
+def mark_crashed(conn: sqlite3.Connection, table: str, dead_runs: set[int]) -> int:
+    """Rows of `table` left `running` by runs whose process is gone are `crashed`; returns how many."""
+    stale = sorted(running_runs(conn, table) & dead_runs)
+    if not stale:
+        return 0
+    cur = conn.execute(f"UPDATE {table} SET state = 'crashed' WHERE state = 'running' AND "
+                       f"run_id IN ({','.join('?' * len(stale))})", stale)
+    return cur.rowcount

@@ -20,14 +20,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from ..errors import LogError
-from . import journal
+from . import journal, queries
+from .blobs import BlobStore
 from .connect import Durability, connect, settle_checkpoints, write_transaction
-
-if TYPE_CHECKING:
-    from .blobs import BlobStore
 
 # Versions recorded with every run: they decide whether a replay happens in "the same environment".
 FLUSH_DELAY = 0.5
@@ -38,7 +36,6 @@ class LogStore:
     """An open durable log, read-only by default: any log (a colleague's, a restored one) is inspected without
     being written. Writers (the cell runner, `open_log`, gc, trust) pass `readonly=False`. The public
     `durable_nb.DurableLog` adds the history views as methods (durable_nb.views)."""
-
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = True,
                  durability: Durability = "normal", notebook: str | None = None,
                  from_scratch: bool = False) -> None:
@@ -73,7 +70,6 @@ class LogStore:
 
     @cached_property
     def blobs(self) -> BlobStore:
-        from .blobs import BlobStore
 
         return BlobStore(self.conn)
 
@@ -171,19 +167,11 @@ class LogStore:
 
     def reap_crashed(self) -> int:
         """Mark executions left `running` by dead processes as `crashed`; returns how many."""
-        running = self.conn.execute(
-            "SELECT DISTINCT run_id FROM execution WHERE state = 'running'").fetchall()
-        if not running:
+        if not queries.running_runs(self.conn, "execution"):
             return 0
-        dead = set(self.dead_run_ids()) & {r[0] for r in running}
-        if not dead:
-            return 0
-        marks = ",".join("?" * len(dead))
+        dead = set(self.dead_run_ids())
         with self.transaction() as conn:
-            cur = conn.execute(
-                f"UPDATE execution SET state = 'crashed' WHERE state = 'running' AND run_id IN ({marks})",
-                tuple(dead))
-            return cur.rowcount
+            return queries.mark_crashed(conn, "execution", dead)
 
 
 def _process_identity() -> tuple[str, int, float | None]:
