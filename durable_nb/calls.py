@@ -56,7 +56,7 @@ import xxhash
 from . import session
 from .errors import EncodeError, LogError, Unfingerprintable
 from .fingerprint import fingerprint, referenced_globals
-from .log.calls import MISS, Call, Recorder, encode_result, failure, recorder_for
+from .log.calls import MISS, Call, Recorder, encode_result, failure
 from .retry import Permanent, RetryOn, RetryPolicy
 
 __all__ = ["Permanent", "Step", "activity", "current_execution_id", "execution_scope", "gather", "reset_scope",
@@ -296,7 +296,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def _replay_or_begin(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Recorder, Any]:
-    rec = recorder_for(session.current_log(), _hook_ipython)
+    rec = session.current_log().call_recorder(_hook_ipython)
     key = spec.call_key(args, kwargs)
     occurrence = _SCOPE.occurrence(spec.name, key)
     row = rec.lookup(spec.name, key, occurrence, _SCOPE.generation)
@@ -554,7 +554,7 @@ class Step:
         except Unfingerprintable as exc:
             raise EncodeError(f"step {self.name!r}: its key parts cannot be fingerprinted ({exc}). Pass "
                               "plain values (numbers, strings, tuples) after the name.") from exc
-        rec = recorder_for(session.current_log(), _hook_ipython)
+        rec = session.current_log().call_recorder(_hook_ipython)
         occurrence = _SCOPE.occurrence(function, key)
         row = rec.lookup(function, key, occurrence, _SCOPE.generation)
         if row is not None:

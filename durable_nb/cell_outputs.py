@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from . import environment, figures, settings, sharing
+from .cell_log import CellLog
 from .codecs import PICKLE, check_seal, decode_value, encode_safe, npy, pickle, reference, seal, signature, trusted
 from .errors import DecodeError, Unfingerprintable, UntrustedError
 from .fingerprint import by_reduction, fingerprint, remember_restored
-from .log import cells
 from .log.cells import StoredOutput
-from .log.store import LogStore
 
 RESULT = "__result__"
 # Rebinding these cannot be observed through an alias, so a mutation check or a reference would be wasted.
@@ -53,7 +52,7 @@ class _Pickled:
 @dataclass
 class Writer:
     """Writes one execution's outputs inside the caller's transaction."""
-    log: LogStore
+    log: CellLog
     execution_id: int
     ns: dict[str, Any]
     before: dict[str, Any]
@@ -101,7 +100,7 @@ class Writer:
         self._write_pickled(moved)
 
     def _row(self, out: StoredOutput, *, listed: bool = True) -> None:
-        cells.write_output(self.log, self.execution_id, out)
+        self.log.write_output(self.execution_id, out)
         self.stored += out.size
         if listed:
             self.written.append(out.name)
@@ -184,24 +183,19 @@ class Writer:
                     if id(part) not in references:
                         reached.setdefault(id(part), f"ns:{n}")
         while members:
-            conn = self.log.conn
-            conn.execute("SAVEPOINT durable_pickle")
             sink = self.log.blobs.sink()
             try:
                 meta = PICKLE.encode_bundle([m.value for m in members], {**reached, **references}, sink)
             except Exception as exc:
-                conn.execute("ROLLBACK TO durable_pickle")
-                conn.execute("RELEASE durable_pickle")
+                sink.discard(0)  # the blobs this attempt wrote
                 members = self._drop_unpicklable(members, references, exc)
                 continue
             joined = [r.removeprefix("ns:") for r in meta["references"] if r in reached.values()]
             if joined:
-                conn.execute("ROLLBACK TO durable_pickle")
-                conn.execute("RELEASE durable_pickle")
+                sink.discard(0)
                 members = members + [_Pickled(n, self.ns[n], True) for n in joined]
                 reached = {i: r for i, r in reached.items() if r.removeprefix("ns:") not in joined}
                 continue
-            conn.execute("RELEASE durable_pickle")
             self._pickled_rows(members, meta, list(sink.blob_ids), sum(sink.sizes))
             return
 
@@ -276,7 +270,7 @@ def _recorded_fingerprint(m: _Pickled) -> str | None:
 class Restore:
     """Rebuilds one recorded execution's outputs. Everything is decoded before the namespace is touched: a
     failure leaves no half-restored state."""
-    def __init__(self, log: LogStore, ns: dict[str, Any], inputs: dict[str, str]) -> None:
+    def __init__(self, log: CellLog, ns: dict[str, Any], inputs: dict[str, str]) -> None:
         self.log = log
         self.ns = ns
         self.inputs = inputs  # this replay's key inputs: what the live namespace holds now
@@ -284,7 +278,7 @@ class Restore:
         self.updates: dict[str, Any] = {}  # name → value to copy into the live object
 
     def run(self, execution_id: int) -> Any:
-        outputs = cells.outputs(self.log, execution_id)
+        outputs = self.log.stored_outputs(execution_id)
         _check_complete(self.log, execution_id, outputs)
         check_trusted(self.log, outputs)
         deleted, aliases, views, pickled = [], [], [], []
@@ -388,11 +382,10 @@ class Restore:
             self.ns.pop(name, None)
 
 
-def _check_complete(log: LogStore, execution_id: int, outputs: list[StoredOutput]) -> None:
+def _check_complete(log: CellLog, execution_id: int, outputs: list[StoredOutput]) -> None:
     """The output rows are the ones the execution lists (written in the same transaction): a row lost or renamed
     by a damaged page would otherwise replay with a hole, or under another name."""
-    row = log.conn.execute("SELECT output_names FROM execution WHERE id = ?", (execution_id,)).fetchone()
-    listed = set(str(row[0]).split(", ")) if row is not None and row[0] else set()
+    listed = set(log.output_names(execution_id))
     stored = {out.name for out in outputs} - {RESULT, settings.NAME}
     if listed != stored:
         raise DecodeError(f"the record of execution {execution_id} in {log.path} is inconsistent (it lists "
@@ -401,7 +394,7 @@ def _check_complete(log: LogStore, execution_id: int, outputs: list[StoredOutput
                           "Nothing of it is replayed; the cell runs instead.")
 
 
-def check_trusted(log: LogStore, outputs: list[StoredOutput]) -> None:
+def check_trusted(log: CellLog, outputs: list[StoredOutput]) -> None:
     """Raise UntrustedError unless every pickled output is signed by this user; checked before any value is
     read, so an untrusted record costs no decoding."""
     for out in outputs:

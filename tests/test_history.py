@@ -40,7 +40,8 @@ def crash_in_cell(db: Path) -> None:
     """A real process starts a durable execution and dies without finishing it (os._exit)."""
     code = ("import os\nfrom durable_nb import DurableLog\nfrom durable_nb.log import cells\n"
             f"log = DurableLog({str(db)!r}, readonly=False)\n"
-            "cells.start(log, cells.ExecutionStart('train', None, 1, 'k-crash', 'model = fit()', 'h', {}, {}, None))\n"
+            "log.start_execution(cells.ExecutionStart('train', None, 1, 'k-crash', 'model = fit()', 'h', {}, {}, "
+            "None))\n"
             "os._exit(9)\n")
     subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
 

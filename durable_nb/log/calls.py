@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import xxhash
 
@@ -41,13 +41,12 @@ from ..codecs import SAFE_CODECS, decode_value, encode_value, signature, trusted
 from ..errors import DecodeError, DurableError, EncodeError, LogNotWritableError
 from . import background
 from .blobs import BlobStore, content_hash
-from .connect import connect, write_transaction
+from .connect import Durability, connect, write_transaction
 from .journal import INLINE_AT, UPSERT_MANY, Journal, journal_line, recover, upsert
 
 if TYPE_CHECKING:
     from ..codecs import Encoded
     from .blobs import BlobSource
-    from .store import LogStore
 
 # A call is written as `running` once it has run this long (so a crash leaves a visible `crashed` row).
 FLUSH_DELAY = 0.02
@@ -60,6 +59,22 @@ RETRY_DELAY = 1.0  # seconds between attempts of a flush the log refused (full d
 
 
 # ------------------------------------------------------------------------------------ result encoding
+
+class _Log(Protocol):
+    """What a recorder needs of its log (durable_nb.log.store.LogStore is one)."""
+
+    path: Path
+    readonly: bool
+    from_scratch: bool
+    durability: Durability
+
+    @property
+    def run_id(self) -> int: ...
+
+    def dead_run_ids(self) -> list[int]: ...
+
+    def on_flush(self, flush: Callable[[], None]) -> None: ...
+
 
 class _CaptureSink:
     """A BlobSink stand-in used while encoding a result outside the write transaction: it keeps the buffers
@@ -216,7 +231,7 @@ def failure(call: Call, exc: BaseException, state: str) -> _Failure:
 class Recorder:
     """Writes and finds the calls of one log through its own connection (so a cell runner's transaction on
     the log's main connection never meets ours)."""
-    def __init__(self, log: LogStore) -> None:
+    def __init__(self, log: _Log) -> None:
         if log.readonly:
             raise LogNotWritableError(f"activities record their calls, but durable log {log.path} is open "
                                       "read-only. Open it writable with durable_nb.open_log(PATH).")
@@ -246,7 +261,7 @@ class Recorder:
             self._blobs = BlobStore(self.conn)
         return self._blobs
 
-    def _recover(self, log: LogStore) -> None:
+    def _recover(self, log: _Log) -> None:
         with self.wlock:
             recover(self.conn, self.path, set(log.dead_run_ids()))
 
@@ -460,7 +475,7 @@ class _Flusher:
 
 _FLUSHER = _Flusher()
 _LIVE: weakref.WeakSet[Recorder] = weakref.WeakSet()
-_RECORDERS: weakref.WeakKeyDictionary[LogStore, Recorder] = weakref.WeakKeyDictionary()
+_RECORDERS: weakref.WeakKeyDictionary[_Log, Recorder] = weakref.WeakKeyDictionary()
 _recorders_lock = threading.Lock()
 
 
@@ -484,10 +499,10 @@ def _flush_at_exit() -> None:
 atexit.register(_flush_at_exit)
 
 
-_last: tuple[LogStore | None, Recorder | None] = (None, None)
+_last: tuple[_Log | None, Recorder | None] = (None, None)
 
 
-def recorder_for(log: LogStore, on_create: Callable[[], object]) -> Recorder:
+def recorder_for(log: _Log, on_create: Callable[[], object]) -> Recorder:
     """The recorder of `log` (one per log and process); `on_create` runs before a log gets its recorder."""
     global _last
     if _last[0] is log and _last[1] is not None:

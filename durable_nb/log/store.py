@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Self
 
 from ..errors import LogError
-from . import journal, queries
+from . import calls, cells, journal, queries
 from .blobs import BlobStore
+from .cells import ExecutionStart, Recorded, StoredOutput
 from .connect import Durability, connect, settle_checkpoints, write_transaction
 
 # Versions recorded with every run: they decide whether a replay happens in "the same environment".
@@ -118,6 +119,62 @@ class LogStore:
     def on_flush(self, flush: Callable[[], None]) -> None:
         """Have `flush()` (and so close, and every view that reads the log) also write what `flush` holds."""
         self._flushers.append(flush)
+
+    # -- the CellLog interface (durable_nb.cell_outputs): what the cell runtime asks of any backend
+
+    def start_execution(self, s: ExecutionStart) -> int:
+        """Commit the execution as `running` before user code starts, so a crash leaves a visible trace."""
+        run_id = self.run_id
+        with self.transaction() as conn:
+            return cells.start(conn, run_id, s)
+
+    def write_events(self, execution_id: int, events: list[tuple[str, Any]]) -> None:
+        cells.write_events(self.conn, execution_id, events)
+
+    def write_output(self, execution_id: int, out: StoredOutput) -> None:
+        cells.write_output(self.conn, execution_id, out)
+
+    def finish_execution(self, execution_id: int, *, state: str, duration: float, **facts: Any) -> None:
+        cells.finish(self.conn, execution_id, state=state, duration=duration, **facts)
+
+    def find_replayable(self, key: str) -> Recorded | None:
+        return cells.find_replayable(self.conn, key, only_run=self.run_id if self.from_scratch else None)
+
+    def previous_execution(self, s: ExecutionStart) -> dict[str, Any] | None:
+        return cells.previous(self.conn, s)
+
+    def stored_outputs(self, execution_id: int) -> list[StoredOutput]:
+        return cells.outputs(self.conn, execution_id)
+
+    def note_package(self, package: str, version: str) -> None:
+        """Inside the caller's write transaction: this run used `package` at `version` (kept if already listed)."""
+        self.conn.execute("UPDATE run SET packages = json_set(packages, '$.' || ?, ?) WHERE id = ? AND "
+                          "json_extract(packages, '$.' || ?) IS NULL", (package, version, self.run_id, package))
+
+    def recorded_environment(self, execution_id: int) -> tuple[str, str | None] | None:
+        """The Python version and the packages JSON of the run that recorded `execution_id`."""
+        row = self.conn.execute("SELECT r.python, r.packages FROM execution e JOIN run r ON r.id = e.run_id "
+                                "WHERE e.id = ?", (execution_id,)).fetchone()
+        return None if row is None else (str(row[0]), row[1])
+
+    def output_types(self, execution_id: int) -> list[tuple[str, str]]:
+        """(codec, type) of each stored value of an execution."""
+        return [(str(c), str(t)) for c, t in self.conn.execute(
+            "SELECT codec, type FROM output WHERE execution_id = ? AND codec IS NOT NULL", (execution_id,))]
+
+    def output_names(self, execution_id: int) -> list[str]:
+        """The names the execution lists as its outputs (written in the same transaction as the rows)."""
+        return cells.output_names(self.conn, execution_id)
+
+    def execution_events(self, execution_id: int) -> list[tuple[str, Any]]:
+        return queries.events(self.conn, execution_id)
+
+    def record_replay(self, s: ExecutionStart, source: Recorded, duration: float) -> None:
+        self.defer(*cells.replay_row(self.run_id, s, source, duration))
+
+    def call_recorder(self, on_create: Callable[[], object]) -> calls.Recorder:
+        """The recorder of this log's activity calls in this process (durable_nb.calls)."""
+        return calls.recorder_for(self, on_create)
 
     @property
     def run_id(self) -> int:
