@@ -28,9 +28,11 @@ from .blobs import BlobStore
 from .cells import ExecutionStart, Recorded, StoredOutput
 from .connect import Durability, connect, settle_checkpoints, write_transaction
 
-# Versions recorded with every run: they decide whether a replay happens in "the same environment".
 FLUSH_DELAY = 0.5
-KEY_PACKAGES = ("durable_nb", "ipython", "ipykernel", "numpy", "pandas", "pyarrow", "cloudpickle")
+# Versions recorded with every run, of those this process has imported: they decide whether a replay happens in
+# "the same environment". A package imported later is added when a value of it is stored (environment.py).
+KEY_PACKAGES = {"durable_nb": "durable_nb", "ipython": "IPython", "ipykernel": "ipykernel", "numpy": "numpy",
+                "pandas": "pandas", "pyarrow": "pyarrow", "cloudpickle": "cloudpickle"}
 
 
 class LogStore:
@@ -261,12 +263,18 @@ def _alive(pid: int, started: float | None) -> bool:
 
 
 def package_versions() -> dict[str, str]:
-    from importlib import metadata
+    """From the imported modules' `__version__` (reading installed metadata costs ~15 ms a package); metadata
+    only for a module that has no `__version__`."""
+    from importlib import metadata  # deferred for start-up speed: rarely needed (see the docstring)
 
     found = {}
-    for name in KEY_PACKAGES:
+    for name, module_name in KEY_PACKAGES.items():
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        version = getattr(module, "__version__", None)
         try:
-            found[name] = metadata.version(name)
+            found[name] = str(version) if isinstance(version, str) else metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
     return found
