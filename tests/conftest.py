@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 import torture
+from pg_server import pg_database, postgres  # noqa: F401  (fixtures: a real PostgreSQL on 127.0.0.1, a database)
 from s3server import s3  # noqa: F401  (fixture: a real rclone S3 server on 127.0.0.1)
 from shells import new_shell, secret, shell  # noqa: F401  (fixtures: IPython shells with durable_nb loaded)
 
