@@ -1,0 +1,28 @@
+"""psycopg and cryptography are dependencies, but `import durable_nb` (and a SQLite user's session) never pays
+for them: they load when a PostgreSQL URL is parsed or a signature is made."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("psycopg", "psycopg_pool", "cryptography")
+
+
+def _imported_after(code: str) -> list[str]:
+    probe = f"import json, sys\n{code}\nprint(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return list(json.loads(out))
+
+
+def test_import_durable_nb_loads_neither_psycopg_nor_cryptography() -> None:
+    assert _imported_after("import durable_nb, durable_nb.magics, durable_nb.pg_url, durable_nb.signing\n"
+                           "durable_nb.pg_url.is_postgres_url('x.db'); durable_nb.signing.keys_dir()") == []
+
+
+def test_they_load_when_used() -> None:
+    assert _imported_after("from durable_nb import pg_url; pg_url.parse('postgresql://h/db')") == ["psycopg"]
+    assert _imported_after("from durable_nb import signing; signing.PublicKey(bytes(32)).fingerprint") == []
+    assert "cryptography" in _imported_after("from durable_nb import signing\n"
+                                             "signing.verify(bytes(32), bytes(64), b'x')")
