@@ -17,12 +17,12 @@ def _imported_after(code: str) -> list[str]:
 
 
 def test_import_durable_nb_loads_neither_psycopg_nor_cryptography() -> None:
-    assert _imported_after("import durable_nb, durable_nb.magics, durable_nb.pg_url, durable_nb.signing\n"
-                           "durable_nb.pg_url.is_postgres_url('x.db'); durable_nb.signing.keys_dir()") == []
+    assert _imported_after("import durable_nb, durable_nb.magics, durable_nb.pg_url, durable_nb.keys\n"
+                           "durable_nb.pg_url.is_postgres_url('x.db'); durable_nb.keys.keys_dir()") == []
 
 
 def test_they_load_when_used() -> None:
     assert _imported_after("from durable_nb import pg_url; pg_url.parse('postgresql://h/db')") == ["psycopg"]
-    assert _imported_after("from durable_nb import signing; signing.PublicKey(bytes(32)).fingerprint") == []
-    assert "cryptography" in _imported_after("from durable_nb import signing\n"
-                                             "signing.verify(bytes(32), bytes(64), b'x')")
+    assert _imported_after("from durable_nb import keys; keys.PublicKey(bytes(32)).fingerprint") == []
+    assert "cryptography" in _imported_after("from durable_nb import keys\n"
+                                             "keys.verify(bytes(32), bytes(64), b'x')")
