@@ -28,7 +28,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEYWORD_SECRET = re.compile(r"(?i)\b(?:ssl)?password\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S*)")
 
 
-def is_postgres_url(text: str | object) -> bool:
+def is_postgres_url(text: object) -> bool:
     return isinstance(text, str) and text.lower().startswith(SCHEMES)
 
 
