@@ -108,7 +108,7 @@ class AwaitDurable:
         return [f"await get_ipython().run_cell_magic({name!r}, {AWAIT_OPTION + ' ' + line!r}, {body!r})\n"]
 
     def _awaits(self, body: str) -> bool:
-        from .cell import _transform
+        from .cell import _transform  # deferred for start-up speed: %load_ext imports no cell machinery
 
         _Nesting.depth += 1
         try:
@@ -251,7 +251,7 @@ class DurableMagics(Magics):
         and record its variables, output and result. Top-level await, async for and async with work as in a
         plain cell."""
         __tracebackhide__ = True
-        from .cell import drive, drive_async
+        from .cell import drive, drive_async  # deferred for start-up speed: %load_ext imports no cell machinery
 
         args = parse_argstring(self.durable, line)
         if args.awaited:
@@ -262,11 +262,11 @@ class DurableMagics(Magics):
     def _steps(self, args: Any, cell: str, *, awaiting: bool) -> Steps:
         """The cell's run as steps (cell.Steps): one code path for sync and async bodies."""
         __tracebackhide__ = True
-        from .cell import CellOptions, DurableCell, default_cell_id, exec_steps, run_unlogged
+        from .cell import CellOptions, DurableCell, default_cell_id, exec_steps, run_unlogged  # deferred: start-up
 
         assert self.shell is not None
         if args.off or not self.enabled:
-            from .analysis import analyze
+            from .analysis import analyze  # deferred for start-up speed: %load_ext imports no cell analysis
 
             transformed = self.shell.transform_cell(cell)
             return (yield from exec_steps(self.shell, cell, transformed, analyze(transformed), awaiting=awaiting))
@@ -287,7 +287,7 @@ class DurableMagics(Magics):
     def durable_status(self, line: str) -> None:
         """Show the log path and size, its schema, the runs, the executions and activities by state, the time
         saved, and the replication state when this kernel replicates the log. Nothing is written."""
-        from .views import status
+        from .views import status  # deferred for start-up speed: %load_ext imports no history views
 
         print(status(self.log()))
 
@@ -301,7 +301,7 @@ class DurableMagics(Magics):
         The full data: durable_nb.history() (a DataFrame)."""
         from IPython.display import HTML, display
 
-        from .views import history_html
+        from .views import history_html  # deferred for start-up speed: %load_ext imports no history views
 
         args = parse_argstring(self.durable_history, line)
         if args.last < 0:
@@ -312,7 +312,7 @@ class DurableMagics(Magics):
     def durable_trust(self, line: str) -> None:
         """%durable_trust [LOG]: after reviewing a log (yours by default, or a colleague's LOG), sign its pickled
         values with your key so they replay here. Tampered values are reported and never signed."""
-        from .trust import trust_log
+        from .trust import trust_log  # deferred for start-up speed: %load_ext imports no trust review
 
         path = line.strip()
         try:
@@ -332,7 +332,7 @@ class DurableMagics(Magics):
     def durable_replicate(self, line: str) -> None:
         """Stream the current log to S3-compatible storage with Litestream, in the background. Asynchronous:
         a restore can miss the last ~second of writes. Credentials come from the standard AWS chain."""
-        from . import replicate
+        from . import replicate  # deferred for start-up speed: boto3 only when replicating
 
         args = parse_argstring(self.durable_replicate, line)
         log = self.log()
@@ -361,7 +361,7 @@ class DurableMagics(Magics):
         is reported, never raised: the notebook keeps working with a local log."""
         if not self.replicate_url:
             return
-        from . import replicate
+        from . import replicate  # deferred for start-up speed: boto3 only when replicating
 
         path = current.configured_path()
         options = {"endpoint": self.replicate_endpoint or None}

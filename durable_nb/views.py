@@ -17,8 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import gantt, sharing
-from .codecs import check_seal, decode_value, pickle, reference, trusted
+from . import gantt
 from .errors import CorruptLogError, DecodeError, NotRecordedError, UntrustedError
 from .log import background, current, journal, queries
 from .log.queries import ExecutionRecord
@@ -215,7 +214,9 @@ def _epoch(at: dt.datetime | str | float | None) -> float | None:
 
 
 def _decode(log: LogStore, execution_id: int, out: queries.OutputRecord) -> Any:
-
+    # Deferred for start-up speed: %load_ext and a script's first activity call load this module, not the codecs.
+    from . import sharing
+    from .codecs import check_seal, decode_value, reference, trusted
 
     where = f"variable {out.name} (execution {execution_id} of {log.path})"
     if out.kind == "deleted":
@@ -253,6 +254,8 @@ def _decode(log: LogStore, execution_id: int, out: queries.OutputRecord) -> Any:
 
 def _bundle(log: LogStore, holder: queries.OutputRecord, where: str) -> list[Any]:
     """The pickled outputs of one execution, in order; the variables they refer to are loaded as recorded then."""
+    from .codecs import pickle, trusted  # deferred for start-up speed (see _decode)
+
     sources = [log.blobs.source(b) for b in queries.blob_ids(log.conn, holder.execution_id, holder.name)]
     if not trusted(holder.codec or "", holder.codec_version or 0, holder.meta, [s.hash for s in sources],
                    holder.signature):

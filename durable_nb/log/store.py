@@ -20,12 +20,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import LogError
-from . import calls, cells, journal, queries
+from . import cells, journal, queries
 from .blobs import BlobStore
 from .cells import ExecutionStart, Recorded, StoredOutput
+
+if TYPE_CHECKING:
+    from .calls import Recorder
 from .connect import Durability, connect, settle_checkpoints, write_transaction
 
 FLUSH_DELAY = 0.5
@@ -174,9 +177,11 @@ class LogStore:
     def record_replay(self, s: ExecutionStart, source: Recorded, duration: float) -> None:
         self.defer(*cells.replay_row(self.run_id, s, source, duration))
 
-    def call_recorder(self, on_create: Callable[[], object]) -> calls.Recorder:
+    def call_recorder(self, on_create: Callable[[], object]) -> Recorder:
         """The recorder of this log's activity calls in this process (durable_nb.calls)."""
-        return calls.recorder_for(self, on_create)
+        from .calls import recorder_for  # deferred for start-up speed: %load_ext loads no activity machinery
+
+        return recorder_for(self, on_create)
 
     @property
     def run_id(self) -> int:
