@@ -21,7 +21,7 @@ from .errors import DurableError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .log.store import DurableLog
+    from .log.store import LogStore
 
 Params = Mapping[str, Any] | Sequence[Any] | None
 
@@ -56,7 +56,7 @@ def _authorize(action: int, arg1: str | None, _arg2: str | None, _db: str | None
     return sqlite3.SQLITE_DENY
 
 
-def _path(log: DurableLog | str | os.PathLike[str] | None) -> Path:
+def _path(log: LogStore | str | os.PathLike[str] | None) -> Path:
     if isinstance(log, str | os.PathLike):
         return Path(log)
     from .views import opened
@@ -67,7 +67,7 @@ def _path(log: DurableLog | str | os.PathLike[str] | None) -> Path:
 
 @contextmanager
 def results(sql: str, params: Params = None, *,
-            log: DurableLog | str | os.PathLike[str] | None = None) -> Iterator[tuple[list[str], Iterator[Any]]]:
+            log: LogStore | str | os.PathLike[str] | None = None) -> Iterator[tuple[list[str], Iterator[Any]]]:
     """The column names and a row iterator of one read-only statement; the log stays open inside the block."""
     from .log.connect import connect
 
@@ -131,7 +131,7 @@ def _short(sql: str, limit: int = 80) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def query(sql: str, params: Params = None, *, log: DurableLog | str | os.PathLike[str] | None = None
+def query(sql: str, params: Params = None, *, log: LogStore | str | os.PathLike[str] | None = None
           ) -> pd.DataFrame:
     """Rows of one read-only SQL statement over the log's views as a DataFrame (values as SQLite returns them:
     times are epoch seconds). `params` fills `?` (a sequence) or `:name` (a mapping). A write is refused."""
