@@ -24,7 +24,7 @@ from typing import Any, TypeAlias
 
 import xxhash
 
-from . import capture, cell_outputs, environment, file_deps, settings, sharing, trust
+from . import capture, cell_outputs, environment, file_deps, settings, sharing, tracebacks, trust
 from .analysis import CellAnalysis, analyze
 from .calls import execution_scope
 from .errors import DecodeError, DurableError, LogError, Unfingerprintable, UntrustedError
@@ -397,12 +397,11 @@ def exec_steps(shell: Any, code: str, transformed: str, analysis: CellAnalysis, 
     """`exec_cell` as steps; with `awaiting`, top-level `await`, `async for` and `async with` are allowed and
     the coroutines they make are yielded to be awaited."""
     __tracebackhide__ = True
-    tree = ast.parse(transformed)
-    filename = shell.compile.cache(transformed, shell.execution_count, raw_code=code)
-    last = tree.body.pop() if analysis.has_result else None
     # The shell's own flags (the user's `from __future__` imports), never this module's: compile() would
     # otherwise inherit `annotations` from the line above and make every annotation in the cell a string.
     flags = shell.compile.flags | (ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if awaiting else 0)
+    filename, tree = tracebacks.compile_body(shell, code, transformed)
+    last = tree.body.pop() if analysis.has_result else None
     body = compile(tree, filename, "exec", flags, dont_inherit=True)
     if body.co_flags & _CO_COROUTINE:
         yield eval(body, shell.user_global_ns, shell.user_ns)
