@@ -32,7 +32,7 @@ from .fingerprint import fingerprint, fingerprint_file, referenced_globals
 from .log import cells
 from .log.cells import ExecutionStart, Recorded
 from .log.store import DurableLog
-from .status import NOT_WRITTEN, StatusLine, message
+from .status import NOT_WRITTEN, SESSION, StatusLine, message
 from .vocabulary import iso
 
 KEY_FORMAT = 1
@@ -260,10 +260,14 @@ class DurableCell:
         result = cell_outputs.Restore(self.log, self.shell.user_ns, start.inputs).run(recorded.id)
         events = cells.events(self.log, recorded.id)
         differs = environment.differences(self.log, recorded.id)
-        self.status.show(self._payload("replayed", recorded_at=recorded.started_at, duration=recorded.duration,
-                                       execution_id=recorded.id, reason="; ".join(differs) or None))
+        replayed = functools.partial(self._payload, "replayed", recorded_at=recorded.started_at,
+                                     original=recorded.duration, replayed_from=recorded.id,
+                                     reason="; ".join(differs) or None)
+        self.status.show(replayed())  # above the replayed outputs; its figures once they are known
         shown = capture.replay(self.shell, events, result)
-        cells.record_replay(self.log, start, recorded, time.perf_counter() - t0)
+        duration = time.perf_counter() - t0
+        saved = cells.record_replay(self.log, start, recorded, duration)
+        self.status.show(replayed(duration=duration, saved=saved))
         return None if shown else result
 
     # -- execute and record ---------------------------------------------------------------------------------
@@ -376,14 +380,19 @@ class DurableCell:
 
     def _payload(self, state: str, *, reason: str | None = None, duration: float | None = None,
                  recorded_at: float | None = None, error: str | None = None, problems: list[str] | None = None,
-                 execution_id: int | None = None) -> dict[str, Any]:
+                 execution_id: int | None = None, original: float | None = None, saved: float | None = None,
+                 replayed_from: int | None = None) -> dict[str, Any]:
+        """The status display's JSON (docs/architecture.md): its figures are the log's, `duration_s` this
+        execution's own time, for a replay with `original_s` (the recorded run) and `saved_s` (their difference)."""
         return {
             "version": 1, "state": state, "cell": self.opts.name, "cell_id": self.cell_id,
-            "execution_id": execution_id, "log": str(self.log.path), "recorded_at": iso(recorded_at),
-            "duration_s": duration, "saved_s": duration if state == "replayed" else None, "reason": reason,
-            "changed": reason.split(", ") if reason else [], "problems": problems or [],
-            "message": message(state, recorded_at=recorded_at, duration=duration, reason=reason, error=error,
-                               problems=problems),
+            "execution_id": execution_id, "replayed_from": replayed_from, "log": str(self.log.path),
+            "session": SESSION, "recorded_at": iso(recorded_at), "duration_s": duration,
+            "original_s": original if original is not None else (duration if state != "running" else None),
+            "saved_s": saved, "reason": reason, "changed": reason.split(", ") if reason else [],
+            "problems": problems or [],
+            "message": message(state, recorded_at=recorded_at, duration=duration, original=original, saved=saved,
+                               reason=reason, error=error, problems=problems),
         }
 
 

@@ -34,7 +34,7 @@ MAX_EXECUTIONS = 500
 RUN_COLUMNS = "run_id, started_at, ended_at, host, pid, notebook, executions"
 EXECUTION_COLUMNS = (
     "execution_id, run_id, cell_name, cell_id, execution_count, state, started_at, finished_at, duration, "
-    "replayed_from, saved_seconds, reason, error_type, error_message, replayable, bytes_stored"
+    "original_duration, replayed_from, saved_seconds, reason, error_type, error_message, replayable, bytes_stored"
 )
 
 

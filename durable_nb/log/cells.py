@@ -154,14 +154,22 @@ def events(log: DurableLog, execution_id: int) -> list[tuple[str, Any]]:
         "SELECT kind, data FROM event WHERE execution_id = ? ORDER BY seq", (execution_id,))]
 
 
-def record_replay(log: DurableLog, s: ExecutionStart, source: Recorded, duration: float) -> None:
-    """A replay is bookkeeping: its row is deferred to the next commit (see DurableLog.defer)."""
+def saved_seconds(original: float, replay: float) -> float:
+    """The time a replay saved: the original run's duration minus the replay's (the log's `saved_seconds`)."""
+    return max(original - replay, 0.0)
+
+
+def record_replay(log: DurableLog, s: ExecutionStart, source: Recorded, duration: float) -> float:
+    """A replay is bookkeeping: its row is deferred to the next commit (see DurableLog.defer). Returns the
+    seconds it saved, as stored."""
     now = time.time()
+    saved = saved_seconds(source.duration, duration)
     log.defer(
         "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, lineage, state, "
         "started_at, finished_at, duration, replayed_from, saved_seconds, inputs, input_names, output_names, "
         "deps_files, replayable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'replayed', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
         (log.run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, s.lineage, now - duration,
-         now, duration, source.id, max(source.duration - duration, 0.0), json.dumps(s.inputs), names(s.inputs),
-         source.output_names, json.dumps(s.deps_files)),
+         now, duration, source.id, saved, json.dumps(s.inputs), names(s.inputs), source.output_names,
+         json.dumps(s.deps_files)),
     )
+    return saved
