@@ -210,7 +210,8 @@ export function figureParts(info: IStateInfo, fields: IFigures): string[] {
   if (!took) {
     return original ? [`recorded run took ${original}`] : [];
   }
-  return [`replayed in ${took}`, `saved ${formatDuration(fields.saved ?? 0)} of ${original}`];
+  const saved = `saved ${formatDuration(fields.saved ?? 0)}`;
+  return [`replayed in ${took}`, original ? `${saved} of ${original}` : saved];
 }
 
 /** The figures of a status payload. */

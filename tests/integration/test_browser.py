@@ -25,6 +25,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
 BADGE = ".jp-OutputArea-output[data-durable-state]"
+EARLIER = ".jp-DurableBadge[data-earlier-session]"
+PANEL_ROWS = ".jp-DurableLog-exec"
 # Generous: the first kernel start and the first webpack chunk loads are slow on a shared 2-core machine.
 SLOW_MS = 60000
 expect.set_options(timeout=SLOW_MS)
@@ -184,14 +186,15 @@ def test_notebook7_badges_replay(tmp_path: Path, page: Page) -> None:
 STATES_CELL = """
 import time
 from IPython.display import display
+from durable_nb.status import SESSION  # this kernel's: the badges below are current, not an earlier session's
 MIME = "application/vnd.durable-nb.status+json"
-base = {"version": 1, "cell_id": "x", "execution_id": 7, "log": "/data/nb.durable.db",
+base = {"version": 1, "cell_id": "x", "execution_id": 7, "log": "/data/nb.durable.db", "session": SESSION,
         "recorded_at": "2026-01-01T10:00:00+00:00", "duration_s": 2412.0}
 def show(**kw):
     payload = {**base, **kw}
     return {MIME: payload, "text/plain": "durable: " + payload["state"],
             "text/html": "<b class='html-fallback'>html fallback</b>"}
-display(show(state="replayed", cell="load", saved_s=2412.0), raw=True)
+display(show(state="replayed", cell="load", duration_s=0.35, original_s=2412.0, saved_s=2411.65), raw=True)
 display(show(state="recorded", cell="train", reason="input df changed", changed=["input df"]), raw=True)
 display(show(state="failed", cell="score", problems=["ValueError: bad split"]), raw=True)
 display(show(state="not-replayable", cell="conn", problems=["variable conn: a socket cannot be stored"]),
@@ -228,6 +231,9 @@ def test_renderer_states_dark_theme_and_update_in_place(tmp_path: Path, page: Pa
         colours = badges.evaluate_all(
             "els => els.map(e => getComputedStyle(e.querySelector('.jp-DurableBadge-icon')).color)")
         assert len(set(colours[:4])) == 4, f"each state has its own theme colour: {colours}"
+        expect(page.locator(EARLIER)).to_have_count(0)
+        expect(badges.first).to_contain_text("replayed in 350 ms")
+        expect(badges.first).to_contain_text("saved 40m 12s of 40m 12s")
         page.screenshot(path=str(OUTPUT / "lab-states-dark.png"))
 
 
@@ -272,8 +278,6 @@ def test_lab_toolbar_toggle_makes_every_cell_durable(tmp_path: Path, page: Page)
 
 # -- issue 19: what the user sees ------------------------------------------------------------------------------
 
-EARLIER = ".jp-DurableBadge[data-earlier-session]"
-PANEL_ROWS = ".jp-DurableLog-exec"
 
 
 def write_ui_notebook(path: Path) -> None:
