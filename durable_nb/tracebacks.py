@@ -11,6 +11,7 @@ frame on (IPython's documented `_render_traceback_` hook), as a plain cell's wou
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -98,10 +99,9 @@ def as_cell(shell: Any, exc: BaseException) -> None:
     """Make IPython show `exc` from the user's first frame on (no run_cell_magic line, no durable_nb frame)."""
     tb = _users_part(exc.__traceback__)
     if tb is not None and not isinstance(exc, SyntaxError):
-        try:
+        # An exception type with __slots__ keeps IPython's own rendering.
+        with contextlib.suppress(AttributeError):
             exc._render_traceback_ = functools.partial(_render, shell, exc, tb)  # type: ignore[attr-defined]
-        except AttributeError:  # an exception type with __slots__ keeps IPython's own rendering
-            pass
 
 
 async def awaited_as_cell(shell: Any, coroutine: Any) -> Any:
