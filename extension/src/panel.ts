@@ -50,13 +50,15 @@ const ENDPOINT = 'durable-nb/api/log';
 const POLL_MS = 30000;
 /** After a cell finishes: at once (a recording is committed before its final status), and again once a
  * replay's row is written (the kernel defers it by FLUSH_DELAY, 0.5 s, in durable_nb/log/store.py). */
-const FINISHED_REFRESH_MS = [50, 650];
+const SOON_MS = 50;
+const LATER_MS = 650;
 const FINAL_STATES = new Set(['recorded', 'replayed', 'failed', 'not-replayable', 'crashed']);
 
 export class DurableLogPanel extends Widget {
   private _current: NotebookPanel | null = null;
   private _timer: number | undefined;
-  private _pending: number[] = [];
+  private _soon: number | undefined;
+  private _later: number | undefined;
   private _stale = true;
   private _generation = 0;
   private readonly _header = document.createElement('div');
@@ -82,7 +84,8 @@ export class DurableLogPanel extends Widget {
 
   dispose(): void {
     this._stopPolling();
-    this._pending.forEach(t => window.clearTimeout(t));
+    window.clearTimeout(this._soon);
+    window.clearTimeout(this._later);
     super.dispose();
   }
 
@@ -151,14 +154,18 @@ export class DurableLogPanel extends Widget {
     ];
     // A replay's first display has no figures yet; its update with them is the one that finishes it.
     const final = FINAL_STATES.has(String(status.state)) && typeof status.duration_s === 'number';
-    if (final && this._pending.length === 0) {
-      this._pending = FINISHED_REFRESH_MS.map(ms =>
-        window.setTimeout(() => {
-          this._pending = this._pending.slice(1);
-          void this.refresh();
-        }, ms)
-      );
+    if (!final) {
+      return;
     }
+    // At most one immediate refresh per burst of cells (Run All), and one after the last cell's replay row.
+    if (this._soon === undefined) {
+      this._soon = window.setTimeout(() => {
+        this._soon = undefined;
+        void this.refresh();
+      }, SOON_MS);
+    }
+    window.clearTimeout(this._later);
+    this._later = window.setTimeout(() => void this.refresh(), LATER_MS);
   }
 
   private _renderHeader(panel: NotebookPanel | null): void {
