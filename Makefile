@@ -18,8 +18,9 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check durable_nb tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
-test: $(STAMP) lint browser-deps js-test
+test: $(STAMP) lint browser-deps js-test postgres-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The browser tests drive Debian's Chromium (never a downloaded browser) against the built extension.
@@ -27,7 +28,11 @@ EXT_SRC := $(wildcard extension/src/*.ts extension/style/*) extension/package.js
 EXT_STAMP := $(VENV)/.labextension
 NODE_STAMP := extension/node_modules/.package-lock.json
 
-.PHONY: browser-deps js-test
+.PHONY: browser-deps js-test postgres-deps
+# The PostgreSQL tests and benchmarks start their own server from Debian's binaries (tests/pg_server.py).
+postgres-deps:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
 browser-deps: $(EXT_STAMP)
 	test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
@@ -49,7 +54,7 @@ js-test: $(NODE_STAMP)
 torture: $(STAMP)
 	DURABLE_NB_TORTURE=long $(BIN)/python -m pytest -q -p no:cacheprovider -k torture tests
 
-bench: $(STAMP)
+bench: $(STAMP) postgres-deps
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import report
+from benchmarks.harness import per_call, report
 
 CALLS = 5000
 BATCH = 250  # calls per timed batch: the figure is the median batch, so another process's burst on these
@@ -29,14 +29,7 @@ def inc(i: int) -> int:
 
 
 def _per_call(call: Callable[[int], Any], n: int = CALLS) -> float:
-    """Median over batches of seconds per `call(i)`, for i in range(n)."""
-    times = []
-    for start in range(0, n, BATCH):
-        t0 = time.perf_counter()
-        for i in range(start, start + BATCH):
-            call(i)
-        times.append((time.perf_counter() - t0) / BATCH)
-    return statistics.median(times)
+    return per_call(call, n, BATCH)
 
 
 def bare() -> float:
@@ -64,13 +57,14 @@ def durable(folder: Path, durability: str) -> tuple[float, float]:
     return statistics.median(records), statistics.median(replays)
 
 
-def dbos(folder: Path) -> float:
-    """Seconds per `@DBOS.step` inside one `@DBOS.workflow`, DBOS's system database on SQLite."""
+def dbos(system_database_url: str) -> float:
+    """Seconds per `@DBOS.step` inside one `@DBOS.workflow`, DBOS's system database at `system_database_url`
+    (a SQLite file here; the PostgreSQL benchmark passes its server's URL)."""
     import logging
 
     from dbos import DBOS
 
-    DBOS(config={"name": "bench-activity", "system_database_url": f"sqlite:///{folder}/dbos.sqlite",
+    DBOS(config={"name": "bench-activity", "system_database_url": system_database_url,
                  "log_level": "WARNING", "console_log_level": "WARNING"})
 
     @DBOS.step()
@@ -98,7 +92,7 @@ def main() -> None:
         base = bare()
         record, replay = durable(folder, "normal")
         full_record, _ = durable(folder, "full")
-        peer = dbos(folder)
+        peer = dbos(f"sqlite:///{folder}/dbos.sqlite")
     report("bare function call (baseline)", base)
     report("activity record per trivial call (normal)", record, base, baseline_name="bare call",
            limit=50e-6, limit_kind="abs")

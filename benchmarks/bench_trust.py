@@ -39,7 +39,7 @@ def _unverified_source(conn: Any, blob_id: int) -> Any:
 
 
 def _record(log: Any, value: Any, pickled: bool) -> dict[str, Any]:
-    from durable_nb import trust
+    from durable_nb import signing
     from durable_nb.codecs import encode_value
     from durable_nb.codecs.pickle import PickleCodec
 
@@ -52,18 +52,18 @@ def _record(log: Any, value: Any, pickled: bool) -> dict[str, Any]:
             codec, version, meta = enc.codec, enc.version, enc.meta
         blob_ids = list(sink.blob_ids)
     hashes = [log.blobs.source(b).hash for b in blob_ids]
-    signature = trust.sign(trust.payload(codec, version, meta, hashes))
+    signature = signing.sign(signing.payload(codec, version, meta, hashes))
     return {"codec": codec, "version": version, "meta": meta, "blob_ids": blob_ids, "signature": signature}
 
 
 def _replayer(log: Any, rec: dict[str, Any], verified: bool) -> Callable[[], object]:
-    from durable_nb import trust
+    from durable_nb import signing
     from durable_nb.codecs import decode_value
 
     def replay() -> object:
         if verified:
             sources = [log.blobs.source(b) for b in rec["blob_ids"]]
-            allowed = trust.verify(trust.payload(rec["codec"], rec["version"], rec["meta"],
+            allowed = signing.verify(signing.payload(rec["codec"], rec["version"], rec["meta"],
                                                  [s.hash for s in sources]), rec["signature"])
         else:
             sources = [_unverified_source(log.conn, b) for b in rec["blob_ids"]]
@@ -90,7 +90,7 @@ def main() -> None:
     import numpy as np
     import xxhash
 
-    from durable_nb.log.store import DurableLog
+    from durable_nb import DurableLog
 
     with tempfile.TemporaryDirectory(prefix="bench-trust-") as tmp:
         os.environ["DURABLE_NB_SECRET_FILE"] = str(Path(tmp) / "secret")

@@ -27,6 +27,18 @@ def median_time(fn: Callable[[], object], *, repeat: int = 5, setup: Callable[[]
     return statistics.median(times)
 
 
+def per_call(call: Callable[[int], object], n: int, batch: int) -> float:
+    """Median over batches of seconds per `call(i)`, for i in range(n): another process's burst on these shared
+    cores spoils a few batches rather than the whole loop."""
+    times = []
+    for start in range(0, n, batch):
+        t0 = time.perf_counter()
+        for i in range(start, min(start + batch, n)):
+            call(i)
+        times.append((time.perf_counter() - t0) / (min(start + batch, n) - start))
+    return statistics.median(times)
+
+
 def fmt_seconds(s: float) -> str:
     if s < 1e-3:
         return f"{s * 1e6:.1f} µs"

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "load_ipython_extension": "durable_nb.magics",
     "unload_ipython_extension": "durable_nb.magics",
-    "DurableLog": "durable_nb.log.store",
+    "DurableLog": "durable_nb.views",
     "open_log": "durable_nb.session",
     "DurableError": "durable_nb.errors",
     "fleet": "durable_nb.fleets",  # not durable_nb.fleet: a submodule of that name would shadow the function

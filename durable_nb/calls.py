@@ -41,7 +41,6 @@ refused (see `_check_decoratable`): a stream is recorded as the list it produces
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import inspect
@@ -54,8 +53,10 @@ from typing import Any, TypeVar, overload
 
 import xxhash
 
+from . import session
 from .errors import EncodeError, LogError, Unfingerprintable
-from .log.calls import MISS, Call, Recorder, deps, encode_result, failure, recorder
+from .fingerprint import fingerprint, referenced_globals
+from .log.calls import MISS, Call, Recorder, encode_result, failure
 from .retry import Permanent, RetryOn, RetryPolicy
 
 __all__ = ["Permanent", "Step", "activity", "current_execution_id", "execution_scope", "gather", "reset_scope",
@@ -69,7 +70,6 @@ T = TypeVar("T")
 
 class _Scope:
     """Occurrence counters and the cell execution that calls belong to (one per process)."""
-
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.generation = 0
@@ -134,7 +134,6 @@ def _on_pre_run_cell(info: object = None) -> None:
 
 class _Spec:
     """What a decorated function needs per call: its identity, signature shortcuts, retry policy."""
-
     def __init__(self, fn: Callable[..., Any], options: dict[str, Any],
                  sleep: Callable[[float], Any] | None) -> None:
         self.fn = fn
@@ -161,7 +160,7 @@ class _Spec:
     def call_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         material = self._key_material(args, kwargs)
         try:
-            args_fp = deps().fingerprint(material)
+            args_fp = fingerprint(material)
         except Unfingerprintable as exc:
             raise self._argument_error(args, kwargs, exc) from exc
         return xxhash.xxh3_128_hexdigest(f"{self.function_fingerprint()}\0{args_fp}\0{self.version}".encode())
@@ -178,7 +177,6 @@ class _Spec:
         return tuple(bound.arguments.items())
 
     def _argument_error(self, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> EncodeError:
-        fingerprint = deps().fingerprint
         if self.key_fn is not None:
             return EncodeError(f"activity {self.name}: the value returned by its key= function cannot be "
                                f"fingerprinted ({exc}). Return a string, number or tuple of them.")
@@ -203,6 +201,8 @@ class _Spec:
     async def invoke_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.timeout is None:
             return await self.fn(*args, **kwargs)
+        import asyncio  # deferred for start-up speed: a script's first call must not import asyncio
+
         try:
             return await asyncio.wait_for(self.fn(*args, **kwargs), self.timeout)
         except asyncio.TimeoutError:
@@ -212,7 +212,6 @@ class _Spec:
 def _function_fingerprint(fn: Any) -> str:
     """The function's code, defaults, closure and the globals it reads. A value that cannot be fingerprinted
     (an API client, a lock, a connection: common in activities) counts by its type only."""
-    fingerprint = deps().fingerprint
     try:
         return fingerprint(fn)
     except Unfingerprintable:
@@ -224,7 +223,6 @@ def _function_fingerprint(fn: Any) -> str:
         except Unfingerprintable:
             return ("unfingerprintable", type(v).__module__, type(v).__qualname__)
 
-    from .fingerprint import referenced_globals
 
     cells = [c.cell_contents for c in fn.__closure__ or () if c.cell_contents is not None]
     names = sorted(referenced_globals(fn))
@@ -298,7 +296,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def _replay_or_begin(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Recorder, Any]:
-    rec = recorder(_hook_ipython)
+    rec = session.current_log().call_recorder(_hook_ipython)
     key = spec.call_key(args, kwargs)
     occurrence = _SCOPE.occurrence(spec.name, key)
     row = rec.lookup(spec.name, key, occurrence, _SCOPE.generation)
@@ -380,6 +378,8 @@ async def _call_async(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs
             else:
                 _succeeded(rec, spec.name, call, value)
                 return value
+            import asyncio  # deferred for start-up speed (loaded already: this runs in an event loop)
+
             waited = (spec.sleep or asyncio.sleep)(_attempt_failed(rec, spec, call, error))
             if inspect.isawaitable(waited):
                 await waited
@@ -483,6 +483,8 @@ async def gather(*aws: Awaitable[T], limit: int | None = None) -> list[T]:
     answers = await durable_nb.gather(*(ask(p) for p in prompts), limit=8)
     ```
     """
+    import asyncio  # deferred for start-up speed: a script's first call must not import asyncio
+
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"gather limit={limit!r}: expected a positive integer, or None for no limit")
     if limit is None or limit >= len(aws):
@@ -529,7 +531,6 @@ class Step:
     that raises is recorded as a failed attempt and the error propagates; steps are not retried. The key is
     the name and the fingerprint of `key_parts` only: include whatever the body's result depends on.
     """
-
     def __init__(self, name: str, key_parts: tuple[Any, ...]) -> None:
         self.name = name
         self.key_parts = key_parts
@@ -547,14 +548,13 @@ class Step:
         self._result = value
 
     def __enter__(self) -> Step:
-        fingerprint = deps().fingerprint
         function = f"step:{self.name}"
         try:
             key = fingerprint(self.key_parts)
         except Unfingerprintable as exc:
             raise EncodeError(f"step {self.name!r}: its key parts cannot be fingerprinted ({exc}). Pass "
                               "plain values (numbers, strings, tuples) after the name.") from exc
-        rec = recorder(_hook_ipython)
+        rec = session.current_log().call_recorder(_hook_ipython)
         occurrence = _SCOPE.occurrence(function, key)
         row = rec.lookup(function, key, occurrence, _SCOPE.generation)
         if row is not None:

@@ -17,7 +17,7 @@ Event = tuple[str, Any]
 RESULT_MARK: Event = ("display", {"data": {}, "metadata": {}, "transient": {}, "result": True})
 
 
-class Recorder:
+class Capture:
     """Context manager: while active, stdout/stderr writes and display messages are teed into `events`."""
 
     def __init__(self, shell: Any) -> None:
@@ -27,7 +27,7 @@ class Recorder:
         self._paused = False
         self.showed_result = False
 
-    def __enter__(self) -> Recorder:
+    def __enter__(self) -> Capture:
         self._tee_stream("stdout")
         self._tee_stream("stderr")
         pub = self.shell.display_pub
@@ -127,7 +127,7 @@ class _TeeStream:
         return getattr(self._stream, name)
 
 
-def show(shell: Any, result: Any, pause: Recorder | None = None) -> None:
+def show(shell: Any, result: Any, pause: Capture | None = None) -> None:
     """What IPython does with a cell's value: Out[n], `_`, and the execute_result message."""
     if pause is not None:
         pause._paused = True

@@ -27,11 +27,12 @@ import xxhash
 from . import capture, cell_outputs, environment, file_deps, settings, sharing, tracebacks, trust
 from .analysis import CellAnalysis, analyze
 from .calls import execution_scope
+from .cell_log import CellLog
+from .codecs import CODEC_VERSIONS
 from .errors import DecodeError, DurableError, LogError, Unfingerprintable, UntrustedError
 from .fingerprint import fingerprint, fingerprint_file, referenced_globals
-from .log import cells
-from .log.cells import ExecutionStart, Recorded
-from .log.store import DurableLog
+from .log import background
+from .log.cells import ExecutionStart, Recorded, saved_seconds
 from .status import NOT_WRITTEN, SESSION, StatusLine, message
 from .vocabulary import iso
 
@@ -143,7 +144,6 @@ def input_names(analysis: CellAnalysis, shell: Any, opts: CellOptions) -> list[s
 
 
 def compute_key(analysis: CellAnalysis, shell: Any, opts: CellOptions) -> Key:
-    from .codecs import CODEC_VERSIONS
 
     ns = shell.user_ns
     inputs: dict[str, str] = {}
@@ -204,8 +204,7 @@ def explain(prev: dict[str, Any] | None, key: Key, code_hash: str, opts: CellOpt
 
 class DurableCell:
     """Runs one `%%durable` cell body against one log."""
-
-    def __init__(self, shell: Any, log: DurableLog, code: str, opts: CellOptions, cell_id: str | None) -> None:
+    def __init__(self, shell: Any, log: CellLog, code: str, opts: CellOptions, cell_id: str | None) -> None:
         self.shell = shell
         self.log = log
         self.code = code
@@ -234,7 +233,7 @@ class DurableCell:
         reason = None
         try:  # the log fails before the user's code started (damaged, read-only, full): the cell runs unlogged
             if not self.opts.force and not key.problems:
-                recorded = cells.find_replayable(self.log, key.value)
+                recorded = self.log.find_replayable(key.value)
                 moved = file_deps.changes(recorded.read_files) if recorded is not None and self.opts.auto_deps else []
                 if moved:
                     reason, recorded = ", ".join(moved), None
@@ -247,7 +246,7 @@ class DurableCell:
                         differs = environment.differences(self.log, recorded.id)
                         reason = f"recorded value could not be loaded here: {exc}" + (
                             f" ({'; '.join(differs)})" if differs else "")
-            prev = cells.previous(self.log, start)
+            prev = self.log.previous_execution(start)
         except LogError as exc:
             return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting))
         start.reason = reason or explain(prev, key, code_hash, self.opts)
@@ -258,7 +257,7 @@ class DurableCell:
     def _replay(self, recorded: Recorded, start: ExecutionStart) -> Any:
         t0 = time.perf_counter()
         result = cell_outputs.Restore(self.log, self.shell.user_ns, start.inputs).run(recorded.id)
-        events = cells.events(self.log, recorded.id)
+        events = self.log.execution_events(recorded.id)
         differs = environment.differences(self.log, recorded.id)
         replayed = functools.partial(self._payload, "replayed", recorded_at=recorded.started_at,
                                      original=recorded.duration, replayed_from=recorded.id,
@@ -266,8 +265,8 @@ class DurableCell:
         self.status.show(replayed())  # above the replayed outputs; its figures once they are known
         shown = capture.replay(self.shell, events, result)
         duration = time.perf_counter() - t0
-        saved = cells.record_replay(self.log, start, recorded, duration)
-        self.status.show(replayed(duration=duration, saved=saved))
+        self.log.record_replay(start, recorded, duration)
+        self.status.show(replayed(duration=duration, saved=saved_seconds(recorded.duration, duration)))
         return None if shown else result
 
     # -- execute and record ---------------------------------------------------------------------------------
@@ -275,36 +274,36 @@ class DurableCell:
     def _execute(self, transformed: str, analysis: CellAnalysis, start: ExecutionStart) -> Steps:
         __tracebackhide__ = True
         try:
-            execution_id = cells.start(self.log, start)
+            execution_id = self.log.start_execution(start)
         except LogError as exc:
             return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting))
         self.status.show(self._payload("running", reason=start.reason, execution_id=execution_id))
         ns = self.shell.user_ns
         before = dict(ns)  # a C-level copy: holding the old objects also keeps their ids unique
-        recorder = capture.Recorder(self.shell)
+        captured = capture.Capture(self.shell)
         settings_before = settings.snapshot() if settings.may_change(self.code) else None
         t0 = time.perf_counter()
         try:
             watch = file_deps.watching() if self.opts.auto_deps else contextlib.nullcontext(file_deps.Reads())
-            with recorder, execution_scope(execution_id), watch as reads:
+            with captured, execution_scope(execution_id), watch as reads:
                 result = yield from self._exec_user_code(transformed, analysis)
                 duration = time.perf_counter() - t0
                 if result is not None:
-                    recorder.show_result(result)
+                    captured.show_result(result)
         except BaseException as exc:
             duration = time.perf_counter() - t0
-            self._record_failure(execution_id, recorder.events, duration, exc)
+            self._record_failure(execution_id, captured.events, duration, exc)
             self.status.show(self._payload("failed", reason=start.reason, duration=duration,
                                            error=f"{type(exc).__name__}: {exc}", execution_id=execution_id))
             raise
         changed_settings = {} if settings_before is None else settings.changed(settings_before, settings.snapshot())
         read_files = self._files_read(reads, analysis, start) if self.opts.auto_deps else {}
-        problems = self._record(execution_id, analysis, start, before, result, recorder.events, duration,
+        problems = self._record(execution_id, analysis, start, before, result, captured.events, duration,
                                 changed_settings, read_files)
         state = "not-replayable" if problems else "recorded"
         self.status.show(self._payload(state, reason=start.reason, duration=duration, problems=problems,
                                        execution_id=execution_id))
-        return None if recorder.showed_result else result
+        return None if captured.showed_result else result
 
     def _files_read(self, reads: file_deps.Reads, analysis: CellAnalysis, start: ExecutionStart) -> dict[str, Any]:
         ns = self.shell.user_ns
@@ -320,8 +319,8 @@ class DurableCell:
         tb = "".join(traceback.format_exception(exc))
         try:
             with self.log.transaction():
-                cells.write_events(self.log, execution_id, events)
-                cells.finish(self.log, execution_id, state="failed", duration=duration, error=exc, traceback=tb)
+                self.log.write_events(execution_id, events)
+                self.log.finish_execution(execution_id, state="failed", duration=duration, error=exc, traceback=tb)
         except LogError:
             pass  # the user's own exception is what they need to see
 
@@ -336,8 +335,8 @@ class DurableCell:
         try:
             with self.log.transaction():
                 writer.write(changed, deleted, result, shared, changed_settings)
-                cells.write_events(self.log, execution_id, events)
-                cells.finish(self.log, execution_id, state="recorded", duration=duration, read_files=read_files,
+                self.log.write_events(execution_id, events)
+                self.log.finish_execution(execution_id, state="recorded", duration=duration, read_files=read_files,
                              replayable=not writer.problems, problems=writer.problems, bytes_stored=writer.stored,
                              output_names=writer.written)
         except DurableError as exc:
@@ -346,7 +345,7 @@ class DurableCell:
                        "the cell runs again next time")
             # The execution must not stay `running`: a tiny write often fits where the value did not.
             with contextlib.suppress(DurableError), self.log.transaction():
-                cells.finish(self.log, execution_id, state="recorded", duration=duration, replayable=False,
+                self.log.finish_execution(execution_id, state="recorded", duration=duration, replayable=False,
                              problems=[problem])
             return [problem]
         return writer.problems
@@ -391,8 +390,9 @@ class DurableCell:
             "original_s": original if original is not None else (duration if state != "running" else None),
             "saved_s": saved, "reason": reason, "changed": reason.split(", ") if reason else [],
             "problems": problems or [],
-            "message": message(state, recorded_at=recorded_at, duration=duration, original=original, saved=saved,
-                               reason=reason, error=error, problems=problems),
+            "message": " · ".join([message(state, recorded_at=recorded_at, duration=duration, original=original,
+                                           saved=saved, reason=reason, error=error, problems=problems),
+                                   *background.problems(self.log.path)]),
         }
 
 

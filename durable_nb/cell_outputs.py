@@ -17,13 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from . import environment, figures, settings, sharing, trust
-from .codecs import reference
+from . import environment, figures, settings, sharing
+from .cell_log import CellLog
+from .codecs import PICKLE, check_seal, decode_value, encode_safe, npy, pickle, reference, seal, signature, trusted
 from .errors import DecodeError, Unfingerprintable, UntrustedError
 from .fingerprint import by_reduction, fingerprint, remember_restored
-from .log import cells
 from .log.cells import StoredOutput
-from .log.store import DurableLog
 
 RESULT = "__result__"
 # Rebinding these cannot be observed through an alias, so a mutation check or a reference would be wasted.
@@ -53,8 +52,7 @@ class _Pickled:
 @dataclass
 class Writer:
     """Writes one execution's outputs inside the caller's transaction."""
-
-    log: DurableLog
+    log: CellLog
     execution_id: int
     ns: dict[str, Any]
     before: dict[str, Any]
@@ -102,7 +100,7 @@ class Writer:
         self._write_pickled(moved)
 
     def _row(self, out: StoredOutput, *, listed: bool = True) -> None:
-        cells.write_output(self.log, self.execution_id, out)
+        self.log.write_output(self.execution_id, out)
         self.stored += out.size
         if listed:
             self.written.append(out.name)
@@ -117,7 +115,6 @@ class Writer:
             meta = {**view.meta, "view_of": view.anchor}
             if view.anchor not in changed:
                 meta["anchor_fingerprint"] = self.inputs.get(view.anchor) or fingerprint(self.ns[view.anchor])
-            from .codecs import npy
 
             self._row(StoredOutput(name, "value", "npy", npy.NpyCodec.version, type_name(value), meta))
             return
@@ -148,7 +145,6 @@ class Writer:
         return False
 
     def _store_safe(self, name: str, value: Any, mutated: bool) -> bool:
-        from .codecs import encode_safe, seal
 
         sink = self.log.blobs.sink()
         enc = encode_safe(value, sink)
@@ -165,11 +161,10 @@ class Writer:
 
     def _sign(self, codec: str, version: int, meta: dict[str, Any], blob_ids: list[int]) -> str:
         hashes = [self.log.blobs.source(b).hash for b in blob_ids]
-        return trust.sign(trust.payload(codec, version, meta, hashes))
+        return signature(codec, version, meta, hashes)
 
     def _write_pickled(self, moved: set[str]) -> None:
         """Everything only pickle takes, as one stream; a value that cannot be pickled is left out by name."""
-        from .codecs import PICKLE
 
         # Inputs the cell left alone come back as the live objects: the key vouches for their content.
         references = {id(self.ns[n]): f"ns:{n}" for n in self.inputs
@@ -188,30 +183,24 @@ class Writer:
                     if id(part) not in references:
                         reached.setdefault(id(part), f"ns:{n}")
         while members:
-            conn = self.log.conn
-            conn.execute("SAVEPOINT durable_pickle")
             sink = self.log.blobs.sink()
             try:
                 meta = PICKLE.encode_bundle([m.value for m in members], {**reached, **references}, sink)
             except Exception as exc:
-                conn.execute("ROLLBACK TO durable_pickle")
-                conn.execute("RELEASE durable_pickle")
+                sink.discard(0)  # the blobs this attempt wrote
                 members = self._drop_unpicklable(members, references, exc)
                 continue
             joined = [r.removeprefix("ns:") for r in meta["references"] if r in reached.values()]
             if joined:
-                conn.execute("ROLLBACK TO durable_pickle")
-                conn.execute("RELEASE durable_pickle")
+                sink.discard(0)
                 members = members + [_Pickled(n, self.ns[n], True) for n in joined]
                 reached = {i: r for i, r in reached.items() if r.removeprefix("ns:") not in joined}
                 continue
-            conn.execute("RELEASE durable_pickle")
             self._pickled_rows(members, meta, list(sink.blob_ids), sum(sink.sizes))
             return
 
     def _drop_unpicklable(self, members: list[_Pickled], references: dict[int, str],
                           exc: Exception) -> list[_Pickled]:
-        from .codecs import pickle
 
         bad = {m.name: why for m in members if (why := pickle.problem([m.value], references)) is not None}
         if not bad:  # only together do they fail: none of them can be stored
@@ -233,7 +222,6 @@ class Writer:
                                meta={"bundle": {"data": data, "metadata": metadata}}), listed=False)
 
     def _pickled_rows(self, members: list[_Pickled], meta: dict[str, Any], blob_ids: list[int], size: int) -> None:
-        from .codecs import PICKLE
 
         holder = members[0].name
         for i, m in enumerate(members):
@@ -282,8 +270,7 @@ def _recorded_fingerprint(m: _Pickled) -> str | None:
 class Restore:
     """Rebuilds one recorded execution's outputs. Everything is decoded before the namespace is touched: a
     failure leaves no half-restored state."""
-
-    def __init__(self, log: DurableLog, ns: dict[str, Any], inputs: dict[str, str]) -> None:
+    def __init__(self, log: CellLog, ns: dict[str, Any], inputs: dict[str, str]) -> None:
         self.log = log
         self.ns = ns
         self.inputs = inputs  # this replay's key inputs: what the live namespace holds now
@@ -291,7 +278,7 @@ class Restore:
         self.updates: dict[str, Any] = {}  # name → value to copy into the live object
 
     def run(self, execution_id: int) -> Any:
-        outputs = cells.outputs(self.log, execution_id)
+        outputs = self.log.stored_outputs(execution_id)
         _check_complete(self.log, execution_id, outputs)
         check_trusted(self.log, outputs)
         deleted, aliases, views, pickled = [], [], [], []
@@ -328,10 +315,8 @@ class Restore:
         return result
 
     def _decode(self, out: StoredOutput) -> Any:
-        from .codecs import decode_value
 
         sources = [self.log.blobs.source(b) for b in out.blob_ids]
-        from .codecs import check_seal
 
         check_seal(out.meta, _what([out]))
         with _decoding(_what([out])):  # signatures were checked before anything was read
@@ -367,7 +352,6 @@ class Restore:
     def _unpickle(self, rows: list[StoredOutput]) -> None:
         if not rows:
             return
-        from .codecs import pickle
 
         holder = rows[0]
         if holder.meta.get("bundle") != [r.name for r in rows]:
@@ -398,11 +382,10 @@ class Restore:
             self.ns.pop(name, None)
 
 
-def _check_complete(log: DurableLog, execution_id: int, outputs: list[StoredOutput]) -> None:
+def _check_complete(log: CellLog, execution_id: int, outputs: list[StoredOutput]) -> None:
     """The output rows are the ones the execution lists (written in the same transaction): a row lost or renamed
     by a damaged page would otherwise replay with a hole, or under another name."""
-    row = log.conn.execute("SELECT output_names FROM execution WHERE id = ?", (execution_id,)).fetchone()
-    listed = set(str(row[0]).split(", ")) if row is not None and row[0] else set()
+    listed = set(log.output_names(execution_id))
     stored = {out.name for out in outputs} - {RESULT, settings.NAME}
     if listed != stored:
         raise DecodeError(f"the record of execution {execution_id} in {log.path} is inconsistent (it lists "
@@ -411,16 +394,13 @@ def _check_complete(log: DurableLog, execution_id: int, outputs: list[StoredOutp
                           "Nothing of it is replayed; the cell runs instead.")
 
 
-def check_trusted(log: DurableLog, outputs: list[StoredOutput]) -> None:
+def check_trusted(log: CellLog, outputs: list[StoredOutput]) -> None:
     """Raise UntrustedError unless every pickled output is signed by this user; checked before any value is
     read, so an untrusted record costs no decoding."""
-    from .codecs import CODECS
-
-    safe = {c.name for c in CODECS if c.safe}
     for out in outputs:
-        if out.kind in ("value", "result") and out.codec is not None and out.codec not in safe:
+        if out.kind in ("value", "result") and out.codec is not None:
             hashes = [log.blobs.source(b).hash for b in out.blob_ids]
-            if not trust.verify(trust.payload(out.codec, out.codec_version or 0, out.meta, hashes), out.signature):
+            if not trusted(out.codec, out.codec_version or 0, out.meta, hashes, out.signature):
                 raise UntrustedError(f"variable {out.name} ({out.type}) is pickled and not signed by you")
 
 
@@ -445,7 +425,6 @@ def _what(rows: list[StoredOutput]) -> str:
 
 class RecordedDisplay:
     """Stands in for a result that could not be stored as a value: it shows what the original showed."""
-
     def __init__(self, bundle: dict[str, Any]) -> None:
         self._bundle = bundle
 

@@ -14,7 +14,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .log.store import DurableLog
+    from .cell_log import CellLog
 
 # Packages a codec needs to rebuild a value, besides the package its type comes from.
 _CODEC_PACKAGES = {"arrow": ("pyarrow", "pandas"), "npy": ("numpy",), "pickle": ("cloudpickle",)}
@@ -47,7 +47,7 @@ def _distribution_version(package: str) -> str | None:
         return None
 
 
-def note_package(log: DurableLog, type_name: str) -> None:
+def note_package(log: CellLog, type_name: str) -> None:
     """Inside the caller's write transaction: add the version of the package of `type_name` to this run's
     packages, unless the run already lists it."""
     package = package_of(type_name)
@@ -56,16 +56,13 @@ def note_package(log: DurableLog, type_name: str) -> None:
     version = installed_version(package)
     if version is None:
         return
-    log.conn.execute("UPDATE run SET packages = json_set(packages, '$.' || ?, ?) WHERE id = ? AND "
-                     "json_extract(packages, '$.' || ?) IS NULL", (package, version, log.run_id, package))
+    log.note_package(package, version)
 
 
-def differences(log: DurableLog, execution_id: int) -> list[str]:
+def differences(log: CellLog, execution_id: int) -> list[str]:
     """What differs between the run that recorded `execution_id` and this process, for the packages its
     outputs depend on: ["recorded with pandas 2.2.1, here 3.1.1", ...]; empty when nothing relevant differs."""
-    row = log.conn.execute(
-        "SELECT r.python, r.packages FROM execution e JOIN run r ON r.id = e.run_id WHERE e.id = ?",
-        (execution_id,)).fetchone()
+    row = log.recorded_environment(execution_id)
     if row is None:
         return []
     recorded_python, packages_json = row
@@ -88,10 +85,9 @@ def differences(log: DurableLog, execution_id: int) -> list[str]:
     return found
 
 
-def _relevant_packages(log: DurableLog, execution_id: int) -> list[str]:
+def _relevant_packages(log: CellLog, execution_id: int) -> list[str]:
     packages: dict[str, None] = {}
-    for codec, type_name in log.conn.execute(
-            "SELECT codec, type FROM output WHERE execution_id = ? AND codec IS NOT NULL", (execution_id,)):
+    for codec, type_name in log.output_types(execution_id):
         package = package_of(type_name)
         if package is not None:
             packages[package] = None

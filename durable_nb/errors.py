@@ -45,3 +45,11 @@ class UntrustedError(DecodeError):
 
 class NotRecordedError(DurableError):
     """The log has no such execution, run or recorded variable."""
+
+
+class DatabaseURLError(LogError):
+    """A PostgreSQL log address that libpq (or durable_nb's own `schema` parameter) does not accept."""
+
+
+class SigningKeyError(DurableError):
+    """A signing key file (this user's, or a teammate's to trust) cannot be read, written or understood."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import DurableError
+from .log.connect import connect
 from .replicate import S3Location, parse_s3_url, restore, s3_client
 
 if TYPE_CHECKING:
@@ -99,7 +101,6 @@ class Fleet:
         """The `executions` view of every pulled log, concatenated, with a `log` column naming each log."""
         import pandas as pd
 
-        from .log.connect import connect
 
         frames = []
         for name, path in self.pulled.items():
@@ -111,7 +112,6 @@ class Fleet:
             frame.insert(0, "log", name)
             frames.append(frame)
         if not frames:
-            from .errors import DurableError
 
             raise DurableError(
                 f"no logs pulled from {self.location.url} yet: call .pull(DIR) first "

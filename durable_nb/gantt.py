@@ -11,6 +11,8 @@ import functools
 import io
 from typing import TYPE_CHECKING, Any
 
+from .errors import DurableError
+from .log.queries import cell_label
 from .vocabulary import LOOKS, SAVED_COLOUR, fmt_duration
 
 if TYPE_CHECKING:
@@ -28,7 +30,6 @@ def _require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        from .errors import DurableError
 
         raise DurableError("timeline() draws with matplotlib, which is not installed here: "
                            "pip install matplotlib") from exc
@@ -38,7 +39,6 @@ def draw(executions: pd.DataFrame, calls: pd.DataFrame | None, title: str) -> Fi
     _require_matplotlib()
     from matplotlib.figure import Figure
 
-    from .log.queries import cell_label
 
     lanes: dict[str, int] = {}
     cells = [cell_label(n, i, h) for n, i, h in zip(executions["cell_name"], executions["cell_id"],

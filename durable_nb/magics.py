@@ -34,7 +34,8 @@ from traitlets import Bool, CaselessStrEnum, Unicode, observe
 
 from . import session
 from .errors import LogError
-from .log.store import DurableLog
+from .log import current
+from .views import DurableLog
 
 if TYPE_CHECKING:
     from .cell import Steps
@@ -107,7 +108,7 @@ class AwaitDurable:
         return [f"await get_ipython().run_cell_magic({name!r}, {AWAIT_OPTION + ' ' + line!r}, {body!r})\n"]
 
     def _awaits(self, body: str) -> bool:
-        from .cell import _transform
+        from .cell import _transform  # deferred for start-up speed: %load_ext imports no cell machinery
 
         _Nesting.depth += 1
         try:
@@ -185,7 +186,11 @@ class DurableMagics(Magics):
 
     @observe("db", "durability", "from_scratch")
     def _reopen(self, change: Any) -> None:
-        session.close_log()
+        self.configure_log()
+
+    def configure_log(self) -> None:
+        """Make the session's current log the one these settings name (cells and activities then agree)."""
+        session.configure(self.db or None, durability=self.durability, from_scratch=self.from_scratch)
 
     @observe("all_cells")
     def _mode_changed(self, change: Any) -> None:
@@ -205,8 +210,7 @@ class DurableMagics(Magics):
         try:
             if path:
                 return DurableLog(path, readonly=False, durability=self.durability, from_scratch=self.from_scratch)
-            return session.current_if_open() or session.open_log(self.db or None, durability=self.durability,
-                                                                  from_scratch=self.from_scratch)
+            return session.current_log()
         except LogError as exc:
             raise UsageError(str(exc)) from exc
 
@@ -247,8 +251,8 @@ class DurableMagics(Magics):
         and record its variables, output and result. Top-level await, async for and async with work as in a
         plain cell."""
         __tracebackhide__ = True
-        from . import tracebacks
-        from .cell import drive, drive_async
+        from . import tracebacks  # deferred, as the cell machinery: %load_ext imports neither
+        from .cell import drive, drive_async  # deferred for start-up speed: %load_ext imports no cell machinery
 
         args = parse_argstring(self.durable, line)
         # Only the cell's own %%durable: code calling run_cell_magic keeps its frames in the traceback.
@@ -267,11 +271,11 @@ class DurableMagics(Magics):
     def _steps(self, args: Any, cell: str, *, awaiting: bool) -> Steps:
         """The cell's run as steps (cell.Steps): one code path for sync and async bodies."""
         __tracebackhide__ = True
-        from .cell import CellOptions, DurableCell, default_cell_id, exec_steps, run_unlogged
+        from .cell import CellOptions, DurableCell, default_cell_id, exec_steps, run_unlogged  # deferred: start-up
 
         assert self.shell is not None
         if args.off or not self.enabled:
-            from .analysis import analyze
+            from .analysis import analyze  # deferred for start-up speed: %load_ext imports no cell analysis
 
             transformed = self.shell.transform_cell(cell)
             return (yield from exec_steps(self.shell, cell, transformed, analyze(transformed), awaiting=awaiting))
@@ -292,10 +296,9 @@ class DurableMagics(Magics):
     def durable_status(self, line: str) -> None:
         """Show the log path and size, its schema, the runs, the executions and activities by state, the time
         saved, and the replication state when this kernel replicates the log. Nothing is written."""
-        from .cli.history import format_status
-        from .views import status
+        from .views import status  # deferred for start-up speed: %load_ext imports no history views
 
-        print(format_status(status(self.log())))
+        print(status(self.log()))
 
     @magic_arguments()
     @argument("--cell", metavar="NAME", help="Only this cell (its --name or cell id).")
@@ -307,7 +310,7 @@ class DurableMagics(Magics):
         The full data: durable_nb.history() (a DataFrame)."""
         from IPython.display import HTML, display
 
-        from .views import history_html
+        from .views import history_html  # deferred for start-up speed: %load_ext imports no history views
 
         args = parse_argstring(self.durable_history, line)
         if args.last < 0:
@@ -318,7 +321,7 @@ class DurableMagics(Magics):
     def durable_trust(self, line: str) -> None:
         """%durable_trust [LOG]: after reviewing a log (yours by default, or a colleague's LOG), sign its pickled
         values with your key so they replay here. Tampered values are reported and never signed."""
-        from .trust import trust_log
+        from .trust import trust_log  # deferred for start-up speed: %load_ext imports no trust review
 
         path = line.strip()
         try:
@@ -338,7 +341,7 @@ class DurableMagics(Magics):
     def durable_replicate(self, line: str) -> None:
         """Stream the current log to S3-compatible storage with Litestream, in the background. Asynchronous:
         a restore can miss the last ~second of writes. Credentials come from the standard AWS chain."""
-        from . import replicate
+        from . import replicate  # deferred for start-up speed: boto3 only when replicating
 
         args = parse_argstring(self.durable_replicate, line)
         log = self.log()
@@ -367,9 +370,9 @@ class DurableMagics(Magics):
         is reported, never raised: the notebook keeps working with a local log."""
         if not self.replicate_url:
             return
-        from . import replicate
+        from . import replicate  # deferred for start-up speed: boto3 only when replicating
 
-        path = session.configured_path(self.db or None)
+        path = current.configured_path()
         options = {"endpoint": self.replicate_endpoint or None}
         try:
             if replicate.restore_if_missing(path, self.replicate_url, **options):
@@ -386,6 +389,7 @@ def load_ipython_extension(ip: Any) -> None:
     if magics not in ip.configurables:
         ip.configurables.append(magics)
     magics.apply_mode()  # c.DurableMagics.all_cells = True in a config file
+    magics.configure_log()  # c.DurableMagics.db in a config file, before any cell or activity call
     if not any(isinstance(t, AwaitDurable) for t in ip.input_transformers_post):
         ip.input_transformers_post.append(AwaitDurable(ip))
     # A kernel that shuts down cleanly writes its pending replay rows and marks its run as ended.

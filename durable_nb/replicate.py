@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
 from .errors import DurableError
+from .log import background
 
 DEFAULT_REGION = "us-east-1"
 _PR_SET_PDEATHSIG = 1
@@ -506,11 +507,18 @@ def start_replication(log_path: str | Path, url: str, **options: Any) -> Replica
     stop_replication(log_path)
     replicator = Replicator(log_path, url, **options).start()
     _BY_LOG[replicator.log_path] = replicator
+    # %durable_status and the history views show it without importing this module (boto3).
+    background.provide(replicator.log_path, "replication", lambda: _summarized(replicator.status()))
     return replicator
+
+
+def _summarized(status: dict[str, Any]) -> dict[str, Any]:
+    return {**status, "summary": format_status(status)}
 
 
 def stop_replication(log_path: str | Path) -> bool:
     replicator = _BY_LOG.pop(Path(log_path).resolve(), None)
+    background.provide(Path(log_path), "replication", None)
     if replicator is None:
         return False
     replicator.stop()

@@ -24,9 +24,9 @@ from tornado import web
 
 from .errors import LogError, NewerLogError
 from .log.connect import connect
+from .log.current import log_path_for
 
 ENDPOINT = "durable-nb/api/log"
-LOG_SUFFIX = ".durable.db"
 # Enough for a long session; the panel shows the newest first and needs no paging.
 MAX_RUNS = 50
 MAX_EXECUTIONS = 500
@@ -52,12 +52,6 @@ class LogRequestError(Exception):
         self.status = status
 
 
-def default_log_path(notebook: str) -> str:
-    """`dir/nb.ipynb` -> `dir/nb.durable.db`: where %%durable puts a notebook's log unless told otherwise."""
-    path = Path(notebook)
-    return str(path.with_name(path.stem + LOG_SUFFIX)) if path.suffix == ".ipynb" else str(path) + LOG_SUFFIX
-
-
 def resolve_under_root(root: Path, requested: str, *, allow_hidden: bool = False) -> Path:
     """The real path of `requested` (absolute, or relative to root), refused unless it lies under root."""
     root = root.resolve()
@@ -79,7 +73,7 @@ def read_log(root: Path, notebook: str, log: str | None, *, allow_hidden: bool =
     if not notebook and not log:
         raise LogRequestError(400, "missing query parameter: give ?notebook=PATH (relative to the server "
                                    "root) or ?log=PATH.")
-    path = resolve_under_root(root, log or default_log_path(notebook), allow_hidden=allow_hidden)
+    path = resolve_under_root(root, log or str(log_path_for(notebook)), allow_hidden=allow_hidden)
     shown = str(path.relative_to(root.resolve()))
     if not path.is_file():
         return {"log": shown, "exists": False, "runs": [], "executions": []}

@@ -1,85 +1,59 @@
-"""The current log of this process, and the rules that choose its default path.
+"""The current log of this process: opened on first use by the rules of `durable_nb.log.current`.
 
-Rules, first match wins: an explicit path (open_log / %config DurableMagics.db / --db), the DURABLE_NB_DB
-environment variable, `<notebook stem>.durable.db` beside the notebook (IPython's `__session__` or the
-JPY_SESSION_NAME variable), else `durable.db` in the working directory.
+The magics push their settings here (`configure`) when they load and whenever `%config DurableMagics.db`,
+`durability` or `from_scratch` change, so cells, activity calls and the history views all use one log.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
+from typing import cast
 
+from .log import current
 from .log.connect import Durability
-from .log.store import DurableLog
-
-_lock = threading.Lock()
-_current: DurableLog | None = None
+from .views import DurableLog
 
 
-def notebook_path() -> Path | None:
-    """The notebook this kernel runs, if Jupyter told us."""
-    session: object = None
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is not None:
-            session = shell.user_ns.get("__session__")
-    except ImportError:
-        pass
-    session = session or os.environ.get("JPY_SESSION_NAME")
-    if isinstance(session, str) and session.endswith(".ipynb"):
-        return Path(session)
-    return None
-
-
-def default_log_path() -> Path:
-    env = os.environ.get("DURABLE_NB_DB")
-    if env:
-        return Path(env).expanduser()
-    nb = notebook_path()
-    if nb is not None:
-        return nb.with_name(nb.stem + ".durable.db")
-    return Path("durable.db")
-
-
-def configured_path(path: str | os.PathLike[str] | None = None) -> Path:
-    return Path(path).expanduser() if path is not None else default_log_path()
+def configure(path: str | os.PathLike[str] | None = None, *, durability: Durability = "normal",
+              from_scratch: bool = False) -> None:
+    """Choose how the current log is opened; an open log that no longer matches is closed."""
+    stale = current.configure(current.Settings(Path(path) if path is not None else None, durability, from_scratch))
+    if stale is not None:
+        stale.close()
 
 
 def open_log(path: str | os.PathLike[str] | None = None, *, durability: Durability = "normal",
              from_scratch: bool = False) -> DurableLog:
-    """Open (creating if needed) the log at `path` (default: the rules above) and make it this process's
-    current log. Re-opening the current path returns the same object. `from_scratch`: records of earlier runs
-    are not replayed."""
-    global _current
-    target = configured_path(path)
-    with _lock:
-        if (_current is not None and _current.path == target.resolve() and _current.durability == durability
-                and _current.from_scratch == from_scratch):
-            return _current
-        if _current is not None:
-            _current.close()
-        nb = notebook_path()
-        _current = DurableLog(target, readonly=False, durability=durability, notebook=str(nb) if nb else None,
-                              from_scratch=from_scratch)
-        return _current
+    """Open (creating if needed) the log at `path` (default: the configured path, else the rules of
+    durable_nb.log.current) and make it this process's current log. Re-opening the current path returns the
+    same object. `from_scratch`: records of earlier runs are not replayed."""
+    with current.lock:
+        configure(path if path is not None else current.settings().path, durability=durability,
+                  from_scratch=from_scratch)
+        return current_log()
 
 
 def current_log() -> DurableLog:
-    """The current log, opened by the default rules on first use."""
-    return _current if _current is not None else open_log()
+    """The current log, opened by the configured settings on first use."""
+    with current.lock:
+        found = current.get()
+        if found is None:
+            wanted = current.settings()
+            nb = current.notebook_path()
+            found = DurableLog(current.configured_path(), readonly=False, durability=wanted.durability,
+                               notebook=str(nb) if nb else None, from_scratch=wanted.from_scratch)
+            current.set_open(found)
+        return cast(DurableLog, found)  # only this module sets the open log, always to a DurableLog
 
 
 def current_if_open() -> DurableLog | None:
-    return _current
+    return cast("DurableLog | None", current.get())
 
 
 def close_log() -> None:
-    global _current
-    with _lock:
-        if _current is not None:
-            _current.close()
-            _current = None
+    with current.lock:
+        found = current.get()
+        current.set_open(None)
+    if found is not None:
+        found.close()

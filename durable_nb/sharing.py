@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .codecs.npy import dtype_from_descr
 from .errors import DecodeError
 
 
@@ -106,7 +107,6 @@ def _rank(name: str, arr: Any, np: Any) -> tuple[int, bool, str]:
 def rebuild(name: str, anchor: Any, meta: dict[str, Any]) -> Any:
     """The view `meta` describes, into the memory of `anchor`; DecodeError when `anchor` cannot hold it."""
     np = numpy_if_imported()
-    from .codecs.npy import dtype_from_descr
 
     if np is None or type(anchor) is not np.ndarray or not (anchor.flags.c_contiguous or anchor.flags.f_contiguous):
         raise DecodeError(f"variable {name} was a view of an array that is not here in the same form")

@@ -1,67 +1,22 @@
-"""Who may load pickled values: a per-user secret signs what this user records.
-
-Unpickling runs code, so a pickled value loads only when its output record carries an HMAC made with this
-user's secret: recorded here, or re-signed by this user after reviewing a colleague's log. The signature
-covers the codec, its version, its metadata (which holds a BLAKE2b digest of the pickle stream) and the
-content hashes of every blob, so neither the record nor the bytes can be swapped without detection.
+"""Reviewing and trusting whole logs: `durable-nb verify` checks every stored value, `durable-nb trust` re-signs a
+colleague's log after that review so its pickled values load here (the signatures themselves: durable_nb.signing).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
-import secrets
 import sqlite3
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-if TYPE_CHECKING:
-    from .log.store import DurableLog
-
-KEY_ENV = "DURABLE_NB_SECRET_FILE"
-
-
-def secret_path() -> Path:
-    if os.environ.get(KEY_ENV):
-        return Path(os.environ[KEY_ENV]).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "durable_nb" / "secret"
-
-
-@lru_cache(maxsize=8)
-def _secret(path: Path) -> bytes:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return bytes.fromhex(path.read_text().strip())
-
-
-def user_secret() -> bytes:
-    return _secret_for(os.environ.get(KEY_ENV), os.environ.get("XDG_DATA_HOME"))
-
-
-@lru_cache(maxsize=8)
-def _secret_for(key_env: str | None, data_home: str | None) -> bytes:
-    """Keyed by the variables that choose the file: signing every stored value must not cost path work."""
-    return _secret(secret_path())
-
-
-def payload(codec: str, version: int, meta: dict[str, Any], blob_hashes: list[str]) -> bytes:
-    return json.dumps([codec, version, meta, blob_hashes], sort_keys=True, separators=(",", ":")).encode()
-
-
-def sign(data: bytes) -> str:
-    return hmac.new(user_secret(), data, hashlib.sha256).hexdigest()
-
-
-def verify(data: bytes, signature: str | None) -> bool:
-    return bool(signature) and hmac.compare_digest(sign(data), str(signature))
+from . import signing
+from .codecs import CODECS
+from .codecs.pickle import _digest
+from .errors import DecodeError, NotALogError
+from .log.blobs import BlobSource
+from .log.store import LogStore
 
 
 def untrusted_reason(log_path: str | os.PathLike[str]) -> str:
@@ -83,7 +38,6 @@ def _shown(path: Path) -> str:
 @dataclass
 class StoredValue:
     """One stored value of a log (a cell output or an activity result) and where its bytes are."""
-
     where: str
     codec: str
     version: int
@@ -110,7 +64,6 @@ class Finding:
 class Review:
     """What `verify_log` found. `tampered`: bytes or records that changed after they were written (never
     decoded); `unsigned`: intact pickled values this user's key did not sign (they replay once trusted)."""
-
     path: Path
     blobs: int = 0
     blob_bytes: int = 0
@@ -144,7 +97,6 @@ class Review:
 @dataclass
 class Trusted:
     """What `trust_log` did: the values it signed, those already signed, those refused (tampered)."""
-
     path: Path
     signed: list[StoredValue] = field(default_factory=list)
     already: int = 0
@@ -202,28 +154,23 @@ def _meta(text: str | None) -> dict[str, Any]:
 def verify_log(path: str | os.PathLike[str]) -> Review:
     """Check every blob's content hash, every pickle stream's digest and every pickled value's signature.
     Reads the log read-only; nothing is decoded."""
-    from .log.store import DurableLog
-
-    with DurableLog(path, readonly=True) as log:
+    with LogStore(path, readonly=True) as log:
         return _review(log.conn, log.path)
 
 
-def trust_log(log: str | os.PathLike[str] | DurableLog, *, dry_run: bool = False) -> Trusted:
+def trust_log(log: str | os.PathLike[str] | LogStore, *, dry_run: bool = False) -> Trusted:
     """Re-sign with this user's key every intact pickled value (cell outputs and activity results) of a log
     the user has reviewed, so they replay here. Tampered values are refused, never signed."""
-    from .errors import NotALogError
-    from .log.store import DurableLog
-
-    if isinstance(log, DurableLog):
+    if isinstance(log, LogStore):
         return _trust(log, dry_run)
     if not Path(log).exists():
         raise NotALogError(f"durable log {log} does not exist; check the path (a shared log is usually a "
                            "*.durable.db file sent beside the notebook).")
-    with DurableLog(log, readonly=False) as opened:
+    with LogStore(log, readonly=False) as opened:
         return _trust(opened, dry_run)
 
 
-def _trust(log: DurableLog, dry_run: bool) -> Trusted:
+def _trust(log: LogStore, dry_run: bool) -> Trusted:
     review = _review(log.conn, log.path)
     done = Trusted(log.path, list(review.unsigned), review.signed_by_you, list(review.tampered), dry_run)
     if dry_run or not done.signed:
@@ -231,7 +178,7 @@ def _trust(log: DurableLog, dry_run: bool) -> Trusted:
     hashes = dict(log.conn.execute("SELECT id, hash FROM blob").fetchall())
     with log.transaction() as conn:
         for value in done.signed:
-            signature = sign(payload(value.codec, value.version, value.meta, _hashes(value, hashes)))
+            signature = signing.sign(signing.payload(value.codec, value.version, value.meta, _hashes(value, hashes)))
             where = "execution_id = ? AND name = ?" if value.table == "output" else "id = ?"
             conn.execute(f"UPDATE {value.table} SET signature = ? WHERE {where}", (signature, *value.row_key))
     return done
@@ -246,7 +193,6 @@ def _hashes(value: StoredValue, blob_hashes: dict[int, str]) -> list[str]:
 
 
 def _review(conn: sqlite3.Connection, path: Path) -> Review:
-    from .codecs import CODECS
 
     safe = {c.name: c.safe for c in CODECS}
     review = Review(path)
@@ -266,7 +212,8 @@ def _review(conn: sqlite3.Connection, path: Path) -> Review:
         review.pickled += 1
         if problems:
             continue
-        if verify(payload(value.codec, value.version, value.meta, _hashes(value, hashes)), value.signature):
+        if signing.verify(signing.payload(value.codec, value.version, value.meta, _hashes(value, hashes)),
+                          value.signature):
             review.signed_by_you += 1
         else:
             review.unsigned.append(value)
@@ -286,9 +233,6 @@ def _check_blobs(conn: sqlite3.Connection, review: Review,
                  values: list[StoredValue]) -> tuple[dict[int, str], dict[int, str]]:
     """Read every blob once through BlobSource (which verifies its content hash) into one reused buffer;
     returns the failures and the hashes by blob id."""
-    from .errors import DecodeError
-    from .log.blobs import BlobSource
-
     streams = _pickle_streams(values)
 
     rows = conn.execute("SELECT id, hash, size FROM blob ORDER BY id").fetchall()
@@ -315,7 +259,6 @@ def _check_blobs(conn: sqlite3.Connection, review: Review,
 
 
 def _stream_digest(data: bytes | bytearray | memoryview) -> str:
-    from .codecs.pickle import _digest
 
     # The pickle codec's own digest function: one definition of what its meta records (hashlib takes views).
     return _digest(cast(bytes, data))

@@ -11,23 +11,23 @@ function once imported.)
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import gantt
 from .errors import CorruptLogError, DecodeError, NotRecordedError, UntrustedError
-from .log import queries
+from .log import background, current, journal, queries
 from .log.queries import ExecutionRecord
+from .log.store import LogStore
 from .vocabulary import CALL_STATES, STATES, fmt_duration, fmt_when, look
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from .log.store import DurableLog
 
 _TIMES = {"executions": ("started_at", "finished_at"), "runs": ("started_at", "ended_at"),
           "activities": ("started_at", "finished_at"), "outputs": ()}
@@ -35,34 +35,21 @@ _FLAGS = {"replayable", "inplace", "signed"}
 
 
 @contextmanager
-def opened(log: DurableLog | str | os.PathLike[str] | None) -> Iterator[DurableLog]:
-    """The log to read: as given, opened read-only from a path (closed afterwards), or the current one."""
-    from .log.store import DurableLog
-
-    if isinstance(log, DurableLog) or log is None:
-        found = log if log is not None else _current()
+def opened(log: LogStore | str | os.PathLike[str] | None) -> Iterator[LogStore]:
+    """The log to read: as given, opened read-only from a path (closed afterwards), or the current one (the
+    log this process writes, else the configured path opened read-only: reading never creates a log)."""
+    if isinstance(log, LogStore) or (log is None and current.get() is not None):
+        found = log if isinstance(log, LogStore) else current.get()
+        assert found is not None
         if not found.readonly:
             found.flush()  # replays this process recorded but deferred: the views must show them
         yield found
-    else:
-        with DurableLog(log, readonly=True) as found:
-            yield found
+        return
+    with LogStore(log if log is not None else current.configured_path(), readonly=True) as opened_here:
+        yield opened_here
 
 
-def _current() -> DurableLog:
-    """The log the %%durable magics use (their `db` setting), else the session's default log."""
-    from .session import current_log
-
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return current_log()
-    shell = get_ipython()
-    magics = shell.magics_manager.registry.get("DurableMagics") if shell is not None else None
-    return magics.log() if magics is not None else current_log()
-
-
-def _frame(log: DurableLog, view: str, where: str = "", params: tuple[Any, ...] = (), *,
+def _frame(log: LogStore, view: str, where: str = "", params: tuple[Any, ...] = (), *,
            tail: int | None = None, order: str = "", times: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Rows of a view as a DataFrame, built column-wise through Arrow (pd.read_sql builds it row by row)."""
     import numpy as np
@@ -109,7 +96,7 @@ def _state_order(view: str) -> list[str]:
 # -- the views ---------------------------------------------------------------------------------------------
 
 
-def history(log: DurableLog | str | os.PathLike[str] | None = None, *, cell: str | None = None,
+def history(log: LogStore | str | os.PathLike[str] | None = None, *, cell: str | None = None,
             state: str | tuple[str, ...] | None = None, run: int | None = None,
             last: int | None = None) -> pd.DataFrame:
     """One row per cell execution (the `executions` view): run, cell, state, times, duration, time saved by
@@ -145,7 +132,7 @@ def _filters(*, cell: str | None = None, state: str | tuple[str, ...] | None = N
     return " AND ".join(clauses), tuple(params)
 
 
-def history_html(log: DurableLog | str | os.PathLike[str] | None = None, *, cell: str | None = None,
+def history_html(log: LogStore | str | os.PathLike[str] | None = None, *, cell: str | None = None,
                  last: int | None = 20, failed: bool = False) -> str:
     """The compact table of %durable_history: one line per execution, escaped text. The output is saved with
     the notebook, so times are absolute (a relative "5m ago" would be wrong once reopened); each column holds
@@ -183,13 +170,13 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def runs(log: DurableLog | str | os.PathLike[str] | None = None) -> pd.DataFrame:
+def runs(log: LogStore | str | os.PathLike[str] | None = None) -> pd.DataFrame:
     """One row per run (kernel session): host, versions, start/end, counts by state, time saved."""
     with opened(log) as lg:
         return _frame(lg, "runs", order="run_id")
 
 
-def activities(log: DurableLog | str | os.PathLike[str] | None = None, *, execution: int | None = None,
+def activities(log: LogStore | str | os.PathLike[str] | None = None, *, execution: int | None = None,
                run: int | None = None, state: str | None = None) -> pd.DataFrame:
     """One row per recorded activity call (the `activities` view): attempts, retries, last error."""
     where, params = _filters(execution=execution, run=run, state=state)
@@ -197,7 +184,7 @@ def activities(log: DurableLog | str | os.PathLike[str] | None = None, *, execut
         return _frame(lg, "activities", where, params, order="call_id")
 
 
-def outputs(execution: int, log: DurableLog | str | os.PathLike[str] | None = None) -> pd.DataFrame:
+def outputs(execution: int, log: LogStore | str | os.PathLike[str] | None = None) -> pd.DataFrame:
     """The variables an execution recorded (a replay's are its source's): kind, codec, type, size."""
     with opened(log) as lg:
         record = queries.execution(lg.conn, int(execution), lg.path)
@@ -208,7 +195,7 @@ def outputs(execution: int, log: DurableLog | str | os.PathLike[str] | None = No
 
 
 def load(name: str, *, execution: int | None = None, run: int | None = None,
-         at: dt.datetime | str | float | None = None, log: DurableLog | str | os.PathLike[str] | None = None) -> Any:
+         at: dt.datetime | str | float | None = None, log: LogStore | str | os.PathLike[str] | None = None) -> Any:
     """The value of variable `name` as last recorded — at or before `execution`, within `run`, or by the time
     `at` (datetime, ISO string or epoch seconds; naive times are local). The namespace is not touched.
     Only %%durable cells record: a value set by a plain cell in between is not in the log.
@@ -234,26 +221,23 @@ def _epoch(at: dt.datetime | str | float | None) -> float | None:
     return when.timestamp()
 
 
-def _decode(log: DurableLog, execution_id: int, out: queries.OutputRecord) -> Any:
-
-    from . import trust
-    from .codecs import decode_value
+def _decode(log: LogStore, execution_id: int, out: queries.OutputRecord) -> Any:
+    # Deferred for start-up speed: %load_ext and a script's first activity call load this module, not the codecs.
+    from . import sharing
+    from .codecs import check_seal, decode_value, reference, trusted
 
     where = f"variable {out.name} (execution {execution_id} of {log.path})"
     if out.kind == "deleted":
         raise NotRecordedError(f"{where} was deleted (del {out.name}) by that execution; pass an earlier "
                                "execution= or at= to get the value before.")
     if out.kind == "module":
-        from .codecs import reference
 
         return reference.resolve(str(out.target), out.name)
     if out.codec is None:
         raise DecodeError(f"{where} was only displayed ({out.type}), not stored as a value.")
-    from .codecs import check_seal
 
     check_seal(out.meta, where)
     if "view_of" in out.meta:  # a view of another variable of that execution (or one it read)
-        from . import sharing
 
         anchor = load(str(out.meta["view_of"]), execution=out.execution_id, log=log)
         return sharing.rebuild(out.name, anchor, out.meta)
@@ -263,8 +247,7 @@ def _decode(log: DurableLog, execution_id: int, out: queries.OutputRecord) -> An
     if "bundle" in out.meta:
         return _bundle(log, out, where)[0]
     sources = [log.blobs.source(b) for b in queries.blob_ids(log.conn, out.execution_id, out.name)]
-    allowed = trust.verify(trust.payload(out.codec, out.codec_version or 0, out.meta, [s.hash for s in sources]),
-                           out.signature)
+    allowed = trusted(out.codec, out.codec_version or 0, out.meta, [s.hash for s in sources], out.signature)
     try:
         return decode_value(out.codec, out.codec_version or 0, out.meta, sources, allow_pickle=allowed)
     except UntrustedError as exc:
@@ -277,14 +260,13 @@ def _decode(log: DurableLog, execution_id: int, out: queries.OutputRecord) -> An
         raise DecodeError(f"{where} ({out.type}) cannot be loaded here: {type(exc).__name__}: {exc}") from exc
 
 
-def _bundle(log: DurableLog, holder: queries.OutputRecord, where: str) -> list[Any]:
+def _bundle(log: LogStore, holder: queries.OutputRecord, where: str) -> list[Any]:
     """The pickled outputs of one execution, in order; the variables they refer to are loaded as recorded then."""
-    from . import trust
-    from .codecs import pickle
+    from .codecs import pickle, trusted  # deferred for start-up speed (see _decode)
 
     sources = [log.blobs.source(b) for b in queries.blob_ids(log.conn, holder.execution_id, holder.name)]
-    if not trust.verify(trust.payload(holder.codec or "", holder.codec_version or 0, holder.meta,
-                                      [s.hash for s in sources]), holder.signature):
+    if not trusted(holder.codec or "", holder.codec_version or 0, holder.meta, [s.hash for s in sources],
+                   holder.signature):
         raise UntrustedError(f"{where} is pickled and this log is not trusted here: loading it would run code "
                              f"from the log. If you trust its author, run `durable-nb trust {log.path}`, "
                              "then load again.")
@@ -316,7 +298,6 @@ class Change:
 @dataclass
 class Diff:
     """What differs between two executions or two runs: code (unified diffs by cell), inputs, outputs."""
-
     a: str
     b: str
     changes: list[Change] = field(default_factory=list)
@@ -352,7 +333,7 @@ class Diff:
 
 
 def diff(a: int, b: int, *, by: Literal["execution", "run"] = "execution",
-         log: DurableLog | str | os.PathLike[str] | None = None) -> Diff:
+         log: LogStore | str | os.PathLike[str] | None = None) -> Diff:
     """Compare two executions (`by="execution"`) or two runs (`by="run"`: each cell's last execution in each)."""
     with opened(log) as lg:
         if by == "execution":
@@ -375,10 +356,12 @@ def diff(a: int, b: int, *, by: Literal["execution", "run"] = "execution",
         return result
 
 
-def _compare(log: DurableLog, a: ExecutionRecord, b: ExecutionRecord, into: Diff) -> None:
+def _compare(log: LogStore, a: ExecutionRecord, b: ExecutionRecord, into: Diff) -> None:
     cell = b.cell
     if a.code_hash != b.code_hash or a.code != b.code:
         into.changes.append(Change(cell, "code", cell, "changed", a.code_hash[:12], b.code_hash[:12]))
+        import difflib  # deferred for start-up speed: activities import this module, only diff() needs it
+
         into.code[cell] = "".join(difflib.unified_diff(
             a.code.splitlines(keepends=True), b.code.splitlines(keepends=True),
             f"execution {a.id}", f"execution {b.id}"))
@@ -422,28 +405,22 @@ def _compare_maps(cell: str, what: Literal["input", "output"], a: dict[str, str]
 # -- status and the timeline ------------------------------------------------------------------------------------
 
 
-def status(log: DurableLog | str | os.PathLike[str] | None = None) -> queries.LogStatus:
+def status(log: LogStore | str | os.PathLike[str] | None = None) -> queries.LogStatus:
     """Path, sizes, schema version, runs, executions and activities by state, time saved, and the state of
     replication when this process replicates the log."""
-    import sys
-
     with opened(log) as lg:
         found = queries.status(lg.conn, lg.path, current_run=getattr(lg, "_run_id", None))
-    # Replication runs in this process only if durable_nb.replicate was imported; never import it (boto3) here.
-    replicate = sys.modules.get("durable_nb.replicate")
-    replicator = replicate.replication_of(found.path) if replicate is not None else None
-    if replicator is not None:
-        found.replication = replicator.status()
+    found.replication = background.live_status(found.path, "replication")
+    found.pending_calls = journal.pending(found.path)
+    found.problems = background.problems(found.path)
     return found
 
 
-def timeline(log: DurableLog | str | os.PathLike[str] | None = None, *, run: int | None = None,
+def timeline(log: LogStore | str | os.PathLike[str] | None = None, *, run: int | None = None,
              last: int | None = None, with_activities: bool = True) -> Figure:
     """A Gantt chart of cell executions (one lane per cell) and activity calls over time, coloured by state;
     each replay is drawn with a hatched bar as long as the time it saved. Reads well from 5 to 5,000+
     executions: one collection per state, thinned lane labels, a minimum visible bar width."""
-    from . import gantt
-
     with opened(log) as lg:
         executions = history(lg, run=run, last=last)
         calls = None
@@ -453,39 +430,34 @@ def timeline(log: DurableLog | str | os.PathLike[str] | None = None, *, run: int
         return gantt.draw(executions, calls, lg.path.name)
 
 
-class HistoryMethods:
-    """The views as methods of a log: `DurableLog("colleague.durable.db").history()`."""
-
+class DurableLog(LogStore):
+    """An open durable log, read-only by default: any log (a colleague's, a restored one) is inspected without
+    being written (`readonly=False` to write). The history views are its methods:
+    `DurableLog("colleague.durable.db").history()`, `.load(name)`, `.timeline()`..."""
     def history(self, *, cell: str | None = None, state: str | None = None, run: int | None = None,
                 last: int | None = None) -> pd.DataFrame:
-        return history(self._me(), cell=cell, state=state, run=run, last=last)
+        return history(self, cell=cell, state=state, run=run, last=last)
 
     def runs(self) -> pd.DataFrame:
-        return runs(self._me())
+        return runs(self)
 
     def activities(self, *, execution: int | None = None, run: int | None = None,
                    state: str | None = None) -> pd.DataFrame:
-        return activities(self._me(), execution=execution, run=run, state=state)
+        return activities(self, execution=execution, run=run, state=state)
 
     def outputs(self, execution: int) -> pd.DataFrame:
-        return outputs(execution, self._me())
+        return outputs(execution, self)
 
     def load(self, name: str, *, execution: int | None = None, run: int | None = None,
              at: dt.datetime | str | float | None = None) -> Any:
-        return load(name, execution=execution, run=run, at=at, log=self._me())
+        return load(name, execution=execution, run=run, at=at, log=self)
 
     def diff(self, a: int, b: int, *, by: Literal["execution", "run"] = "execution") -> Diff:
-        return diff(a, b, by=by, log=self._me())
+        return diff(a, b, by=by, log=self)
 
     def timeline(self, *, run: int | None = None, last: int | None = None,
                  with_activities: bool = True) -> Figure:
-        return timeline(self._me(), run=run, last=last, with_activities=with_activities)
+        return timeline(self, run=run, last=last, with_activities=with_activities)
 
     def status(self) -> queries.LogStatus:
-        return status(self._me())
-
-    def _me(self) -> DurableLog:
-        from .log.store import DurableLog
-
-        assert isinstance(self, DurableLog)
-        return self
+        return status(self)

@@ -1,8 +1,11 @@
 """Shared pytest fixtures. Fixture modules live next to this file; importing a fixture here registers it."""
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import torture
+from pg_server import pg_database, postgres  # noqa: F401  (fixtures: a real PostgreSQL on 127.0.0.1, a database)
 from s3server import s3  # noqa: F401  (fixture: a real rclone S3 server on 127.0.0.1)
 from shells import new_shell, secret, shell  # noqa: F401  (fixtures: IPython shells with durable_nb loaded)
 
@@ -12,3 +15,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if torture.FIGURES:
         for line in torture.summary():
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(autouse=True)
+def _default_log_settings() -> Iterator[None]:
+    """Each test starts with the default current-log settings: one test's %config DurableMagics.db or
+    open_log(path) must not choose the next test's log."""
+    from durable_nb import session
+
+    yield
+    session.close_log()
+    session.configure()

@@ -10,7 +10,7 @@ import json
 import random
 from pathlib import Path
 
-from durable_nb.log.store import DurableLog
+from durable_nb import DurableLog
 
 CODE = "import pandas as pd\ndf = pd.read_csv('data_{i}.csv')\nsummary = df.describe()\nprint(len(df))\n"
 

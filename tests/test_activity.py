@@ -9,20 +9,24 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from shells import Shell
 
+import durable_nb
 import durable_nb.calls as act
-from durable_nb import session
+import durable_nb.views
+from durable_nb import DurableLog, session
 from durable_nb.calls import Permanent, activity, step
 from durable_nb.errors import EncodeError
 from durable_nb.fingerprint import fingerprint
-from durable_nb.log.calls import flush, recover
-from durable_nb.log.store import DurableLog
+from durable_nb.log.calls import flush
+from durable_nb.log.journal import recover
 from durable_nb.retry import RetryPolicy
 
 
@@ -477,7 +481,8 @@ def test_sigkill_loses_no_returned_call(tmp_path: Path, secret: Path, flush_dela
     session.open_log(db)  # a writer opening the log imports the journals of dead runs
     act.reset_scope()
     try:
-        assert recover(session.current_log()) == 0, "already imported when the log was opened"
+        log = session.current_log()
+        assert recover(log.conn, log.path, set(log.dead_run_ids())) == 0, "already imported when the log was opened"
         got = rows(db, "SELECT occurrence, state FROM activities ORDER BY call_id")
         assert [s for _, s in got] == states
         assert not list((tmp_path / "k.db-activities").glob("*.jsonl"))
@@ -561,3 +566,38 @@ def test_the_log_and_its_views_show_calls_made_a_moment_ago(db: Path, monkeypatc
     assert double(3) == 6
     log.flush()
     assert log.conn.execute("SELECT count(*) FROM activities").fetchone()[0] == 4
+
+
+def test_a_failing_background_flush_is_shown_until_the_log_takes_the_calls(shell: Shell) -> None:
+    """The flusher thread has no caller: its error must reach %durable_status and the next cell's status line,
+    and go away once the calls are in the log."""
+    import io
+    from contextlib import redirect_stdout
+
+    from durable_nb import session
+    from durable_nb.log import calls as log_calls
+
+    shell.run("import durable_nb\n@durable_nb.activity\ndef inc(x):\n    return x + 1\n")
+    shell.run("inc(1)")
+    log = session.current_log()
+    rec = log_calls.recorder_for(log, lambda: None)
+    rec.flush()
+    rec.conn.execute("PRAGMA query_only = 1")  # SQLite itself now refuses the flusher's writes
+    shell.run("inc(2)")
+    deadline = time.time() + 5
+    while not any("activity flusher" in p for p in durable_nb.views.status(log).problems) and time.time() < deadline:
+        time.sleep(0.05)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        shell.run("%durable_status")
+    assert "problem:    activity flusher: activity calls wait in the journal" in out.getvalue()
+    assert "journaled, not yet in the log" in out.getvalue()
+    shell.durable("z = 1")
+    assert "activity flusher" in shell.last_status()["message"]
+    rec.conn.execute("PRAGMA query_only = 0")
+    log_calls._FLUSHER.wake(rec)
+    deadline = time.time() + 5
+    while durable_nb.views.status(log).problems and time.time() < deadline:
+        time.sleep(0.05)
+    assert durable_nb.views.status(log).problems == []
+    assert len(durable_nb.activities(log)) == 2

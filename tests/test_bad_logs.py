@@ -121,8 +121,8 @@ def test_closing_waits_for_a_checkpoint_under_way_and_folds_the_wal(tmp_path: Pa
     the WAL and the next open had to scan all of it (300 ms per GiB)."""
     import threading
 
+    from durable_nb import DurableLog
     from durable_nb.log import connect as connect_module
-    from durable_nb.log.store import DurableLog
 
     started, release = threading.Event(), threading.Event()
     real = connect_module._checkpoint

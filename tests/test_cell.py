@@ -245,15 +245,15 @@ def test_tampered_blob_is_a_miss(new_shell: Callable[[], Shell], tmp_path: Path)
 
 def test_default_log_follows_the_notebook_then_the_environment(tmp_path: Path, secret: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from durable_nb import session
+    from durable_nb.log import current
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DURABLE_NB_DB", raising=False)
-    assert session.default_log_path() == Path("durable.db")
+    assert current.configured_path() == Path("durable.db")
     monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "analysis.ipynb"))
-    assert session.default_log_path() == tmp_path / "analysis.durable.db"
+    assert current.configured_path() == tmp_path / "analysis.durable.db"
     monkeypatch.setenv("DURABLE_NB_DB", str(tmp_path / "chosen.db"))
-    assert session.default_log_path() == tmp_path / "chosen.db"
+    assert current.configured_path() == tmp_path / "chosen.db"
 
 
 def test_config_db_setting_moves_the_log(shell: Shell, tmp_path: Path) -> None:
@@ -261,6 +261,20 @@ def test_config_db_setting_moves_the_log(shell: Shell, tmp_path: Path) -> None:
     shell.durable("z = 3")
     assert (tmp_path / "elsewhere.durable.db").exists()
     assert shell.last_status()["log"] == str(tmp_path / "elsewhere.durable.db")
+
+
+def test_activities_before_any_durable_cell_use_the_configured_log(shell: Shell, tmp_path: Path) -> None:
+    """One answer to "which log": an activity called before any %%durable cell goes to DurableMagics.db, and so
+    do the history views, not to the default durable.db."""
+    chosen = tmp_path / "chosen.durable.db"
+    shell.run(f"%config DurableMagics.db = {str(chosen)!r}")
+    shell.run("import durable_nb\n@durable_nb.activity\ndef double(x):\n    return 2 * x\nresult = double(21)\n"
+              "calls = durable_nb.activities()")
+    assert shell.ns["result"] == 42
+    assert len(shell.ns["calls"]) == 1 and shell.ns["calls"]["function"].str.endswith("double").all()
+    shell.durable("z = 3")
+    assert shell.last_status()["log"] == str(chosen)
+    assert not (tmp_path / "durable.db").exists()
 
 
 def test_ipython_syntax_inside_a_durable_cell(new_shell: Callable[[], Shell]) -> None:

@@ -128,10 +128,9 @@ def test_detected_files_are_in_the_history(shell: Shell, tmp_path: Path) -> None
     history = durable_nb.history(tmp_path / "t.durable.db")
     assert str(tmp_path / "sales.csv") in history.files_read.iloc[-1]
     shell.run("%durable_status")
-    from durable_nb.cli.history import format_status
     from durable_nb.views import status
 
-    assert "files read: 1 files and listings" in format_status(status(tmp_path / "t.durable.db"))
+    assert "files read: 1 files and listings" in str(status(tmp_path / "t.durable.db"))
 
 
 def test_an_environment_variable_is_keyed_by_value_and_never_stored(

@@ -19,10 +19,9 @@ from history_logs import synthetic_log
 from shells import Shell
 
 import durable_nb
-from durable_nb import session, views
+from durable_nb import DurableLog, session, views
 from durable_nb.errors import NewerLogError, NotALogError, NotRecordedError, UntrustedError
 from durable_nb.log.maintenance import export, gc
-from durable_nb.log.store import DurableLog
 from durable_nb.vocabulary import LOOKS
 
 DOCS = Path(__file__).parents[1] / "docs" / "schema.md"
@@ -39,9 +38,10 @@ def fingerprint(path: Path) -> tuple[str, int]:
 
 def crash_in_cell(db: Path) -> None:
     """A real process starts a durable execution and dies without finishing it (os._exit)."""
-    code = ("import os\nfrom durable_nb.log.store import DurableLog\nfrom durable_nb.log import cells\n"
+    code = ("import os\nfrom durable_nb import DurableLog\nfrom durable_nb.log import cells\n"
             f"log = DurableLog({str(db)!r}, readonly=False)\n"
-            "cells.start(log, cells.ExecutionStart('train', None, 1, 'k-crash', 'model = fit()', 'h', {}, {}, None))\n"
+            "log.start_execution(cells.ExecutionStart('train', None, 1, 'k-crash', 'model = fit()', 'h', {}, {}, "
+            "None))\n"
             "os._exit(9)\n")
     subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
 

@@ -12,7 +12,8 @@ import pytest
 from jupyterproc import running_jupyter
 
 from durable_nb.log.connect import connect
-from durable_nb.server import LogRequestError, default_log_path, read_log, resolve_under_root
+from durable_nb.log.current import log_path_for
+from durable_nb.server import LogRequestError, read_log, resolve_under_root
 
 SECRET_CODE = "token = 'do-not-leak'"
 
@@ -34,9 +35,9 @@ def write_log(path: Path, cells: list[tuple[str, str | None, str]]) -> None:
 
 
 def test_default_log_path_sits_next_to_the_notebook() -> None:
-    assert default_log_path("dir/nb.ipynb") == "dir/nb.durable.db"
-    assert default_log_path("nb.ipynb") == "nb.durable.db"
-    assert default_log_path("dir/script.py") == "dir/script.py.durable.db"
+    assert log_path_for("dir/nb.ipynb") == Path("dir/nb.durable.db")
+    assert log_path_for("nb.ipynb") == Path("nb.durable.db")
+    assert log_path_for("dir/script.py") == Path("dir/script.py.durable.db")
 
 
 def test_paths_outside_the_root_are_refused(tmp_path: Path) -> None:

@@ -22,11 +22,10 @@ from IPython.core.interactiveshell import InteractiveShell
 from shells import Shell
 from torture import digest, figure, size
 
-from durable_nb import session
+from durable_nb import DurableLog, session
 from durable_nb.errors import DurableError
 from durable_nb.log import connect as connect_module
 from durable_nb.log.maintenance import export
-from durable_nb.log.store import DurableLog
 from durable_nb.trust import verify_log
 
 COPIES = int(os.environ.get("DURABLE_NB_TORTURE_COPIES", size(100, 300)))

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torture import size
 
+from durable_nb import DurableLog
 from durable_nb.analysis import analyze
 from durable_nb.codecs import decode_value, encode_value
 from durable_nb.fingerprint import fingerprint
-from durable_nb.log.store import DurableLog
 
 EXAMPLES = size(60, 400)
 plain = st.recursive(

@@ -18,10 +18,10 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from shells import Shell
 
-from durable_nb import session
+from durable_nb import DurableLog, session
 from durable_nb.cli import main as cli
-from durable_nb.log.store import DurableLog
-from durable_nb.trust import KEY_ENV, trust_log, untrusted_reason, verify_log
+from durable_nb.signing import KEY_ENV
+from durable_nb.trust import trust_log, untrusted_reason, verify_log
 
 Kernel = Callable[[Path, Path], Shell]
 

@@ -430,7 +430,7 @@ def test_colleague_replays_every_cell_of_these_types_without_trusting_the_log(tm
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from durable_nb import session
     from durable_nb.log.maintenance import export
-    from durable_nb.trust import KEY_ENV
+    from durable_nb.signing import KEY_ENV
 
     alice, bob = tmp_path / "alice", tmp_path / "bob"
     alice.mkdir()
@@ -447,7 +447,7 @@ def test_colleague_replays_every_cell_of_these_types_without_trusting_the_log(tm
     assert sh.last_status()["state"] == "recorded" and not sh.last_status()["problems"]
     want = {k: sh.ns[k] for k in ("frame", "table", "cube", "matrix", "weights", "state", "plain")}
     export(alice / "a.durable.db", bob / "shared.durable.db")
-    from durable_nb.log.store import DurableLog
+    from durable_nb import DurableLog
 
     with DurableLog(bob / "shared.durable.db", readonly=True) as shared:
         codecs = dict(shared.conn.execute("SELECT name, codec FROM output WHERE kind = 'value'").fetchall())

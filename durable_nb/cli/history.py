@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..vocabulary import CALL_STATES, STATES, ago, fmt_duration
+from ..vocabulary import CALL_STATES, STATES, ago, fmt_duration, human_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -180,8 +180,6 @@ def _note(r: Any) -> str:
 
 
 def _size(n: Any) -> str:
-    from ..log.maintenance import human_bytes
-
     return human_bytes(int(n)) if n else ""
 
 
@@ -288,8 +286,6 @@ def _load(args: argparse.Namespace) -> int:
         raise DurableError(f"--at {args.at!r} is not an ISO 8601 time (e.g. 2026-11-26T14:03:00Z).") from exc
     value = load(args.name, execution=args.execution, run=args.run, at=at, log=Path(args.log))
     writer(value, target, args.name)
-    from ..log.maintenance import human_bytes
-
     print(f"wrote {args.name} ({type(value).__module__}.{type(value).__qualname__}) to {target} "
           f"({human_bytes(target.stat().st_size)})")
     return 0
@@ -376,31 +372,5 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(found.as_dict()))
         return 0
-    print(format_status(found))
+    print(found)
     return 0
-
-
-def format_status(found: Any) -> str:
-    """Lines for `durable-nb status` and %durable_status (a queries.LogStatus)."""
-    from ..log.maintenance import human_bytes
-
-    def counts(by_state: dict[str, int]) -> str:
-        return " · ".join(f"{n} {s}" for s, n in sorted(by_state.items(), key=lambda kv: STATES.index(kv[0])
-                                                              if kv[0] in STATES else 9)) or "none"
-
-    lines = [f"log:        {found.path} ({human_bytes(found.file_bytes)}"
-             f"{f' + {human_bytes(found.wal_bytes)} WAL' if found.wal_bytes else ''}; "
-             f"{human_bytes(found.free_bytes)} free pages)",
-             f"schema:     version {found.schema_version}",
-             f"runs:       {found.runs}" + (f" (current: run {found.current_run})" if found.current_run else ""),
-             f"executions: {counts(found.executions)}",
-             f"activities: {counts(found.activities)}",
-             f"time saved: {_seconds(found.saved_seconds) if found.saved_seconds else 'none yet'}",
-             f"files read: {found.files_read} files and listings (which, per execution: the files_read column "
-             "of durable_nb.history())",
-             f"last write: {ago(found.last_activity)}"]
-    if found.replication is not None:
-        from ..replicate import format_status as replication_line
-
-        lines.append(f"replica:    {replication_line(found.replication)}")
-    return "\n".join(lines)

@@ -2,7 +2,7 @@
 (pyarrow) → xarray → sparse → torch → json → tagged → pickle: exact safe codecs before pickle. A codec for a
 library accepts nothing while that library is not imported (it checks sys.modules), so none is loaded for it.
 
-A codec writes its blobs through a `BlobSink` (one sink per value: `sink.blob_ids` are then exactly the
+A codec writes its blobs through a `Sink` (one sink per value: `sink.blob_ids` are then exactly the
 value's blobs, in the order `decode` expects its sources) and returns a JSON-able `meta` dict.
 Heavy libraries are imported inside the codecs, so importing this registry stays cheap.
 """
@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from .. import signing
 from ..errors import DecodeError, EncodeError, UntrustedError
 from . import arrow, arrow_ipc, json, npy, pickle, polars, sparse, tagged, torch, xarray
 
 if TYPE_CHECKING:
-    from ..log.blobs import BlobSink, BlobSource
+    from .streams import Sink, Source
 
 
 class Codec(Protocol):
@@ -26,9 +27,9 @@ class Codec(Protocol):
 
     def accepts(self, value: Any) -> bool: ...
 
-    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]: ...
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]: ...
 
-    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any: ...
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any: ...
 
 
 class Encoded(NamedTuple):
@@ -46,6 +47,7 @@ LEAF_CODECS: tuple[Codec, ...] = (arrow.ArrowCodec(), npy.NpyCodec(), polars.Pol
 PICKLE = pickle.PickleCodec()
 CODECS: tuple[Codec, ...] = (*LEAF_CODECS, json.JsonCodec(), tagged.TaggedCodec(), PICKLE)
 _SAFE = tuple(c for c in CODECS if c.safe)
+SAFE_CODECS = frozenset(c.name for c in _SAFE)
 CODEC_VERSIONS: dict[str, int] = {c.name: c.version for c in CODECS}
 _BY_NAME: dict[str, Codec] = {c.name: c for c in CODECS}
 
@@ -55,7 +57,7 @@ def type_name(value: Any) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
-def encode_value(value: Any, sink: BlobSink) -> Encoded:
+def encode_value(value: Any, sink: Sink) -> Encoded:
     """Encode with the first codec that accepts `value` and round-trips it exactly; pickle is the last resort.
     Raises EncodeError naming the type and why pickle could not take it either."""
     found, reason = _first_codec(CODECS, value, sink)
@@ -65,12 +67,12 @@ def encode_value(value: Any, sink: BlobSink) -> Encoded:
     return found
 
 
-def encode_safe(value: Any, sink: BlobSink) -> Encoded | None:
+def encode_safe(value: Any, sink: Sink) -> Encoded | None:
     """Encode with the first safe codec that takes `value`; None when only pickle would (see PICKLE)."""
     return _first_codec(_SAFE, value, sink)[0]
 
 
-def _first_codec(codecs: Sequence[Codec], value: Any, sink: BlobSink) -> tuple[Encoded | None, str]:
+def _first_codec(codecs: Sequence[Codec], value: Any, sink: Sink) -> tuple[Encoded | None, str]:
     reason = "no codec accepts it"
     for codec in codecs:
         mark = sink.mark()
@@ -118,7 +120,21 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def decode_value(codec: str, version: int, meta: dict[str, Any], sources: Sequence[BlobSource], *,
+def signature(codec: str, version: int, meta: dict[str, Any], hashes: list[str]) -> str:
+    """This user's signature of a stored value: its codec, version, meta and the content hashes of its blobs."""
+    return signing.sign(signing.payload(codec, version, meta, hashes))
+
+
+def trusted(codec: str, version: int, meta: dict[str, Any], hashes: list[str], signature: str | None) -> bool:
+    """May this value be decoded here: its codec runs no code, or this user signed exactly this value. The one
+    trust check in front of every decode (cells, activities, history)."""
+    found = _BY_NAME.get(codec)
+    if found is not None and found.safe:
+        return True
+    return signing.verify(signing.payload(codec, version, meta, hashes), signature)
+
+
+def decode_value(codec: str, version: int, meta: dict[str, Any], sources: Sequence[Source], *,
                  allow_pickle: bool) -> Any:
     """Rebuild a value. Unsafe codecs need `allow_pickle` (checked before any byte is read)."""
     found = _BY_NAME.get(codec)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from ..log.blobs import BlobSink, BlobSource
+    from .streams import Sink, Source
 
 HEAD_ROWS = 64
 GROUP_BYTES = 8 * 1024 * 1024
@@ -53,7 +53,7 @@ class ArrowCodec:
             return True
         return isinstance(value, pd.Index) and type(value).__module__.split(".")[0] == "pandas"
 
-    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         import pyarrow as pa
 
         kind, frame, meta = _as_frame(value)
@@ -81,10 +81,10 @@ class ArrowCodec:
                 stream.write_table(part)
         return meta
 
-    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
         import pyarrow as pa
 
-        def schema(source: BlobSource) -> pa.Schema:
+        def schema(source: Source) -> pa.Schema:
             return pa.ipc.read_schema(pa.py_buffer(source.read()))
 
         raw = meta.get("raw", [])  # absent in version 1, which had no raw columns
@@ -216,7 +216,7 @@ def _same_labels(got: pd.Index, want: pd.Index) -> None:
         raise ValueError("label names change through Arrow")
 
 
-def _read_group(source: BlobSource) -> pa.Table:
+def _read_group(source: Source) -> pa.Table:
     import pyarrow as pa
 
     buffer = pa.allocate_buffer(source.size)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ..log.blobs import BlobSink, BlobSource
+    from .streams import Sink, Source
 
 _COLUMN = "values"
 
@@ -26,7 +26,7 @@ class ArrowIpcCodec:
             return False
         return type(value) in (pa.Table, pa.RecordBatch, pa.ChunkedArray) or isinstance(value, pa.Array)
 
-    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         import pyarrow as pa
 
         kind, table = _as_table(value)
@@ -38,7 +38,7 @@ class ArrowIpcCodec:
                     stream.write_batch(batch)
         return {"kind": kind}
 
-    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
         return from_stream(sources[0], meta["kind"])
 
 
@@ -54,7 +54,7 @@ def _as_table(value: Any) -> tuple[str, Any]:
     return "array", pa.record_batch({_COLUMN: value})
 
 
-def read_stream(source: BlobSource) -> pa.Table:
+def read_stream(source: Source) -> pa.Table:
     """The table of an IPC stream blob, its buffers pointing into the one buffer the blob was read into."""
     import pyarrow as pa
 
@@ -65,7 +65,7 @@ def read_stream(source: BlobSource) -> pa.Table:
     return table
 
 
-def from_stream(source: BlobSource, kind: str) -> Any:
+def from_stream(source: Source, kind: str) -> Any:
     import pyarrow as pa
 
     table = read_stream(source)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..log.blobs import BlobSink, BlobSource
+    from .streams import Sink, Source
 
 INLINE_LIMIT = 64 * 1024
 _SCALARS = (type(None), bool, int, float, str)
@@ -27,7 +27,7 @@ class JsonCodec:
     def accepts(self, value: Any) -> bool:
         return _exact(value)
 
-    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         # ensure_ascii keeps lone surrogates (valid in a Python str, not in UTF-8) as escapes
         text = json.dumps(value, ensure_ascii=True, allow_nan=True, check_circular=False)
         if len(text) <= INLINE_LIMIT:
@@ -35,7 +35,7 @@ class JsonCodec:
         sink.put(text.encode("ascii"))
         return {}
 
-    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
         text = meta["inline"] if "inline" in meta else sources[0].read().decode("ascii")
         return json.loads(text)
 

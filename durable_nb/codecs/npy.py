@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..log.blobs import BlobSink, BlobSource
+    from .streams import Sink, Source
 
 
 class NpyCodec:
@@ -30,7 +30,7 @@ class NpyCodec:
             return not dtype.hasobject and dtype.itemsize > 0
         return False
 
-    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         import numpy as np
 
         scalar = isinstance(value, np.generic)
@@ -43,7 +43,7 @@ class NpyCodec:
             meta["writeable"] = False
         return meta
 
-    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
         import numpy as np
 
         arr = np.empty(tuple(meta["shape"]), dtype=dtype_from_descr(meta["dtype"]), order=meta["order"])

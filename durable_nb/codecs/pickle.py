@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from ..errors import DecodeError
 
 if TYPE_CHECKING:
-    from ..log.blobs import BlobSink, BlobSource
+    from .streams import Sink, Source
 
 PROTOCOL = 5
 
@@ -50,14 +50,14 @@ class PickleCodec:
     def accepts(self, value: Any) -> bool:
         return True
 
-    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         meta, _ = _dump(value, {}, sink)
         return meta
 
-    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
         return load(meta, sources, _no_references)
 
-    def encode_bundle(self, values: list[Any], references: dict[int, str], sink: BlobSink) -> dict[str, Any]:
+    def encode_bundle(self, values: list[Any], references: dict[int, str], sink: Sink) -> dict[str, Any]:
         """Pickle `values` as one stream (a list); an object whose id is in `references` is written as that
         name. meta["references"] lists the names used."""
         meta, used = _dump(values, references, sink)
@@ -73,7 +73,7 @@ def problem(value: Any, references: dict[int, str]) -> str | None:
     return None
 
 
-def load(meta: dict[str, Any], sources: Sequence[BlobSource], resolve: Callable[[str], Any]) -> Any:
+def load(meta: dict[str, Any], sources: Sequence[Source], resolve: Callable[[str], Any]) -> Any:
     """Unpickle a value or a bundle; `resolve(name)` gives the object a reference names."""
     if len(sources) != 1 + meta["buffers"]:
         raise DecodeError(f"pickled value expects {1 + meta['buffers']} blobs, the log lists "

@@ -22,7 +22,7 @@ from .arrow_ipc import read_stream
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ..log.blobs import BlobSink, BlobSource
+    from .streams import Sink, Source
 
 HEAD_ROWS = 64
 
@@ -36,7 +36,7 @@ class PolarsCodec:
         pl = sys.modules.get("polars")
         return pl is not None and type(value) in (pl.DataFrame, pl.Series, pl.LazyFrame)
 
-    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         import polars as pl
         import pyarrow as pa
 
@@ -65,7 +65,7 @@ class PolarsCodec:
             stream.write_table(table)
         return meta
 
-    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
         return _from_table(read_stream(sources[0]), meta)
 
 

@@ -11,7 +11,7 @@ from ..errors import DecodeError
 from .tagged import decode_tree, encode_tree
 
 if TYPE_CHECKING:
-    from ..log.blobs import BlobSink, BlobSource
+    from .streams import Sink, Source
 
 _PARTS = {"csr": ("data", "indices", "indptr"), "csc": ("data", "indices", "indptr"),
           "bsr": ("data", "indices", "indptr"), "coo": ("data", "coords"), "dia": ("data", "offsets")}
@@ -28,7 +28,7 @@ class SparseCodec:
         return sparse is not None and type(value).__name__ in _CLASSES and type(value) is getattr(
             sparse, type(value).__name__, None)
 
-    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         parts = {part: getattr(value, part) for part in _PARTS[value.format]}
         tree = {"class": type(value).__name__, "shape": tuple(value.shape), "dtype": value.dtype.str, **parts}
         if value.format == "bsr":
@@ -37,7 +37,7 @@ class SparseCodec:
             tree["canonical"] = bool(value.has_canonical_format)
         return encode_tree(tree, sink)
 
-    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
         import numpy as np
         from scipy import sparse
 

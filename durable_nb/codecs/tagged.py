@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DecodeError
 
 if TYPE_CHECKING:
-    from ..log.blobs import BlobSink, BlobSource
+    from .streams import Sink, Source
 
 INLINE_LIMIT = 64 * 1024
 BYTES_INLINE = 4096  # longer bytes are a blob of their own, not base64 in the document
@@ -58,14 +58,14 @@ class TaggedCodec:
         return (t in _TYPES or isinstance(value, (enum.Enum, tuple)) or dataclasses.is_dataclass(t)
                 or _object_array(value))
 
-    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         return encode_tree(value, sink)
 
-    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
         return decode_tree(meta, sources)
 
 
-def encode_tree(value: Any, sink: BlobSink) -> dict[str, Any]:
+def encode_tree(value: Any, sink: Sink) -> dict[str, Any]:
     """Meta for `value` as a tagged document (inline, or in the first blob) plus its leaves' blobs. Raises
     ValueError (or a leaf codec's error) for what it cannot represent exactly."""
     doc_blob = len(sink.blob_ids)
@@ -79,7 +79,7 @@ def encode_tree(value: Any, sink: BlobSink) -> dict[str, Any]:
     return {"doc": len(sink.blob_ids) - 1 - doc_blob}
 
 
-def decode_tree(meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+def decode_tree(meta: dict[str, Any], sources: Sequence[Source]) -> Any:
     text = meta["inline"] if "inline" in meta else sources[meta["doc"]].read().decode("ascii")
     return _Decoder(sources).node(json.loads(text))
 
@@ -93,7 +93,7 @@ def _object_array(value: Any) -> bool:
 
 
 class _Encoder:
-    def __init__(self, sink: BlobSink) -> None:
+    def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.base = len(sink.blob_ids)
         self.refs: dict[int, int] = {}
@@ -277,7 +277,7 @@ def _plain_state(t: type) -> None:
 
 
 class _Decoder:
-    def __init__(self, sources: Sequence[BlobSource]) -> None:
+    def __init__(self, sources: Sequence[Source]) -> None:
         self.sources = sources
         self.shared: list[Any] = []
 
@@ -302,7 +302,7 @@ class _Decoder:
     def bytes_(self, rest: list[Any]) -> bytes | bytearray:
         if rest[0] is not None:
             return base64.b64decode(rest[0])
-        source: BlobSource = self.sources[rest[1]]
+        source: Source = self.sources[rest[1]]
         return source.read()
 
     def leaf(self, rest: list[Any]) -> Any:

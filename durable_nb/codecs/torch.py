@@ -18,7 +18,7 @@ from ..errors import DecodeError
 from .npy import raw_bytes
 
 if TYPE_CHECKING:
-    from ..log.blobs import BlobSink, BlobSource
+    from .streams import Sink, Source
 
 
 class TorchCodec:
@@ -30,12 +30,12 @@ class TorchCodec:
         torch = sys.modules.get("torch")
         return torch is not None and plain_tensor(value)
 
-    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         meta = tensor_meta(value)
         sink.put(tensor_bytes(value))
         return meta
 
-    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
         tensor = _empty(meta)
         sources[0].readinto(raw_bytes(_as_numpy(tensor)))
         return _finish(tensor, meta)

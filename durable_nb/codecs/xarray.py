@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .tagged import decode_tree, encode_tree
 
 if TYPE_CHECKING:
-    from ..log.blobs import BlobSink, BlobSource
+    from .streams import Sink, Source
 
 
 class XarrayCodec:
@@ -23,7 +23,7 @@ class XarrayCodec:
         xr = sys.modules.get("xarray")
         return xr is not None and type(value) in (xr.DataArray, xr.Dataset)
 
-    def encode(self, value: Any, sink: BlobSink) -> dict[str, Any]:
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         import xarray as xr
 
         for name, index in value.xindexes.items():
@@ -38,7 +38,7 @@ class XarrayCodec:
                     "encoding": dict(value.encoding)}
         return encode_tree(tree, sink)
 
-    def decode(self, meta: dict[str, Any], sources: Sequence[BlobSource]) -> Any:
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
         import xarray as xr
 
         tree = decode_tree(meta, sources)

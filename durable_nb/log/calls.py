@@ -19,15 +19,12 @@ again on the next run: only `recorded` calls replay.
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
-import functools
 import io
 import itertools
 import json
 import os
 import pickle
-import sqlite3
 import threading
 import time
 import traceback
@@ -36,18 +33,20 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import xxhash
 
-from .. import session
-from ..errors import DecodeError, EncodeError, LogNotWritableError
-from .connect import connect, write_transaction
+from ..codecs import SAFE_CODECS, decode_value, encode_value, signature, trusted
+from ..errors import DecodeError, DurableError, EncodeError, LogNotWritableError
+from . import background
+from .blobs import BlobStore, content_hash
+from .connect import Durability, connect, write_transaction
+from .journal import INLINE_AT, UPSERT_MANY, Journal, journal_line, recover, upsert
 
 if TYPE_CHECKING:
     from ..codecs import Encoded
-    from .blobs import BlobSource, BlobStore
-    from .store import DurableLog
+    from .blobs import BlobSource
 
 # A call is written as `running` once it has run this long (so a crash leaves a visible `crashed` row).
 FLUSH_DELAY = 0.02
@@ -55,14 +54,31 @@ FLUSH_DELAY = 0.02
 INLINE_MAX = 64 * 1024
 # The replay index keeps inline results up to this size in memory; larger ones are read on a hit.
 INDEX_INLINE_MAX = 4096
+FLUSHER = "activity flusher"
+RETRY_DELAY = 1.0  # seconds between attempts of a flush the log refused (full disk, read-only media)
 
 
 # ------------------------------------------------------------------------------------ result encoding
 
+class _Log(Protocol):
+    """What a recorder needs of its log (durable_nb.log.store.LogStore is one)."""
+
+    path: Path
+    readonly: bool
+    from_scratch: bool
+    durability: Durability
+
+    @property
+    def run_id(self) -> int: ...
+
+    def dead_run_ids(self) -> list[int]: ...
+
+    def on_flush(self, flush: Callable[[], None]) -> None: ...
+
+
 class _CaptureSink:
     """A BlobSink stand-in used while encoding a result outside the write transaction: it keeps the buffers
     (not copied) until the recorder writes them inline or as blobs."""
-
     def __init__(self) -> None:
         self.parts: list[memoryview] = []
         self.sizes: list[int] = []
@@ -108,7 +124,6 @@ class _CaptureWriter(io.BytesIO):
 
 class _InlineSource:
     """A BlobSource over bytes kept in the call row."""
-
     def __init__(self, data: bytes) -> None:
         self._data = data
         self.size = len(data)
@@ -128,26 +143,6 @@ class _InlineSource:
         return self.size
 
 
-@dataclass(frozen=True)
-class _Deps:
-    """The heavier modules activities use, imported on first use (not by `import durable_nb`)."""
-
-    fingerprint: Callable[[object], str]
-    encode_value: Callable[..., Encoded]
-    decode_value: Callable[..., Any]
-    trust: Any
-    safe: dict[str, bool]
-
-
-@functools.cache
-def deps() -> _Deps:
-    from .. import trust
-    from ..codecs import CODECS, decode_value, encode_value
-    from ..fingerprint import fingerprint
-
-    return _Deps(fingerprint, encode_value, decode_value, trust, {c.name: c.safe for c in CODECS})
-
-
 @dataclass
 class _Result:
     encoded: Encoded
@@ -159,21 +154,19 @@ class _Result:
         """The hashes the signature covers: what `_InlineSource.hash` or the parts' blobs will report."""
         if inline:
             return [xxhash.xxh3_128_hexdigest(self.parts[0])]
-        from .blobs import content_hash
 
         return [content_hash(p) for p in self.parts]
 
 
 def encode_result(function: str, value: Any) -> _Result:
-    lib = deps()
     sink = _CaptureSink()
     try:
-        encoded = lib.encode_value(value, sink)
+        encoded = encode_value(value, sink)
     except EncodeError as exc:
         raise EncodeError(f"activity {function}: its result cannot be recorded ({exc}) The call ran but was "
                           "recorded as failed; return plain data, an array or a DataFrame instead, or "
                           "convert the result before returning it.") from exc
-    return _Result(encoded, sink.parts, lib.safe.get(encoded.codec, False), json.dumps(encoded.meta))
+    return _Result(encoded, sink.parts, encoded.codec in SAFE_CODECS, json.dumps(encoded.meta))
 
 
 # ---------------------------------------------------------------------------------------------- calls
@@ -215,7 +208,6 @@ class Call:
 @dataclass
 class _Row:
     """A recorded call in the replay index."""
-
     id: int | None  # None: journaled by this process, not yet in the SQLite log
     codec: str
     codec_version: int
@@ -229,18 +221,6 @@ class _Row:
 
 MISS = object()
 
-# Columns of one activity_call upsert, in the order of `Recorder._params` (and of a journal line).
-_COLUMNS = ("uid", "run_id", "execution_id", "function", "key", "occurrence", "kind", "started_at", "state",
-            "finished_at", "attempts", "attempt_started_at", "codec", "codec_version", "type", "meta", "size",
-            "inline", "parts", "signature")
-_INLINE_AT = _COLUMNS.index("inline")
-_UPSERT_MANY = (f"INSERT INTO activity_call ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-                "ON CONFLICT(uid) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[8:]))
-_UPSERT = _UPSERT_MANY + " RETURNING id"
-_FAILURE_ROW = ("INSERT OR IGNORE INTO attempt (call_id, n, state, started_at, finished_at, delay, "
-                "error_type, error_message, traceback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-
-
 def failure(call: Call, exc: BaseException, state: str) -> _Failure:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return _Failure(call.attempt, state, call.attempt_started_at, time.time(), None,
@@ -248,73 +228,10 @@ def failure(call: Call, exc: BaseException, state: str) -> _Failure:
                     str(exc), tb)
 
 
-class _Journal:
-    """The run's append-only file of finished calls with small results, next to the log.
-
-    Appending a line is what makes a call durable before it returns (a write(2) survives the process; with
-    durability="full" it is also fsynced): a SQLite commit per call costs 5-10× more with the log's 64 KiB
-    pages. The flusher thread moves journaled calls into the log in batches and then deletes the file; a new
-    process imports the journals of dead runs (upserts by call uid, so an import repeated after a crash
-    between commit and delete is harmless).
-    """
-
-    def __init__(self, log_path: Path, run_uuid: str, fsync: bool) -> None:
-        self.folder = journal_folder(log_path)
-        self.prefix = f"{run_uuid}-"
-        self.fsync = fsync
-        self.seq = 0
-        self.fd: int | None = None
-        self.path: Path | None = None
-
-    def append(self, line: bytes) -> None:
-        if self.fd is None:
-            self.folder.mkdir(exist_ok=True)
-            self.seq += 1
-            self.path = self.folder / f"{self.prefix}{self.seq}.jsonl"
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.write(self.fd, line)
-        if self.fsync:
-            os.fsync(self.fd)
-
-    def rotate(self) -> tuple[int | None, Path | None]:
-        """Detach the current file (its lines are about to be committed): later lines start a new one. The
-        caller closes the returned descriptor outside its lock (a syscall under the lock hands the GIL to
-        the thread waiting for that lock)."""
-        detached = (self.fd, self.path)
-        self.fd, self.path = None, None
-        return detached
-
-
-def journal_folder(log_path: Path) -> Path:
-    return log_path.with_name(log_path.name + "-activities")
-
-
-# Built once: json.dumps with any non-default option builds a new encoder per call.
-_JOURNAL_JSON = json.JSONEncoder(separators=(",", ":"))
-
-
-def _journal_line(params: tuple[Any, ...], failures: list[_Failure]) -> bytes:
-    row = list(params)
-    if row[_INLINE_AT] is not None:
-        row[_INLINE_AT] = base64.b64encode(row[_INLINE_AT]).decode()
-    return (_JOURNAL_JSON.encode([row, [astuple(f) for f in failures]]) + "\n").encode()
-
-
-def _parse_line(line: bytes) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]] | None:
-    try:
-        row, failures = json.loads(line)
-    except ValueError:
-        return None  # a torn last line (power loss during the append): that call never returned
-    if row[_INLINE_AT] is not None:
-        row[_INLINE_AT] = base64.b64decode(row[_INLINE_AT])
-    return tuple(row), [tuple(f) for f in failures]
-
-
 class Recorder:
     """Writes and finds the calls of one log through its own connection (so a cell runner's transaction on
     the log's main connection never meets ours)."""
-
-    def __init__(self, log: DurableLog) -> None:
+    def __init__(self, log: _Log) -> None:
         if log.readonly:
             raise LogNotWritableError(f"activities record their calls, but durable log {log.path} is open "
                                       "read-only. Open it writable with durable_nb.open_log(PATH).")
@@ -323,29 +240,30 @@ class Recorder:
         self.from_scratch = log.from_scratch
         self.conn = connect(log.path, durability=log.durability)
         run_uuid = self.conn.execute("SELECT uuid FROM run WHERE id = ?", (self.run_id,)).fetchone()[0]
-        self.journal = _Journal(log.path, run_uuid, fsync=log.durability == "full")
+        self.journal = Journal(log.path, run_uuid, fsync=log.durability == "full")
         self.uids = itertools.count(1)
         self.uid_prefix = f"{run_uuid}:"
         self.wlock = threading.Lock()  # the SQLite connection
         self.jlock = threading.Lock()  # the journal and the queues
         self.journaled: list[tuple[Call, tuple[Any, ...]]] = []
+        self.moved: list[Path] = []  # journal files whose lines are committed once the next flush succeeds
         self.pending: dict[int, Call] = {}
         self.index: dict[str, tuple[int, dict[tuple[str, int], _Row]]] = {}
         self._blobs: BlobStore | None = None
         self._recover(log)
         _LIVE.add(self)
+        log.on_flush(self.flush)
 
     @property
     def blobs(self) -> BlobStore:
         if self._blobs is None:
-            from .blobs import BlobStore
 
             self._blobs = BlobStore(self.conn)
         return self._blobs
 
-    def _recover(self, log: DurableLog) -> None:
+    def _recover(self, log: _Log) -> None:
         with self.wlock:
-            _recover(self.conn, self.path, set(log.dead_run_ids()))
+            recover(self.conn, self.path, set(log.dead_run_ids()))
 
     # -- replay
 
@@ -368,7 +286,7 @@ class Recorder:
         with self.jlock:  # journaled, not yet imported
             for call, params in self.journaled:
                 if call.function == function:
-                    self._remember(call, params[_INLINE_AT], None, table)
+                    self._remember(call, params[INLINE_AT], None, table)
         entry = (generation, table)
         self.index[function] = entry
         return entry
@@ -390,10 +308,8 @@ class Recorder:
 
     @staticmethod
     def _decode(row: _Row, meta: dict[str, Any], sources: Sequence[Any]) -> Any:
-        lib = deps()
-        allowed = lib.safe.get(row.codec, False) or lib.trust.verify(
-            lib.trust.payload(row.codec, row.codec_version, meta, [s.hash for s in sources]), row.signature)
-        return lib.decode_value(row.codec, row.codec_version, meta, sources, allow_pickle=allowed)
+        allowed = trusted(row.codec, row.codec_version, meta, [s.hash for s in sources], row.signature)
+        return decode_value(row.codec, row.codec_version, meta, sources, allow_pickle=allowed)
 
     def _stored_sources(self, row: _Row) -> Sequence[BlobSource | _InlineSource]:
         if row.inline_stored:
@@ -434,16 +350,26 @@ class Recorder:
             self._remember(call, None, call_id)
             return
         params = self._params(call)
-        line = _journal_line(params, call.failures)
+        line = journal_line(params, [astuple(f) for f in call.failures])
         with self.jlock:
             self.journal.append(line)
             self.journaled.append((call, params))
             self.pending.pop(id(call), None)
         _FLUSHER.wake(self)
-        self._remember(call, params[_INLINE_AT], None)
+        self._remember(call, params[INLINE_AT], None)
 
     def flush(self) -> None:
-        """Move journaled calls, and calls running for a while, into the log (one transaction)."""
+        """Move journaled calls, and calls running for a while, into the log (one transaction). A failure is
+        reported (durable_nb.log.background) as well as raised: the flusher thread has no caller to tell."""
+        try:
+            self._flush()
+        except Exception as exc:  # the journal keeps what could not be moved yet
+            background.failed(self.path, FLUSHER, "activity calls wait in the journal beside the log and are not "
+                              f"in it yet ({describe(exc)}); they move in once it can be written")
+            raise
+        background.succeeded(self.path, FLUSHER)
+
+    def _flush(self) -> None:
         with self.wlock:
             with self.jlock:
                 batch, self.journaled = self.journaled, []
@@ -451,20 +377,32 @@ class Recorder:
                 pending, self.pending = self.pending, {}
             if fd is not None:
                 os.close(fd)
+            if done is not None:
+                self.moved.append(done)
             running = [c for c in list(pending.values()) if c.state == "running"]
             if not batch and not running:
                 return
-            with write_transaction(self.conn, self.path):
-                # Most calls have no failed attempts: one executemany for them (the flusher shares the GIL
-                # with the caller's loop, so its per-row Python work is what slows the caller down).
-                self.conn.executemany(_UPSERT_MANY, [p for c, p in batch if not c.failures])
-                for call, params in batch:
-                    if call.failures:
-                        self._upsert(params, [astuple(f) for f in call.failures])
-                for call in running:
-                    self._upsert(self._params(call), [astuple(f) for f in call.failures])
-        if done is not None:
-            done.unlink(missing_ok=True)
+            try:
+                self._write(batch, running)
+            except BaseException:  # kept for the next flush (upserts by uid: writing a call twice is harmless)
+                with self.jlock:
+                    self.journaled[:0] = batch
+                    self.pending = {**pending, **self.pending}
+                raise
+        moved, self.moved = self.moved, []
+        for path in moved:
+            path.unlink(missing_ok=True)
+
+    def _write(self, batch: list[tuple[Call, tuple[Any, ...]]], running: list[Call]) -> None:
+        with write_transaction(self.conn, self.path):
+            # Most calls have no failed attempts: one executemany for them (the flusher shares the GIL
+            # with the caller's loop, so its per-row Python work is what slows the caller down).
+            self.conn.executemany(UPSERT_MANY, [p for c, p in batch if not c.failures])
+            for call, params in batch:
+                if call.failures:
+                    self._upsert(params, [astuple(f) for f in call.failures])
+            for call in running:
+                self._upsert(self._params(call), [astuple(f) for f in call.failures])
 
     def _params(self, call: Call) -> tuple[Any, ...]:
         res = call.result
@@ -474,9 +412,7 @@ class Recorder:
             if len(res.parts) == 1 and res.parts[0].nbytes <= INLINE_MAX:
                 inline = res.parts[0].tobytes()
             if not res.safe and call.signature is None:
-                trust = deps().trust
-                payload = trust.payload(enc.codec, enc.version, enc.meta, res.part_hashes(inline is not None))
-                call.signature = trust.sign(payload)
+                call.signature = signature(enc.codec, enc.version, enc.meta, res.part_hashes(inline is not None))
         return (call.uid, self.run_id, call.execution_id, call.function, call.key, call.occurrence, call.kind,
                 call.started_at, call.state, call.finished_at, call.attempt, call.attempt_started_at,
                 enc.codec if enc else None, enc.version if enc else None, enc.type_name if enc else None,
@@ -484,7 +420,7 @@ class Recorder:
                 len(res.parts) if res else 0, call.signature)
 
     def _upsert(self, params: tuple[Any, ...], failures: list[tuple[Any, ...]]) -> int:
-        return _upsert(self.conn, params, failures)
+        return upsert(self.conn, params, failures)
 
     def _remember(self, call: Call, inline: bytes | None, call_id: int | None,
                   table: dict[tuple[str, int], _Row] | None = None) -> None:
@@ -501,52 +437,9 @@ class Recorder:
             call.signature))
 
 
-def _upsert(conn: sqlite3.Connection, params: tuple[Any, ...], failures: list[tuple[Any, ...]]) -> int:
-    (call_id,) = conn.execute(_UPSERT, params).fetchone()
-    if failures:
-        conn.executemany(_FAILURE_ROW, [(call_id, *f) for f in failures])
-    return int(call_id)
-
-
-def _recover(conn: sqlite3.Connection, path: Path, dead: set[int]) -> int:
-    """Import the journals of dead runs, then mark their calls still `running` as `crashed`; returns how many
-    journal lines were imported. Runs recording in this process are never touched."""
-    uuids = dict(conn.execute("SELECT uuid, id FROM run").fetchall())
-    live = {r.journal.prefix for r in list(_LIVE)}
-    folder = journal_folder(path)
-    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    orphans = [f for f in files if uuids.get(f.name.split("-")[0]) in dead
-               and f.name.split("-")[0] + "-" not in live]
-    imported = 0
-    with write_transaction(conn, path):
-        for file in orphans:
-            for line in file.read_bytes().splitlines():
-                parsed = _parse_line(line)
-                if parsed is not None:
-                    _upsert(conn, *parsed)
-                    imported += 1
-        running = {r[0] for r in conn.execute("SELECT DISTINCT run_id FROM activity_call WHERE state = 'running'")}
-        stale = sorted(running & dead)
-        if stale:
-            conn.execute(f"UPDATE activity_call SET state = 'crashed' WHERE state = 'running' AND "
-                         f"run_id IN ({','.join('?' * len(stale))})", stale)
-    for file in orphans:
-        file.unlink(missing_ok=True)
-    return imported
-
-
-def recover(log: DurableLog) -> int:
-    """For writers that open a log (the cell runner, the CLI): import the activity journals that dead processes
-    left beside it, and mark their unfinished calls `crashed`. Returns the number of calls imported."""
-    if log.readonly:
-        return 0
-    return _recover(log.conn, log.path, set(log.dead_run_ids()))
-
-
 class _Flusher:
     """One daemon thread for the process: moves journaled calls into their logs, and writes calls that have
     been running for FLUSH_DELAY as `running` (so a crash leaves a visible `crashed` row)."""
-
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.dirty: set[Recorder] = set()
@@ -572,13 +465,17 @@ class _Flusher:
             with self.cond:
                 recorders, self.dirty = self.dirty, set()
             for recorder in recorders:
-                with contextlib.suppress(Exception):  # the journal keeps what could not be moved yet
+                try:
                     recorder.flush()
+                except Exception:  # reported by flush; tried again in a second (the journal keeps the calls)
+                    retry = threading.Timer(RETRY_DELAY, self.wake, (recorder,))
+                    retry.daemon = True
+                    retry.start()
 
 
 _FLUSHER = _Flusher()
 _LIVE: weakref.WeakSet[Recorder] = weakref.WeakSet()
-_RECORDERS: weakref.WeakKeyDictionary[DurableLog, Recorder] = weakref.WeakKeyDictionary()
+_RECORDERS: weakref.WeakKeyDictionary[_Log, Recorder] = weakref.WeakKeyDictionary()
 _recorders_lock = threading.Lock()
 
 
@@ -588,11 +485,9 @@ def flush() -> None:
         recorder.flush()
 
 
-def flush_log(log: DurableLog) -> None:
-    """Move the journaled calls of `log` into it now, if activities ran on it in this process."""
-    rec = _RECORDERS.get(log)
-    if rec is not None:
-        rec.flush()
+def describe(exc: BaseException) -> str:
+    """Our errors carry their own sentence; anything else is named by its type too."""
+    return str(exc) if isinstance(exc, DurableError) else f"{type(exc).__name__}: {exc}"
 
 
 def _flush_at_exit() -> None:
@@ -604,13 +499,12 @@ def _flush_at_exit() -> None:
 atexit.register(_flush_at_exit)
 
 
-_last: tuple[DurableLog | None, Recorder | None] = (None, None)
+_last: tuple[_Log | None, Recorder | None] = (None, None)
 
 
-def recorder(on_create: Callable[[], object]) -> Recorder:
-    """The recorder of the current log; `on_create` runs before a log gets its recorder."""
+def recorder_for(log: _Log, on_create: Callable[[], object]) -> Recorder:
+    """The recorder of `log` (one per log and process); `on_create` runs before a log gets its recorder."""
     global _last
-    log = session.current_log()
     if _last[0] is log and _last[1] is not None:
         return _last[1]
     rec = _RECORDERS.get(log)

@@ -1,16 +1,17 @@
-"""The queries of cell executions: start one as `running`, finish it in one transaction, find a replayable
-record by key, and read back its outputs and events."""
+"""The SQL of cell executions: start one as `running`, finish it in one transaction, find a replayable record
+by key, and read back its outputs. Plain functions of a connection; `LogStore` offers them to the runtime as
+the methods of the `CellLog` interface (durable_nb.cell_outputs)."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .connect import stored_json
-from .store import DurableLog
 
 
 @dataclass
@@ -59,48 +60,46 @@ class Recorded:
     read_files: dict[str, Any] = field(default_factory=dict)
 
 
-def start(log: DurableLog, s: ExecutionStart) -> int:
-    """Commit the execution as `running` before user code starts, so a crash leaves a visible trace."""
-    run_id = log.run_id
-    with log.transaction() as conn:
-        cur = conn.execute(
-            "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, lineage, "
-            "state, started_at, reason, inputs, input_names, deps_files) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-            (run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, s.lineage, time.time(),
-             s.reason, json.dumps(s.inputs), names(s.inputs), json.dumps(s.deps_files)),
-        )
-        return int(cur.lastrowid or 0)
+def start(conn: sqlite3.Connection, run_id: int, s: ExecutionStart) -> int:
+    """Inside the caller's transaction (committed before user code starts, so a crash leaves a visible trace)."""
+    cur = conn.execute(
+        "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, lineage, "
+        "state, started_at, reason, inputs, input_names, deps_files) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+        (run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, s.lineage, time.time(),
+         s.reason, json.dumps(s.inputs), names(s.inputs), json.dumps(s.deps_files)),
+    )
+    return int(cur.lastrowid or 0)
 
 
-def write_events(log: DurableLog, execution_id: int, events: list[tuple[str, Any]]) -> None:
+def write_events(conn: sqlite3.Connection, execution_id: int, events: list[tuple[str, Any]]) -> None:
     """Inside the caller's transaction."""
-    log.conn.executemany(
+    conn.executemany(
         "INSERT INTO event (execution_id, seq, kind, data) VALUES (?, ?, ?, ?)",
         [(execution_id, i, kind, json.dumps(data, default=str)) for i, (kind, data) in enumerate(events)],
     )
 
 
-def write_output(log: DurableLog, execution_id: int, out: StoredOutput) -> None:
+def write_output(conn: sqlite3.Connection, execution_id: int, out: StoredOutput) -> None:
     """Inside the caller's transaction."""
-    log.conn.execute(
+    conn.execute(
         "INSERT INTO output (execution_id, name, kind, codec, codec_version, type, meta, size, target, inplace, "
         "signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (execution_id, out.name, out.kind, out.codec, out.codec_version, out.type, json.dumps(out.meta),
          out.size, out.target, int(out.inplace), out.signature),
     )
-    log.conn.executemany(
+    conn.executemany(
         "INSERT INTO output_blob (execution_id, name, seq, blob_id) VALUES (?, ?, ?, ?)",
         [(execution_id, out.name, i, bid) for i, bid in enumerate(out.blob_ids)],
     )
 
 
-def finish(log: DurableLog, execution_id: int, *, state: str, duration: float, replayable: bool = False,
+def finish(conn: sqlite3.Connection, execution_id: int, *, state: str, duration: float, replayable: bool = False,
            problems: list[str] | None = None, bytes_stored: int = 0, output_names: list[str] | None = None,
            error: BaseException | None = None, traceback: str | None = None,
            read_files: dict[str, Any] | None = None) -> None:
     """Inside the caller's transaction: the final state of a started execution."""
-    log.conn.execute(
+    conn.execute(
         "UPDATE execution SET state = ?, finished_at = ?, duration = ?, replayable = ?, problems = ?, "
         "bytes_stored = ?, output_names = ?, error_type = ?, error_message = ?, traceback = ?, read_files = ? "
         "WHERE id = ?",
@@ -115,43 +114,44 @@ def names(items: Iterable[str]) -> str | None:
     return ", ".join(items) or None
 
 
-def find_replayable(log: DurableLog, key: str) -> Recorded | None:
-    row = log.conn.execute(
+def find_replayable(conn: sqlite3.Connection, key: str, *, only_run: int | None = None) -> Recorded | None:
+    """The latest replayable record of `key` (with `only_run`: recorded by that run only, for from-scratch runs)."""
+    row = conn.execute(
         "SELECT id, started_at, duration, inputs, output_names, read_files FROM execution "
         "WHERE key = ? AND state = 'recorded' AND replayable = 1 AND (? OR run_id = ?) ORDER BY id DESC LIMIT 1",
-        (key, not log.from_scratch, log.run_id if log.from_scratch else 0)).fetchone()
-    return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, stored_json(log.conn, row[3]), row[4],
-                                             stored_json(log.conn, row[5] or "{}"))
+        (key, only_run is None, only_run or 0)).fetchone()
+    return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, stored_json(conn, row[3]), row[4],
+                                             stored_json(conn, row[5] or "{}"))
 
 
-def previous(log: DurableLog, s: ExecutionStart) -> dict[str, Any] | None:
+def previous(conn: sqlite3.Connection, s: ExecutionStart) -> dict[str, Any] | None:
     """The latest finished execution of the same cell (see ExecutionStart.lineage)."""
-    row = log.conn.execute(
+    row = conn.execute(
         "SELECT code_hash, inputs, deps_files, state, replayable, problems FROM execution "
         "WHERE lineage = ? AND state != 'running' ORDER BY id DESC LIMIT 1", (s.lineage,)).fetchone()
     if row is None:
         return None
     found = dict(zip(("code_hash", "inputs", "deps_files", "state", "replayable", "problems"), row, strict=True))
     for k in ("inputs", "deps_files", "problems"):
-        found[k] = stored_json(log.conn, found[k])
+        found[k] = stored_json(conn, found[k])
     return found
 
 
-def outputs(log: DurableLog, execution_id: int) -> list[StoredOutput]:
-    rows = log.conn.execute(
+def outputs(conn: sqlite3.Connection, execution_id: int) -> list[StoredOutput]:
+    rows = conn.execute(
         "SELECT name, kind, codec, codec_version, type, meta, size, target, inplace, signature FROM output "
         "WHERE execution_id = ? ORDER BY rowid", (execution_id,)).fetchall()
     blobs: dict[str, list[int]] = {}
-    for name, blob_id in log.conn.execute(
+    for name, blob_id in conn.execute(
             "SELECT name, blob_id FROM output_blob WHERE execution_id = ? ORDER BY name, seq", (execution_id,)):
         blobs.setdefault(name, []).append(blob_id)
-    return [StoredOutput(r[0], r[1], r[2], r[3], r[4], stored_json(log.conn, r[5]), r[6], r[7], bool(r[8]), r[9],
+    return [StoredOutput(r[0], r[1], r[2], r[3], r[4], stored_json(conn, r[5]), r[6], r[7], bool(r[8]), r[9],
                          blobs.get(r[0], [])) for r in rows]
 
 
-def events(log: DurableLog, execution_id: int) -> list[tuple[str, Any]]:
-    return [(kind, stored_json(log.conn, data)) for kind, data in log.conn.execute(
-        "SELECT kind, data FROM event WHERE execution_id = ? ORDER BY seq", (execution_id,))]
+def output_names(conn: sqlite3.Connection, execution_id: int) -> list[str]:
+    row = conn.execute("SELECT output_names FROM execution WHERE id = ?", (execution_id,)).fetchone()
+    return str(row[0]).split(", ") if row is not None and row[0] else []
 
 
 def saved_seconds(original: float, replay: float) -> float:
@@ -159,17 +159,14 @@ def saved_seconds(original: float, replay: float) -> float:
     return max(original - replay, 0.0)
 
 
-def record_replay(log: DurableLog, s: ExecutionStart, source: Recorded, duration: float) -> float:
-    """A replay is bookkeeping: its row is deferred to the next commit (see DurableLog.defer). Returns the
-    seconds it saved, as stored."""
+def replay_row(run_id: int, s: ExecutionStart, source: Recorded, duration: float) -> tuple[str, tuple[Any, ...]]:
+    """The row of a replay: bookkeeping, deferred to the next commit by the caller (see LogStore.defer)."""
     now = time.time()
-    saved = saved_seconds(source.duration, duration)
-    log.defer(
+    return (
         "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, lineage, state, "
         "started_at, finished_at, duration, replayed_from, saved_seconds, inputs, input_names, output_names, "
         "deps_files, replayable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'replayed', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-        (log.run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, s.lineage, now - duration,
-         now, duration, source.id, saved, json.dumps(s.inputs), names(s.inputs), source.output_names,
-         json.dumps(s.deps_files)),
+        (run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, s.lineage, now - duration,
+         now, duration, source.id, saved_seconds(source.duration, duration), json.dumps(s.inputs),
+         names(s.inputs), source.output_names, json.dumps(s.deps_files)),
     )
-    return saved

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import CorruptLogError, LogError, LogNotWritableError, NewerLogError, NotALogError
+from . import background
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 Durability = Literal["normal", "full"]
@@ -270,8 +271,11 @@ def _checkpoint(path: Path) -> None:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
             conn.close()
-    except sqlite3.Error:
-        pass  # the next scheduled checkpoint, or the last close, does the work
+    except sqlite3.Error as exc:  # the next scheduled checkpoint, or the last close, does the work
+        background.failed(path, "checkpoint", f"the WAL could not be copied into {path.name} ({exc}); the "
+                          "records are safe in the WAL, which grows until a checkpoint succeeds")
+    else:
+        background.succeeded(path, "checkpoint")
 
 
 @contextlib.contextmanager

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CorruptLogError, LogError
+from ..vocabulary import human_bytes
 from .connect import connect, migrate, write_transaction
-from .store import DurableLog
+from .store import LogStore
 
 # Executions, calls and blobs are deleted / copied in batches this big (SQLite's bound-parameter limit is 32766).
 BATCH = 500
@@ -48,14 +49,6 @@ class ExportResult:
         return (f"exported {self.executions} executions, {self.activities} activity calls and {self.blobs} blobs "
                 f"to {self.target}: {human_bytes(self.target_bytes)} (from {human_bytes(self.source_bytes)}, "
                 f"{human_bytes(max(self.saved_bytes, 0))} saved)")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], latest_only: bool = False, *,
@@ -211,7 +204,7 @@ def gc(path: str | os.PathLike[str], *, keep_last: int = 1, progress: bool = Fal
 
     if keep_last < 1:
         raise LogError(f"gc {path}: --keep-last must be at least 1 (got {keep_last}).")
-    with DurableLog(path, readonly=False) as log:
+    with LogStore(path, readonly=False) as log:
         conn = log.conn
         freed_before = _free_bytes(conn)
         doomed = _superseded(conn, keep_last)
@@ -248,7 +241,7 @@ def _superseded(conn: sqlite3.Connection, keep_last: int) -> list[int]:
     return [r[0] for r in rows]
 
 
-def _drop_empty_runs(log: DurableLog) -> int:
+def _drop_empty_runs(log: LogStore) -> int:
     """Runs of finished processes that no execution or activity call refers to any more."""
     dead = log.dead_run_ids()
     if not dead:
@@ -262,7 +255,7 @@ def _drop_empty_runs(log: DurableLog) -> int:
             f"AND id NOT IN (SELECT run_id FROM execution) {calls}", (_json_ids(dead),)).rowcount
 
 
-def _drop_unreferenced_blobs(log: DurableLog, progress: bool) -> int:
+def _drop_unreferenced_blobs(log: LogStore, progress: bool) -> int:
     """Blobs no output and no activity result uses. A writer stores a blob and its reference in one
     transaction, so inside ours every committed blob without a reference is garbage."""
     from tqdm.auto import tqdm

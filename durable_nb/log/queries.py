@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotRecordedError
+from ..vocabulary import STATES, ago, fmt_duration, human_bytes
 from .connect import applied_version, stored_json
 
 # The states whose variables a later cell saw: a replay restores its source's outputs.
@@ -183,11 +184,40 @@ class LogStatus:
     saved_seconds: float
     replication: dict[str, Any] | None = None
     files_read: int = 0  # distinct files and listings the log's executions were found reading
+    pending_calls: int = 0  # activity calls journaled beside the log, not yet moved into it
+    problems: list[str] = field(default_factory=list)  # background work of this process that failed
 
     def as_dict(self) -> dict[str, Any]:
         found = dict(self.__dict__)
         found["path"] = str(self.path)
         return found
+
+    def __str__(self) -> str:
+        """The lines of `durable-nb status` and %durable_status."""
+        lines = [f"log:        {self.path} ({human_bytes(self.file_bytes)}"
+                 f"{f' + {human_bytes(self.wal_bytes)} WAL' if self.wal_bytes else ''}; "
+                 f"{human_bytes(self.free_bytes)} free pages)",
+                 f"schema:     version {self.schema_version}",
+                 f"runs:       {self.runs}" + (f" (current: run {self.current_run})" if self.current_run else ""),
+                 f"executions: {_counts(self.executions)}",
+                 f"activities: {_counts(self.activities)}"
+                 + (f" (+ {self.pending_calls} journaled, not yet in the log)" if self.pending_calls else ""),
+                 f"time saved: {fmt_duration(self.saved_seconds) if self.saved_seconds else 'none yet'}",
+                 f"files read: {self.files_read} files and listings (which, per execution: the files_read column "
+                 "of durable_nb.history())",
+                 f"last write: {ago(self.last_activity)}"]
+        if self.replication is not None:
+            lines.append(f"replica:    {self.replication.get('summary', '')}")
+        lines += [f"problem:    {p}" for p in self.problems]
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(str(self))
+
+
+def _counts(by_state: dict[str, int]) -> str:
+    order = {s: i for i, s in enumerate(STATES)}
+    return " · ".join(f"{n} {s}" for s, n in sorted(by_state.items(), key=lambda kv: order.get(kv[0], 9))) or "none"
 
 
 def status(conn: sqlite3.Connection, path: Path, current_run: int | None = None) -> LogStatus:
@@ -232,3 +262,18 @@ def last_execution_per_cell(conn: sqlite3.Connection, run_id: int) -> dict[str, 
             "SELECT id, cell_name, cell_id, code_hash FROM execution WHERE run_id = ? ORDER BY id", (run_id,)):
         found[cell_label(name, cell_id, code_hash)] = int(ex_id)
     return found
+
+
+def running_runs(conn: sqlite3.Connection, table: str) -> set[int]:
+    """Runs with rows still `running` in `table` (execution or activity_call)."""
+    return {r[0] for r in conn.execute(f"SELECT DISTINCT run_id FROM {table} WHERE state = 'running'")}
+
+
+def mark_crashed(conn: sqlite3.Connection, table: str, dead_runs: set[int]) -> int:
+    """Rows of `table` left `running` by runs whose process is gone are `crashed`; returns how many."""
+    stale = sorted(running_runs(conn, table) & dead_runs)
+    if not stale:
+        return 0
+    cur = conn.execute(f"UPDATE {table} SET state = 'crashed' WHERE state = 'running' AND "
+                       f"run_id IN ({','.join('?' * len(stale))})", stale)
+    return cur.rowcount

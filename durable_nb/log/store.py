@@ -1,4 +1,4 @@
-"""DurableLog: one open log file — its connection, its current run, its blobs, and crash bookkeeping.
+"""LogStore: one open log file — its connection, its current run, its blobs, and crash bookkeeping.
 
 Writers (a kernel, a script) register a *run* lazily, on their first write, so merely opening or inspecting a
 log never adds rows. Readers open the file read-only and never write.
@@ -16,29 +16,32 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import LogError
-from ..views import HistoryMethods
-from .connect import Durability, connect, settle_checkpoints, write_transaction
+from . import cells, journal, queries
+from .blobs import BlobStore
+from .cells import ExecutionStart, Recorded, StoredOutput
 
 if TYPE_CHECKING:
-    from .blobs import BlobStore
+    from .calls import Recorder
+from .connect import Durability, connect, settle_checkpoints, write_transaction
 
-# Versions recorded with every run: they decide whether a replay happens in "the same environment".
 FLUSH_DELAY = 0.5
-KEY_PACKAGES = ("durable_nb", "ipython", "ipykernel", "numpy", "pandas", "pyarrow", "cloudpickle")
+# Versions recorded with every run, of those this process has imported: they decide whether a replay happens in
+# "the same environment". A package imported later is added when a value of it is stored (environment.py).
+KEY_PACKAGES = {"durable_nb": "durable_nb", "ipython": "IPython", "ipykernel": "ipykernel", "numpy": "numpy",
+                "pandas": "pandas", "pyarrow": "pyarrow", "cloudpickle": "cloudpickle"}
 
 
-class DurableLog(HistoryMethods):
+class LogStore:
     """An open durable log, read-only by default: any log (a colleague's, a restored one) is inspected without
-    being written. Writers (the cell runner, `open_log`, gc, trust) pass `readonly=False`. The history views
-    are its methods (`.history()`, `.load(name)`, ...; see durable_nb.views)."""
-
+    being written. Writers (the cell runner, `open_log`, gc, trust) pass `readonly=False`. The public
+    `durable_nb.DurableLog` adds the history views as methods (durable_nb.views)."""
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = True,
                  durability: Durability = "normal", notebook: str | None = None,
                  from_scratch: bool = False) -> None:
@@ -55,17 +58,17 @@ class DurableLog(HistoryMethods):
         self._deferred: list[tuple[str, tuple[Any, ...]]] = []
         self._flush_timer: threading.Timer | None = None
         self.dropped_rows = 0  # deferred bookkeeping rows the log refused (see flush)
+        # What else holds this log's records in memory (the activity recorder): flushed with it.
+        self._flushers: list[Callable[[], None]] = []
         if not readonly:
             self.reap_crashed()
-            if Path(f"{self.path}-activities").is_dir():
-                from .calls import recover
-
-                recover(self)
+            if journal.journal_folder(self.path).is_dir():
+                journal.recover(self.conn, self.path, set(self.dead_run_ids()))
 
     def __repr__(self) -> str:
-        return f"DurableLog({str(self.path)!r}{', readonly=True' if self.readonly else ''})"
+        return f"{type(self).__name__}({str(self.path)!r}{', readonly=True' if self.readonly else ''})"
 
-    def __enter__(self) -> DurableLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -73,7 +76,6 @@ class DurableLog(HistoryMethods):
 
     @cached_property
     def blobs(self) -> BlobStore:
-        from .blobs import BlobStore
 
         return BlobStore(self.conn)
 
@@ -115,9 +117,71 @@ class DurableLog(HistoryMethods):
                     # as a crash would drop them: kept, they would make every later record fail with them.
                     self.dropped_rows += len(self._deferred)
                     self._deferred.clear()
-        calls = sys.modules.get(f"{__package__}.calls")  # not imported: no activity ran in this process
-        if calls is not None:
-            calls.flush_log(self)
+        for flush in list(self._flushers):
+            with contextlib.suppress(LogError):  # reported by the flusher itself; its records wait in its journal
+                flush()
+
+    def on_flush(self, flush: Callable[[], None]) -> None:
+        """Have `flush()` (and so close, and every view that reads the log) also write what `flush` holds."""
+        self._flushers.append(flush)
+
+    # -- the CellLog interface (durable_nb.cell_outputs): what the cell runtime asks of any backend
+
+    def start_execution(self, s: ExecutionStart) -> int:
+        """Commit the execution as `running` before user code starts, so a crash leaves a visible trace."""
+        run_id = self.run_id
+        with self.transaction() as conn:
+            return cells.start(conn, run_id, s)
+
+    def write_events(self, execution_id: int, events: list[tuple[str, Any]]) -> None:
+        cells.write_events(self.conn, execution_id, events)
+
+    def write_output(self, execution_id: int, out: StoredOutput) -> None:
+        cells.write_output(self.conn, execution_id, out)
+
+    def finish_execution(self, execution_id: int, *, state: str, duration: float, **facts: Any) -> None:
+        cells.finish(self.conn, execution_id, state=state, duration=duration, **facts)
+
+    def find_replayable(self, key: str) -> Recorded | None:
+        return cells.find_replayable(self.conn, key, only_run=self.run_id if self.from_scratch else None)
+
+    def previous_execution(self, s: ExecutionStart) -> dict[str, Any] | None:
+        return cells.previous(self.conn, s)
+
+    def stored_outputs(self, execution_id: int) -> list[StoredOutput]:
+        return cells.outputs(self.conn, execution_id)
+
+    def note_package(self, package: str, version: str) -> None:
+        """Inside the caller's write transaction: this run used `package` at `version` (kept if already listed)."""
+        self.conn.execute("UPDATE run SET packages = json_set(packages, '$.' || ?, ?) WHERE id = ? AND "
+                          "json_extract(packages, '$.' || ?) IS NULL", (package, version, self.run_id, package))
+
+    def recorded_environment(self, execution_id: int) -> tuple[str, str | None] | None:
+        """The Python version and the packages JSON of the run that recorded `execution_id`."""
+        row = self.conn.execute("SELECT r.python, r.packages FROM execution e JOIN run r ON r.id = e.run_id "
+                                "WHERE e.id = ?", (execution_id,)).fetchone()
+        return None if row is None else (str(row[0]), row[1])
+
+    def output_types(self, execution_id: int) -> list[tuple[str, str]]:
+        """(codec, type) of each stored value of an execution."""
+        return [(str(c), str(t)) for c, t in self.conn.execute(
+            "SELECT codec, type FROM output WHERE execution_id = ? AND codec IS NOT NULL", (execution_id,))]
+
+    def output_names(self, execution_id: int) -> list[str]:
+        """The names the execution lists as its outputs (written in the same transaction as the rows)."""
+        return cells.output_names(self.conn, execution_id)
+
+    def execution_events(self, execution_id: int) -> list[tuple[str, Any]]:
+        return queries.events(self.conn, execution_id)
+
+    def record_replay(self, s: ExecutionStart, source: Recorded, duration: float) -> None:
+        self.defer(*cells.replay_row(self.run_id, s, source, duration))
+
+    def call_recorder(self, on_create: Callable[[], object]) -> Recorder:
+        """The recorder of this log's activity calls in this process (durable_nb.calls)."""
+        from .calls import recorder_for  # deferred for start-up speed: %load_ext loads no activity machinery
+
+        return recorder_for(self, on_create)
 
     @property
     def run_id(self) -> int:
@@ -167,19 +231,11 @@ class DurableLog(HistoryMethods):
 
     def reap_crashed(self) -> int:
         """Mark executions left `running` by dead processes as `crashed`; returns how many."""
-        running = self.conn.execute(
-            "SELECT DISTINCT run_id FROM execution WHERE state = 'running'").fetchall()
-        if not running:
+        if not queries.running_runs(self.conn, "execution"):
             return 0
-        dead = set(self.dead_run_ids()) & {r[0] for r in running}
-        if not dead:
-            return 0
-        marks = ",".join("?" * len(dead))
+        dead = set(self.dead_run_ids())
         with self.transaction() as conn:
-            cur = conn.execute(
-                f"UPDATE execution SET state = 'crashed' WHERE state = 'running' AND run_id IN ({marks})",
-                tuple(dead))
-            return cur.rowcount
+            return queries.mark_crashed(conn, "execution", dead)
 
 
 def _process_identity() -> tuple[str, int, float | None]:
@@ -212,12 +268,18 @@ def _alive(pid: int, started: float | None) -> bool:
 
 
 def package_versions() -> dict[str, str]:
-    from importlib import metadata
+    """From the imported modules' `__version__` (reading installed metadata costs ~15 ms a package); metadata
+    only for a module that has no `__version__`."""
+    from importlib import metadata  # deferred for start-up speed: rarely needed (see the docstring)
 
     found = {}
-    for name in KEY_PACKAGES:
+    for name, module_name in KEY_PACKAGES.items():
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        version = getattr(module, "__version__", None)
         try:
-            found[name] = metadata.version(name)
+            found[name] = str(version) if isinstance(version, str) else metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
     return found

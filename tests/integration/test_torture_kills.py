@@ -27,8 +27,8 @@ import pytest
 from s3server import S3Server, wait_for
 from torture import LONG, TESTS, digest, figure, noted, size
 
+from durable_nb import DurableLog
 from durable_nb.demo import KernelDied, NotebookKernel
-from durable_nb.log.store import DurableLog
 from durable_nb.replicate import restore
 
 pytestmark = pytest.mark.integration
@@ -227,7 +227,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 IMPORTER = """
 import sys
-from durable_nb.log.store import DurableLog
+from durable_nb import DurableLog
 DurableLog(sys.argv[1], readonly=False).close()
 print("imported")
 """

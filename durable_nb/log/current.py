@@ -1,0 +1,102 @@
+"""Which log is current: the one set of rules that chooses its path, and the log this process has open.
+
+Rules, first match wins: the configured path (open_log(path) / %config DurableMagics.db / --db), the
+DURABLE_NB_DB environment variable, `<notebook stem>.durable.db` beside the notebook (IPython's `__session__`
+or the JPY_SESSION_NAME variable), else `durable.db` in the working directory. `durable_nb.session` opens the
+log these rules name; the history views and the activities read the same answer from here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .connect import Durability
+
+if TYPE_CHECKING:
+    from .store import LogStore
+
+LOG_SUFFIX = ".durable.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the current log is opened: set by the magics' traits, `open_log(...)` or `durable-nb run`."""
+
+    path: Path | None = None
+    durability: Durability = "normal"
+    from_scratch: bool = False
+
+
+lock = threading.RLock()
+_settings = Settings()
+_open: LogStore | None = None
+
+
+def log_path_for(notebook: str | os.PathLike[str]) -> Path:
+    """`dir/nb.ipynb` -> `dir/nb.durable.db`: where a notebook's log lives unless told otherwise."""
+    path = Path(notebook)
+    return path.with_name(path.stem + LOG_SUFFIX) if path.suffix == ".ipynb" else Path(f"{path}{LOG_SUFFIX}")
+
+
+def notebook_path() -> Path | None:
+    """The notebook this kernel runs, if Jupyter told us. IPython is asked only when a program already imported
+    it: a plain script must not pay for importing IPython to learn that it is not a notebook."""
+    session: object = None
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None:
+        session = shell.user_ns.get("__session__")
+    session = session or os.environ.get("JPY_SESSION_NAME")
+    if isinstance(session, str) and session.endswith(".ipynb"):
+        return Path(session)
+    return None
+
+
+def configured_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The path the rules above choose; `path`, when given, is the first rule."""
+    chosen = path if path is not None else _settings.path
+    if chosen is not None:
+        return Path(chosen).expanduser()
+    env = os.environ.get("DURABLE_NB_DB")
+    if env:
+        return Path(env).expanduser()
+    nb = notebook_path()
+    return log_path_for(nb) if nb is not None else Path("durable.db")
+
+
+def settings() -> Settings:
+    return _settings
+
+
+def configure(new: Settings) -> LogStore | None:
+    """Change how the current log is chosen. Returns the open log if it no longer matches (for the caller to
+    close), else None."""
+    global _settings, _open
+    with lock:
+        _settings = new
+        stale = _open
+        if stale is not None and matches(stale, new):
+            return None
+        _open = None
+        return stale
+
+
+def matches(log: LogStore, wanted: Settings) -> bool:
+    return (log.path == configured_path(wanted.path).resolve() and log.durability == wanted.durability
+            and log.from_scratch == wanted.from_scratch)
+
+
+def get() -> LogStore | None:
+    """The log this process has open as its current one, if any."""
+    return _open
+
+
+def set_open(log: LogStore | None) -> None:
+    global _open
+    with lock:
+        _open = log
