@@ -251,13 +251,22 @@ class DurableMagics(Magics):
         and record its variables, output and result. Top-level await, async for and async with work as in a
         plain cell."""
         __tracebackhide__ = True
+        from . import tracebacks  # deferred, as the cell machinery: %load_ext imports neither
         from .cell import drive, drive_async  # deferred for start-up speed: %load_ext imports no cell machinery
 
         args = parse_argstring(self.durable, line)
+        # Only the cell's own %%durable: code calling run_cell_magic keeps its frames in the traceback.
+        top = tracebacks.is_top_level()
         if args.awaited:
             # AwaitDurable made the cell `await get_ipython().run_cell_magic(...)`: IPython awaits this.
-            return drive_async(self._steps(args, cell, awaiting=True))
-        return drive(self._steps(args, cell, awaiting=False))
+            running = drive_async(self._steps(args, cell, awaiting=True))
+            return tracebacks.awaited_as_cell(self.shell, running) if top else running
+        try:
+            return drive(self._steps(args, cell, awaiting=False))
+        except BaseException as exc:
+            if top:
+                tracebacks.as_cell(self.shell, exc)
+            raise
 
     def _steps(self, args: Any, cell: str, *, awaiting: bool) -> Steps:
         """The cell's run as steps (cell.Steps): one code path for sync and async bodies."""
