@@ -12,14 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import xxhash
-
 from .errors import Unfingerprintable
-from .fingerprint import Handler, _chunked, _Hasher, _null_positions, _raw, _type_name, _unfingerprintable, _var_width
+from .fingerprint import (
+    Handler,
+    _chunked,
+    _Hasher,
+    _null_positions,
+    _raw,
+    _type_name,
+    _unfingerprintable,
+    _var_width,
+    on_pool,
+)
 
 # Arrow string views (what polars hands over without a copy): a 16-byte view per value, inline up to this length.
 _VIEW_INLINE = 12
-_VIEW_BLOCK = 1 << 15  # views checked and hashed per step: 512 KiB
+_VIEW_BLOCK = 1 << 20  # views whose lengths one task checks: 16 MiB
 
 
 def handler(t: type) -> Handler | None:
@@ -102,8 +110,8 @@ def _arrow_column(h: _Hasher, chunked: Any) -> None:
 
 def _string_views(h: _Hasher, chunked: Any) -> None:
     """Strings of at most 12 bytes live inside their 16-byte view (length, bytes, zero padding), so when a
-    column holds no longer one its views are its canonical content. A column with longer strings is cast to
-    large_string (a copy) and hashed by lengths and bytes."""
+    column holds no longer one its views are its canonical content, hashed in place. A column with longer
+    strings is cast to large_string (a copy) and hashed by lengths and bytes."""
     import numpy as np
     import pyarrow as pa
 
@@ -111,9 +119,7 @@ def _string_views(h: _Hasher, chunked: Any) -> None:
     h.visit((str(chunked.type), len(chunked), chunked.null_count))
     if chunked.null_count:
         _null_positions(h, chunked)
-    # One pass, block by block while each block is in the CPU cache: check the lengths, hash the views into
-    # a digest of their own, which is dropped if a longer string turns up.
-    inline = xxhash.xxh3_128()
+    views = []
     for chunk in chunked.chunks:
         if not len(chunk):
             continue
@@ -121,16 +127,21 @@ def _string_views(h: _Hasher, chunked: Any) -> None:
         if chunk.null_count:  # what a null's view holds is arbitrary: zero it (a copy of the views only)
             rows = rows.copy()
             rows[chunk.is_null().to_numpy(zero_copy_only=False)] = 0
-        for start in range(0, len(rows), _VIEW_BLOCK):
-            block = rows[start:start + _VIEW_BLOCK]
-            if int(block[:, :4].view("<i4").max()) > _VIEW_INLINE:
-                wide = pa.large_binary() if pa.types.is_binary_view(chunked.type) else pa.large_string()
-                h.put(b"w")
-                _var_width(h, chunked.cast(wide), "<i8")
-                return
-            inline.update(block.data)
+        views.append(rows)
+    # Lengths are checked block by block on the hashing pool (numpy releases the GIL while it reduces).
+    blocks = [rows[i:i + _VIEW_BLOCK] for rows in views for i in range(0, len(rows), _VIEW_BLOCK)]
+    if any(on_pool(_longest, blocks)):
+        wide = pa.large_binary() if pa.types.is_binary_view(chunked.type) else pa.large_string()
+        h.put(b"w")
+        _var_width(h, chunked.cast(wide), "<i8")
+        return
     h.put(b"i")
-    h.put(inline.digest())
+    for rows in views:
+        h.put(rows.reshape(-1))
+
+
+def _longest(rows: Any) -> bool:
+    return bool(rows.view("<i4")[:, 0].max() > _VIEW_INLINE)
 
 
 # ---------------------------------------------------------------------------------------------- torch
