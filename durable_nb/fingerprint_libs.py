@@ -119,17 +119,21 @@ def _string_views(h: _Hasher, chunked: Any) -> None:
     h.visit((str(chunked.type), len(chunked), chunked.null_count))
     if chunked.null_count:
         _null_positions(h, chunked)
-    views = []
+    views, unsure = [], []
     for chunk in chunked.chunks:
         if not len(chunk):
             continue
-        rows = np.frombuffer(chunk.buffers()[1], dtype=np.uint8).reshape(-1, 16)[chunk.offset:chunk.offset + len(chunk)]
+        buffers = chunk.buffers()
+        rows = np.frombuffer(buffers[1], dtype=np.uint8).reshape(-1, 16)[chunk.offset:chunk.offset + len(chunk)]
         if chunk.null_count:  # what a null's view holds is arbitrary: zero it (a copy of the views only)
             rows = rows.copy()
             rows[chunk.is_null().to_numpy(zero_copy_only=False)] = 0
         views.append(rows)
+        # Longer strings live in the data buffers after the views: with none, there is nothing to check.
+        if any(b is not None and b.size for b in buffers[2:]):
+            unsure.append(rows)
     # Lengths are checked block by block on the hashing pool (numpy releases the GIL while it reduces).
-    blocks = [rows[i:i + _VIEW_BLOCK] for rows in views for i in range(0, len(rows), _VIEW_BLOCK)]
+    blocks = [rows[i:i + _VIEW_BLOCK] for rows in unsure for i in range(0, len(rows), _VIEW_BLOCK)]
     if any(on_pool(_longest, blocks)):
         wide = pa.large_binary() if pa.types.is_binary_view(chunked.type) else pa.large_string()
         h.put(b"w")
