@@ -96,7 +96,7 @@ def _dtype_name(dtype: Any) -> str:
 
     if dtype.fields is not None or dtype.metadata or np.dtype(dtype.str) != dtype:
         raise ValueError(f"numpy dtype {dtype} is not rebuilt exactly from its name")
-    return dtype.str
+    return str(dtype.str)
 
 
 def _object_array(value: Any) -> bool:
