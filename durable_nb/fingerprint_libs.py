@@ -227,7 +227,10 @@ def _dataset(h: _Hasher, ds: Any) -> None:
         return
     h.put(b"xD")
     h.visit((list(ds.data_vars), list(ds.coords)))
-    _variables(h, ds.variables)
+    # Data variables, then coordinates: how they interleave in ds.variables depends on how the Dataset was
+    # built (to_dataset puts coordinates first), not on its content, and identical() ignores it.
+    _variables(h, ds.data_vars.variables)
+    _variables(h, ds.coords.variables)
     h.visit_in(ds.attrs, "the attrs of a Dataset")
     h.visit_in(ds.encoding, "the encoding of a Dataset")
     _indexes(h, ds)
