@@ -222,6 +222,27 @@ def test_tensors_round_trip_exactly(log: Log) -> None:
         assert_same(back, value)
 
 
+def test_dense_tensors_keep_their_memory_order_and_other_views_become_contiguous(log: Log) -> None:
+    from durable_nb.errors import DecodeError
+
+    base = torch.arange(120, dtype=torch.float32).reshape(2, 3, 4, 5)
+    kept = [base.transpose(0, 3), base.to(memory_format=torch.channels_last),
+            base.to(torch.bfloat16).permute(2, 0, 3, 1)]
+    for value in kept:
+        for back in (log.round_trip(value)[1], log.round_trip({"m": torch.nn.Identity(), "t": value})[1]["t"]):
+            assert back.stride() == value.stride() and not back.is_contiguous()
+            assert_same(back, value)
+    assert log.round_trip(base.to(memory_format=torch.channels_last))[1].is_contiguous(
+        memory_format=torch.channels_last)
+    for view in (base[:, ::2], torch.zeros(1).expand(3)):
+        back = log.round_trip(view)[1]
+        assert back.is_contiguous() and torch.equal(back, view)
+    encoded, blob_ids = log.encode(base.transpose(0, 3))
+    crafted = dict(encoded.meta, stride=[1, 10**12, 1, 1])  # would span a terabyte
+    with pytest.raises(DecodeError, match="not a dense layout"):
+        log.decode(encoded._replace(meta=crafted), blob_ids)
+
+
 def test_state_dicts_are_tagged_trees_of_tensors(log: Log) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     opt = torch.optim.Adam(model.parameters())
