@@ -23,7 +23,7 @@ _CLASSES = tuple(f"{fmt}_{kind}" for fmt in (*_PARTS, *_VIA_CSR) for kind in ("m
 
 class SparseCodec:
     name = "sparse"
-    version = 1
+    version = 2  # 2: LIL and DOK
     safe = True
 
     def accepts(self, value: Any) -> bool:

@@ -50,7 +50,7 @@ _TYPES = (tuple, set, frozenset, dict, list, bytes, bytearray, complex, range, d
 
 class TaggedCodec:
     name = "tagged"
-    version = 1
+    version = 2  # 2: numpy dtypes
     safe = True
 
     def accepts(self, value: Any) -> bool:

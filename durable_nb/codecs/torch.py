@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 class TorchCodec:
     name = "torch"
-    version = 1
+    version = 2  # 2: a permuted dense tensor's strides (a reader of 1 would take its bytes as C order)
     safe = True
 
     def accepts(self, value: Any) -> bool:
