@@ -36,7 +36,7 @@ from durable_nb.errors import EncodeError
 from durable_nb.fingerprint import fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
-LIBRARIES = ("polars", "torch", "xarray", "scipy", "sklearn")
+LIBRARIES = ("polars", "torch", "xarray", "scipy", "sklearn", "pandas", "pyarrow", "safetensors")
 
 
 @pytest.fixture
@@ -473,7 +473,22 @@ PRODUCE = textwrap.dedent("""
     plain = (dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc), decimal.Decimal('1.10'), fractions.Fraction(1, 3),
              uuid.UUID(int=5), pathlib.Path('data/x.csv'), {b'k', b'v'}, collections.OrderedDict(a=1),
              enum.Enum._missing_ is not None, dt.timedelta(3), 2j)
+    from urllib.parse import urlparse
+    from test_types import Color, Point, Run
+    series = frame['s']
+    batch = pa.record_batch({'x': [1, 2]})
+    arr = pa.array(['p', None, 'q']).slice(1)
+    chunks = pa.chunked_array([[1], [2, 3]])
+    dataset = cube.to_dataset(name='c').assign_attrs(title='t')
+    matrices = [f(np.eye(3)) for f in (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, sp.bsr_matrix, sp.dia_matrix,
+                                       sp.lil_matrix, sp.dok_matrix, sp.coo_array, sp.dok_array)]
+    tensors = [torch.nn.Parameter(torch.ones(2)), torch.ones(3).to(torch.float8_e5m2),
+               torch.zeros(1, 2, 3, 2).to(memory_format=torch.channels_last)]
+    records = [Run('r', dt.datetime(2024, 1, 1), [0.5]), Color.RED, Point(1, 2), np.dtype('>i2'),
+               urlparse('https://example.org/a?b=1')]
 """)
+SHARED = ("frame", "table", "cube", "matrix", "weights", "state", "plain", "series", "batch", "arr", "chunks",
+          "dataset", "matrices", "tensors", "records")
 
 
 def test_colleague_replays_every_cell_of_these_types_without_trusting_the_log(tmp_path: Path,
@@ -495,7 +510,7 @@ def test_colleague_replays_every_cell_of_these_types_without_trusting_the_log(tm
     sh = kernel(alice / "a.durable.db", alice / "secret")
     sh.durable(PRODUCE, "--name produce")
     assert sh.last_status()["state"] == "recorded" and not sh.last_status()["problems"]
-    want = {k: sh.ns[k] for k in ("frame", "table", "cube", "matrix", "weights", "state", "plain")}
+    want = {k: sh.ns[k] for k in SHARED}
     export(alice / "a.durable.db", bob / "shared.durable.db")
     from durable_nb import DurableLog
 
