@@ -16,6 +16,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import typing
 import uuid
 import zoneinfo
 from collections.abc import Iterator
@@ -65,6 +66,39 @@ class Run:
     when: dt.datetime
     scores: list[float]
     tags: frozenset[str] = frozenset()
+
+
+class Level(enum.Enum):
+    LOW = 1
+    LO = 1  # an alias: the same member
+
+
+@dataclasses.dataclass(frozen=True)
+class Tagged:
+    label: str
+    version: int = dataclasses.field(init=False, default=1)  # never set on the instance: read from the class
+
+
+@dataclasses.dataclass(slots=True)
+class Slotted:
+    values: list[int]
+    frame: Any = None
+
+
+class Pair(typing.NamedTuple):
+    left: int
+    right: str = "r"
+
+    def swapped(self) -> tuple[str, int]:
+        return self.right, self.left
+
+
+class Span(collections.namedtuple("Span", "start stop")):
+    __slots__ = ()
+
+    @property
+    def length(self) -> int:
+        return int(self.stop - self.start)
 
 
 def polars_frame() -> pl.DataFrame:
@@ -307,6 +341,23 @@ def test_plain_python_values_round_trip_through_the_tagged_codec(log: Log) -> No
         encoded, back = log.round_trip(value)
         assert encoded.codec == "tagged", value
         assert_same(back, value)
+
+
+def test_enum_dataclass_and_namedtuple_edge_cases_round_trip_with_their_fingerprint(log: Log) -> None:
+    shared = Slotted([1, 2], pl.DataFrame({"a": [1]}))
+    values = [Level.LO, Tagged("x"), Slotted([3]), Pair(1), Span(2, 5), [shared, shared], Perm.R]
+    for value in values:
+        encoded, back = log.round_trip(value)
+        assert encoded.codec == "tagged", value
+        assert type(back) is type(value) and fingerprint(back) == fingerprint(value), value
+    assert log.round_trip(Tagged("x"))[1].__dict__ == {"label": "x"}, "an unset field stays unset"
+    assert log.round_trip(Level.LO)[1] is Level.LOW
+    assert log.round_trip(Pair(4, "l"))[1].swapped() == ("l", 4) and log.round_trip(Span(2, 5))[1].length == 3
+    back = log.round_trip([shared, shared])[1]
+    assert back[0] is back[1] and back[0].frame.equals(shared.frame)
+    # A combination of flags has no member name: pickled, exactly.
+    combined = log.round_trip(Perm.R | Perm.W)
+    assert combined[0].codec == "pickle" and combined[1] == Perm.R | Perm.W
 
 
 def test_tagged_values_keep_sharing_and_refuse_cycles(log: Log) -> None:

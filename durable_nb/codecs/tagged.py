@@ -193,7 +193,12 @@ class _Encoder:
         if extra:
             raise ValueError(f"dataclass {t.__qualname__} instance has attributes beyond its fields: {sorted(extra)}")
         module, qualname = _class_name(t)
-        return self._shared(v, lambda v: ["dc", module, qualname, names, *(self.node(getattr(v, n)) for n in names)])
+        # A field with init=False and a class default may never be set on the instance: it stays unset, so the
+        # rebuilt instance has the same __dict__ (and fingerprint) as the recorded one.
+        own = getattr(v, "__dict__", None)
+        unset = set() if own is None else {n for n in names if n not in own and not _is_slot(t, n)}
+        return self._shared(v, lambda v: ["dc", module, qualname, names,
+                                          *(_UNSET if n in unset else self.node(getattr(v, n)) for n in names)])
 
     def _leaf(self, v: Any) -> list[Any]:
         """A value another safe codec stores; its blobs follow in the sink."""
@@ -282,6 +287,13 @@ def _is_namedtuple(v: tuple[Any, ...]) -> bool:
             and all(type(f) is str for f in fields))
 
 
+_UNSET = ["~"]
+
+
+def _is_slot(t: type, name: str) -> bool:
+    return any(name in getattr(c, "__slots__", ()) for c in t.__mro__)
+
+
 def _plain_state(t: type) -> None:
     """Dataclasses whose pickling is customised carry more (or other) state than their fields."""
     for hook in ("__reduce__", "__reduce_ex__", "__getstate__", "__setstate__", "__getnewargs__",
@@ -341,7 +353,8 @@ class _Decoder:
             raise DecodeError(f"{module}.{qualname} is not the dataclass with fields {names} it was when recorded")
         obj = self.share(object.__new__(cls))
         for name, value in zip(names, values, strict=True):
-            object.__setattr__(obj, name, self.node(value))
+            if value != _UNSET:
+                object.__setattr__(obj, name, self.node(value))
         return obj
 
     def object_array(self, rest: list[Any]) -> Any:
