@@ -44,7 +44,7 @@ class _Discard:
 
 class PickleCodec:
     name = "pickle"
-    version = 2  # 2: torch tensors out of band (version 1 values decode the same way)
+    version = 3  # 2: torch tensors out of band; 3: with their strides (older versions decode the same way)
     safe = False
 
     def accepts(self, value: Any) -> bool:
