@@ -48,6 +48,22 @@ _TYPES = (tuple, set, frozenset, dict, list, bytes, bytearray, complex, range, d
           dt.timedelta, decimal.Decimal, fractions.Fraction, uuid.UUID, OrderedDict, defaultdict, *_PATHS.values())
 
 
+class _Registry:
+    """The codecs a tree stores its leaves with, and the decoder of every codec. The registry
+    (durable_nb.codecs) fills it in when it is built: the leaves include codecs that store trees themselves
+    (xarray, sparse), so this module cannot import them."""
+
+    leaves: tuple[Any, ...] = ()
+    decode: Callable[..., Any]
+
+
+_registry = _Registry()
+
+
+def register(leaves: tuple[Any, ...], decode: Callable[..., Any]) -> None:
+    _registry.leaves, _registry.decode = leaves, decode
+
+
 class TaggedCodec:
     name = "tagged"
     version = 2  # 2: numpy dtypes
@@ -202,11 +218,9 @@ class _Encoder:
 
     def _leaf(self, v: Any) -> list[Any]:
         """A value another safe codec stores; its blobs follow in the sink."""
-        from . import LEAF_CODECS
-
         if _object_array(v):
             return ["O", list(v.shape), *map(self.node, v.reshape(-1, order="C").tolist())]
-        for codec in LEAF_CODECS:
+        for codec in _registry.leaves:
             if codec.accepts(v):
                 first = len(self.sink.blob_ids)
                 meta = codec.encode(v, self.sink)
@@ -335,13 +349,11 @@ class _Decoder:
         return source.read()
 
     def leaf(self, rest: list[Any]) -> Any:
-        from . import decode_value
-
         codec, version, meta, first, count = rest
         index = len(self.shared)
         self.shared.append(None)
         # Leaves are safe codecs only: a document naming pickle is refused (UntrustedError), never unpickled.
-        value = decode_value(codec, version, meta, self.sources[first:first + count], allow_pickle=False)
+        value = _registry.decode(codec, version, meta, self.sources[first:first + count], allow_pickle=False)
         self.shared[index] = value
         return value
 

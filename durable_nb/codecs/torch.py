@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError
+from ..fingerprint_libs import tensor_as_numpy
 from .npy import raw_bytes
 
 if TYPE_CHECKING:
@@ -81,14 +82,10 @@ def tensor_bytes(tensor: Any) -> Any:
     array: a view when it is dense on the CPU."""
     import numpy as np
 
-    from ..fingerprint_libs import tensor_as_numpy
-
     return raw_bytes(np.ascontiguousarray(tensor_as_numpy(_in_memory_order(tensor))))
 
 
 def _as_numpy(tensor: Any) -> Any:
-    from ..fingerprint_libs import tensor_as_numpy
-
     return tensor_as_numpy(tensor)
 
 
