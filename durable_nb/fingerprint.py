@@ -414,7 +414,7 @@ _LIBRARIES = ("polars", "torch", "xarray", "scipy")
 
 
 def _library_handler(t: type) -> Handler | None:
-    from .fingerprint_libs import handler
+    from .fingerprint_libs import handler  # deferred for start-up speed: only once such a value is seen
 
     return handler(t)
 
@@ -727,7 +727,7 @@ _EXACT: dict[type, Handler] = {
 
 
 def _matplotlib_handler(t: type) -> Handler | None:
-    from . import figures
+    from . import figures  # deferred for start-up speed: only once a matplotlib object is seen
 
     return figures.handler(t)
 

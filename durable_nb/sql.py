@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DurableError
+from .log.connect import connect
+from .views import opened
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,8 +61,6 @@ def _authorize(action: int, arg1: str | None, _arg2: str | None, _db: str | None
 def _path(log: LogStore | str | os.PathLike[str] | None) -> Path:
     if isinstance(log, str | os.PathLike):
         return Path(log)
-    from .views import opened
-
     with opened(log) as found:  # the current log, flushed: the SQL sees what this process deferred
         return found.path
 
@@ -69,8 +69,6 @@ def _path(log: LogStore | str | os.PathLike[str] | None) -> Path:
 def results(sql: str, params: Params = None, *,
             log: LogStore | str | os.PathLike[str] | None = None) -> Iterator[tuple[list[str], Iterator[Any]]]:
     """The column names and a row iterator of one read-only statement; the log stays open inside the block."""
-    from .log.connect import connect
-
     path = _path(log)
     conn = connect(path, readonly=True)
     # The user's SQL: "no such table" is a typo of theirs, not a sign of a damaged file (connect's reading).
