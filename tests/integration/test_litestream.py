@@ -151,8 +151,8 @@ def test_point_in_time_restore(s3: S3Server, tmp_path: Path) -> None:
     rep = Replicator(log, url, endpoint=s3.endpoint, **FAST).start()
     try:
         for _ in range(3):
-            writer.execute()
-        wait_for(lambda: (rep.status()["last_sync"] or 0) > time.time() - 0.05, 10, "the first rows to sync")
+            first = writer.execute()
+        wait_for(lambda: (rep.status()["last_sync"] or 0) > first, 10, "the first rows to sync")
         time.sleep(1.0)
         middle = dt.datetime.now(dt.timezone.utc)
         time.sleep(1.0)
