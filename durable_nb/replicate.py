@@ -344,9 +344,12 @@ class Replicator:
             replica["endpoint"] = self.location.endpoint
         if self.location.region:
             replica["region"] = self.location.region
+        # max-sync-wal-bytes 0: each WAL read goes to the WAL's end, never a 64 MB chunk of a backlog (Litestream
+        # 0.5's default), which is what lets _observe tell from the log which commits the replica holds.
         return {
             "dbs": [
-                {"path": str(self.log_path), "monitor-interval": self.monitor_interval, "replica": replica}
+                {"path": str(self.log_path), "monitor-interval": self.monitor_interval, "max-sync-wal-bytes": 0,
+                 "replica": replica}
             ]
         }
 
@@ -435,11 +438,12 @@ class Replicator:
 
         An upload is not a sync: after an outage Litestream uploads its backlog one transaction file at a time
         ("ltx file uploaded" for each), so the first upload says nothing about the commits since. Litestream
-        logs `sync txid=N` each monitor interval *before* reading the WAL, N being the transaction that read
-        would write; the next such line names N again when nothing was new, N+1 when transaction N was written.
-        So once the next line arrives, every commit before the first line's time is in transactions <= N'-1
-        (N' the later line's txid), and that time counts as synced when the replica's last uploaded
-        transaction ("ltx file uploaded" level 0, or "replica sync" txid.replica) reaches N'-1.
+        logs `sync txid=N` each monitor interval *before* reading the WAL to its end (config(): no chunks), N
+        being the transaction that read would write; the next such line names N again when nothing was new, N+1
+        when transaction N was written. So once the next line arrives, every commit before the first line's
+        time is in transactions <= N'-1 (N' the later line's txid), and that time counts as synced when the
+        replica's last uploaded transaction ("ltx file uploaded" level 0, or "replica sync" txid.replica)
+        reaches N'-1. An error between two such lines (a failed read) breaks the pair.
         """
         fields = parse_log_line(line)
         msg = fields.get("msg", "")
@@ -455,6 +459,7 @@ class Replicator:
         elif msg == "replica sync":
             self._replica_at(_txid(fields.get("txid.replica", "")))
         elif fields.get("level") == "ERROR":
+            self._wal_read_at = None
             self._set_error(explain(fields.get("error", msg), self.location))
 
     def _cover(self, before: float, txid: int) -> None:

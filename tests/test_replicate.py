@@ -87,6 +87,11 @@ def test_a_backlog_upload_is_not_a_sync(tmp_path: Path) -> None:
         assert last is not None and last < reads[n + 1], f"synced past what transaction {n} holds"
     caught_up = uploaded(39)
     assert caught_up is not None and caught_up >= reads[39]
+    read(41)  # transaction 40 written; then a read fails: the read after it does not vouch for read 41
+    rep._observe('time=x level=ERROR msg="sync error" error="disk I/O error"')
+    read(41)
+    uploaded(40)
+    assert rep.status()["last_sync"] < reads[41]
 
 
 def test_ca_bundle_dropped_for_http_only(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,6 +125,7 @@ def test_config_has_no_secrets_and_every_setting(tmp_path: Path) -> None:
     assert not [key for key in replica if "key" in key or "secret" in key]
     assert replica["sync-interval"] == "100ms" and replica["force-path-style"] is True
     assert rep.config()["dbs"][0]["monitor-interval"] == "100ms"
+    assert rep.config()["dbs"][0]["max-sync-wal-bytes"] == 0, "a WAL read in chunks breaks _observe's reckoning"
     with pytest.raises(ReplicationError, match="does not exist yet"):
         rep.start()
 

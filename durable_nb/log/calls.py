@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import errno
 import functools
 import io
 import itertools
@@ -28,6 +29,7 @@ import json
 import os
 import pickle
 import sqlite3
+import sys
 import threading
 import time
 import traceback
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from .. import session
-from ..errors import DecodeError, EncodeError, LogNotWritableError
+from ..errors import DecodeError, EncodeError, LogError, LogNotWritableError
 from .connect import connect, write_transaction
 
 if TYPE_CHECKING:
@@ -265,16 +267,31 @@ class _Journal:
         self.seq = 0
         self.fd: int | None = None
         self.path: Path | None = None
+        # Files given up after a failed append (a torn last line at most), deleted with the next batch.
+        self.given_up: list[Path] = []
 
     def append(self, line: bytes) -> None:
-        if self.fd is None:
-            self.folder.mkdir(exist_ok=True)
-            self.seq += 1
-            self.path = self.folder / f"{self.prefix}{self.seq}.jsonl"
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.write(self.fd, line)
-        if self.fsync:
-            os.fsync(self.fd)
+        """Raises OSError when the line is not (wholly) in the file: the caller records the call another way,
+        and the next line starts a new file, so a torn line is always a file's last (ignored on import)."""
+        try:
+            if self.fd is None:
+                self.folder.mkdir(exist_ok=True)
+                self.seq += 1
+                self.path = self.folder / f"{self.prefix}{self.seq}.jsonl"
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            written = os.write(self.fd, line)
+            if written != len(line):  # a full disk or a file size limit
+                raise OSError(errno.ENOSPC, f"only {written} of {len(line)} bytes could be written", str(self.path))
+            if self.fsync:
+                os.fsync(self.fd)
+        except OSError:
+            fd, path = self.rotate()
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if path is not None:
+                self.given_up.append(path)
+            raise
 
     def rotate(self) -> tuple[int | None, Path | None]:
         """Detach the current file (its lines are about to be committed): later lines start a new one. The
@@ -436,11 +453,41 @@ class Recorder:
         params = self._params(call)
         line = _journal_line(params, call.failures)
         with self.jlock:
-            self.journal.append(line)
-            self.journaled.append((call, params))
-            self.pending.pop(id(call), None)
+            try:
+                self.journal.append(line)
+            except OSError as exc:
+                journal_error: OSError | None = exc
+            else:
+                journal_error = None
+                self.journaled.append((call, params))
+                self.pending.pop(id(call), None)
+        if journal_error is not None:
+            self._commit_directly(call, params, journal_error)
+            return
         _FLUSHER.wake(self)
         self._remember(call, params[_INLINE_AT], None)
+
+    def _commit_directly(self, call: Call, params: tuple[Any, ...], journal_error: OSError) -> None:
+        """The journal cannot be written (read-only folder, permissions, full disk): the call goes straight
+        into the log, one transaction each, as durable as through the journal. When the log cannot take it
+        either, the call stays unrecorded (it returns its value and runs again on replay) and says so."""
+        folder = self.journal.folder
+        cause = f"{journal_error.strerror or journal_error}"
+        try:
+            with self.wlock, write_transaction(self.conn, self.path):
+                call_id = self._upsert(params, [astuple(f) for f in call.failures])
+        except (LogError, sqlite3.Error) as exc:
+            self.pending.pop(id(call), None)
+            _say_once(f"durable: activity {call.function}: call not recorded: the activity journal {folder} "
+                      f"cannot be written ({cause}) and neither can the log ({exc}). The call returned its "
+                      "value; it runs again on replay. Free space or fix the permissions of "
+                      f"{folder.parent} to record calls again.")
+            return
+        self.pending.pop(id(call), None)
+        self._remember(call, params[_INLINE_AT], call_id)
+        _say_once(f"durable: the activity journal {folder} cannot be written ({cause}): activity calls are "
+                  f"committed to the log {self.path} one by one instead (slower; nothing is lost). Make "
+                  f"{folder} writable (or free space) to get the fast journal back.")
 
     def flush(self) -> None:
         """Move journaled calls, and calls running for a while, into the log (one transaction)."""
@@ -449,22 +496,23 @@ class Recorder:
                 batch, self.journaled = self.journaled, []
                 fd, done = self.journal.rotate() if batch else (None, None)
                 pending, self.pending = self.pending, {}
+                given_up, self.journal.given_up = self.journal.given_up, []
             if fd is not None:
                 os.close(fd)
             running = [c for c in list(pending.values()) if c.state == "running"]
-            if not batch and not running:
-                return
-            with write_transaction(self.conn, self.path):
-                # Most calls have no failed attempts: one executemany for them (the flusher shares the GIL
-                # with the caller's loop, so its per-row Python work is what slows the caller down).
-                self.conn.executemany(_UPSERT_MANY, [p for c, p in batch if not c.failures])
-                for call, params in batch:
-                    if call.failures:
-                        self._upsert(params, [astuple(f) for f in call.failures])
-                for call in running:
-                    self._upsert(self._params(call), [astuple(f) for f in call.failures])
-        if done is not None:
-            done.unlink(missing_ok=True)
+            if batch or running:
+                with write_transaction(self.conn, self.path):
+                    # Most calls have no failed attempts: one executemany for them (the flusher shares the GIL
+                    # with the caller's loop, so its per-row Python work is what slows the caller down).
+                    self.conn.executemany(_UPSERT_MANY, [p for c, p in batch if not c.failures])
+                    for call, params in batch:
+                        if call.failures:
+                            self._upsert(params, [astuple(f) for f in call.failures])
+                    for call in running:
+                        self._upsert(self._params(call), [astuple(f) for f in call.failures])
+        for path in ([done] if done is not None else []) + given_up:
+            with contextlib.suppress(OSError):  # left for the next process to import (by uid: no duplicate)
+                path.unlink(missing_ok=True)
 
     def _params(self, call: Call) -> tuple[Any, ...]:
         res = call.result
@@ -499,6 +547,16 @@ class Recorder:
         table.setdefault((call.key, call.occurrence), _Row(
             call_id, enc.codec, enc.version, res.meta_json, inline, False, len(res.parts),
             call.signature))
+
+
+_said: set[str] = set()
+
+
+def _say_once(text: str) -> None:
+    """A problem the user should know about, printed once per process (a loop of calls would repeat it)."""
+    if text not in _said:
+        _said.add(text)
+        print(text, file=sys.stderr, flush=True)
 
 
 def _upsert(conn: sqlite3.Connection, params: tuple[Any, ...], failures: list[tuple[Any, ...]]) -> int:
