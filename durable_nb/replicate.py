@@ -506,10 +506,9 @@ class Replicator:
     def status(self, *, probe: bool = False) -> dict[str, Any]:
         """url, log, running, pid, last_sync (epoch seconds), lag_seconds, error, restarts, sync_interval.
 
-        last_sync: every commit made before it is in the replica (a restore from then on holds it); it trails
-        the present by about monitor_interval + sync_interval while replication works. lag_seconds is 0 while
-        syncs succeed, the seconds since the last successful sync while replication is failing, and None before
-        the first sync.
+        last_sync: every commit made before it is in the replica (a restore from then on holds it).
+        lag_seconds: the seconds since last_sync (None before the first sync): about monitor_interval +
+        sync_interval while replication works, growing while it cannot (Litestream logs no error then).
         Litestream retries an unreachable endpoint silently for minutes: `probe=True` asks the bucket directly
         (at most a few seconds) so that an outage shows as an error."""
         if probe:
@@ -520,7 +519,7 @@ class Replicator:
         failing = self._error is not None and (
             self._last_sync is None or (self._error_at or 0) > self._last_sync
         )
-        lag = None if self._last_sync is None else (now - self._last_sync if failing else 0.0)
+        lag = None if self._last_sync is None else max(now - self._last_sync, 0.0)
         running = self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
         return {
             "url": self.location.url,

@@ -82,7 +82,8 @@ def test_replicate_then_restore_elsewhere(s3: S3Server, tmp_path: Path) -> None:
         commits = [writer.execute() for _ in range(20)]
         wait_for(lambda: (rep.status()["last_sync"] or 0) > commits[-1], 10, "a sync after the last commit")
         status = rep.status()
-        assert status["running"] and status["pid"] and status["error"] is None and status["lag_seconds"] == 0
+        assert status["running"] and status["pid"] and status["error"] is None
+        assert 0 <= status["lag_seconds"] < 5, "the replica trails by about the monitor and sync intervals"
         synced_before = sum(1 for c in commits if c < status["last_sync"])
         out = tmp_path / "elsewhere" / "nb.durable.db"
         assert restore(url, out, endpoint=s3.endpoint)
