@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import pytest
 import torture
 from s3server import s3  # noqa: F401  (fixture: a real rclone S3 server on 127.0.0.1)
 from shells import new_shell, secret, shell  # noqa: F401  (fixtures: IPython shells with durable_nb loaded)
@@ -12,3 +13,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if torture.FIGURES:
         for line in torture.summary():
             terminalreporter.write_line(line)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long torture version runs a test for tens of minutes on a busy machine (110 kills took 33 s each at a
+    load of 9 on 2 cores): pytest's 600 s per test would cut it short."""
+    if torture.LONG:
+        for item in items:
+            if "torture" in item.nodeid:
+                item.add_marker(pytest.mark.timeout(3 * 3600))
