@@ -248,7 +248,8 @@ class DurableCell:
                             f" ({'; '.join(differs)})" if differs else "")
             prev = self.log.previous_execution(start)
         except LogError as exc:
-            return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting))
+            return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting,
+                                             name=self.opts.name))
         start.reason = reason or explain(prev, key, code_hash, self.opts)
         return (yield from self._execute(transformed, analysis, start))
 
@@ -276,7 +277,8 @@ class DurableCell:
         try:
             execution_id = self.log.start_execution(start)
         except LogError as exc:
-            return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting))
+            return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting,
+                                             name=self.opts.name))
         self.status.show(self._payload("running", reason=start.reason, execution_id=execution_id))
         ns = self.shell.user_ns
         before = dict(ns)  # a C-level copy: holding the old objects also keeps their ids unique
@@ -423,11 +425,13 @@ def exec_steps(shell: Any, code: str, transformed: str, analysis: CellAnalysis, 
     return None
 
 
-def run_unlogged(shell: Any, code: str, problem: str, *, awaiting: bool = False) -> Steps:
+def run_unlogged(shell: Any, code: str, problem: str, *, awaiting: bool = False, name: str | None = None) -> Steps:
     """The log cannot be used: the cell runs anyway, so the work is not blocked, and the user is told why
     nothing was recorded."""
     __tracebackhide__ = True
-    print(f"durable: this cell is not recorded: {problem}", file=sys.stderr, flush=True)
+    which = f"cell {name!r}" if name else "this cell"
+    print(f"durable: {which} is not recorded (it runs; its variables stay in the kernel): {problem}",
+          file=sys.stderr, flush=True)
     transformed = _transform(shell, code)
     return (yield from exec_steps(shell, code, transformed, analyze(transformed), awaiting=awaiting))
 

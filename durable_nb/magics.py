@@ -284,7 +284,7 @@ class DurableMagics(Magics):
         try:
             log = self.log(args.db)
         except UsageError as exc:
-            return (yield from run_unlogged(self.shell, cell, str(exc), awaiting=awaiting))
+            return (yield from run_unlogged(self.shell, cell, str(exc), awaiting=awaiting, name=args.name))
         try:
             durable = DurableCell(self.shell, log, cell, opts, default_cell_id(self.shell))
             return (yield from durable.steps(awaiting=awaiting))
