@@ -153,8 +153,9 @@ def test_log_and_journal_made_read_only_mid_session(bound_kernels: None, tmp_pat
         # Modes restored: the cell that could not record records, the journal is used again.
         again = ok(kernel.execute(f"%%durable --db {db} --name third\nthird = len(second)\nprint(third)"))
         assert again.durable_states() == ["recorded"], again.durable_statuses()
-        after = ok(kernel.execute(ACTIVITY.format(name="after") + "\nfrom durable_nb import session\nprint('journal', session.current_log()"
-                                  ".call_recorder(lambda: None).journal.path is not None)"))
+        probe = ("\nfrom durable_nb import session\n"
+                 "print('journal', session.current_log().call_recorder(lambda: None).journal.path is not None)")
+        after = ok(kernel.execute(ACTIVITY.format(name="after") + probe))
         assert "after 20 2470" in after.text() and "journal True" in after.text(), after.text()
         assert "cannot be written" not in after.text(), after.text()
     finally:
