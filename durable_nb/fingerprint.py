@@ -12,7 +12,6 @@ import builtins
 import copyreg
 import dis
 import functools
-import importlib.metadata
 import itertools
 import os
 import site
@@ -551,6 +550,8 @@ _INSTALL_DIRS = functools.cache(_install_dirs)
 
 @functools.cache
 def _distributions() -> Mapping[str, list[str]]:
+    import importlib.metadata  # deferred for start-up speed: needed only for a module without __version__
+
     return importlib.metadata.packages_distributions()
 
 
@@ -562,6 +563,8 @@ def _version(module: str) -> str:
         return version
     if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "builtins":
         return f"python-{sys.version.split()[0]}"
+    import importlib.metadata  # deferred for start-up speed (see _distributions)
+
     for dist in _distributions().get(top, ()):
         try:
             return importlib.metadata.version(dist)
