@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ class Shell:
         InteractiveShell.clear_instance()
         # IPython's display() only publishes through the singleton instance.
         self.ip = InteractiveShell.instance(config=cfg)
+        # Each shell registers an atexit reset with a full gc.collect(); hundreds of test shells made pytest's
+        # exit take minutes. An in-memory history needs no exit work.
+        atexit.unregister(self.ip.atexit_operations)
         self.ip.display_pub = CapturingDisplayPublisher()
         self.ip.run_cell("%load_ext durable_nb", store_history=False)
         self.ip.run_cell(f"%config DurableMagics.db = {str(db)!r}", store_history=False)
