@@ -281,7 +281,12 @@ def _checkpoint(path: Path) -> None:
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection, path: str | Path) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE (so two kernels never deadlock on a lock upgrade), retrying while another writer
-    holds the log, then COMMIT; ROLLBACK on any error. Disk-full and read-only errors become clear ones."""
+    holds the log, then COMMIT; ROLLBACK on any error. Disk-full and read-only errors become clear ones.
+    A PostgreSQL log's connection (log.pg_connect.PgConnection) brings its own."""
+    if not isinstance(conn, sqlite3.Connection):
+        with conn.write_transaction():
+            yield conn
+        return
     deadline = time.monotonic() + WRITE_WAIT_SECONDS
     while True:
         try:
