@@ -17,9 +17,16 @@ SCHEMA = "analysis"
 
 
 def parametrize(metafunc: pytest.Metafunc) -> None:
-    """pytest_generate_tests: both backends for the modules that ask for them."""
+    """pytest_generate_tests: both backends for the modules that ask for them; a test marked
+    `@only(backend, reason=...)` runs on that backend alone, the reason in its marker for all to read."""
     if getattr(metafunc.module, "BOTH_BACKENDS", False) and "backend" in metafunc.fixturenames:
-        metafunc.parametrize("backend", BACKENDS, indirect=True)
+        marker = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("backend", marker.args if marker else BACKENDS, indirect=True)
+
+
+def only(*backends: str, reason: str) -> pytest.MarkDecorator:
+    assert reason and set(backends) <= set(BACKENDS)
+    return pytest.mark.backends(*backends, reason=reason)
 
 
 @pytest.fixture
@@ -61,3 +68,11 @@ def sql(location: Path | str, statement: str, params: tuple[Any, ...] = ()) -> l
         conn.execute(f"SET search_path TO {target.schema or 'public'}, {BLOB_SCHEMA}")
         cur = conn.execute(translate(statement), params)
         return cur.fetchall() if cur.description else []
+
+
+def columns(location: Path | str, table: str) -> list[str]:
+    """The columns of a table or view of the log at `location`, in order."""
+    if is_postgres(location):
+        return [r[0] for r in sql(location, "SELECT column_name FROM information_schema.columns WHERE "
+                                  "table_schema = ? AND table_name = ? ORDER BY ordinal_position", (SCHEMA, table))]
+    return [r[1] for r in sql(location, f"PRAGMA table_info({table})")]
