@@ -4,12 +4,14 @@ password that never reaches the log, leases, and the current-log rules taking a 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from backends import sql
 from pg_server import PASSWORD_ROLE, PostgresServer
+from shells import Shell
 
 from durable_nb import DurableLog, session
 from durable_nb.errors import LogError, NewerLogError, NotALogError
@@ -131,3 +133,35 @@ def test_a_run_is_alive_while_its_lease_is_renewed(postgres: PostgresServer, dat
             assert writer.run_id not in other.dead_run_ids()
             assert sql(where, "SELECT state FROM execution") == [("running",)]
     assert sql(where, "SELECT ended_at IS NOT NULL FROM run WHERE host = 'host-a'") == [(True,)]
+
+
+def test_copy_moves_a_log_between_backends_both_ways(postgres: PostgresServer, database: str, tmp_path: Path,
+                                                     new_shell: Callable[[], Shell]) -> None:
+    """A SQLite log recorded by a shell goes into a team schema and back into a file: the same history, the same
+    values, blob ids remapped to the database's, ids of runs and executions kept."""
+    from durable_nb import views
+    from durable_nb.cli import main as cli
+    from durable_nb.log.transfer import copy
+
+    src = tmp_path / "t.durable.db"
+    sh = new_shell()
+    sh.durable("import numpy as np\narr = np.arange(2_000_000)\nconf = {'a': [1, 2]}", "--name load")
+    sh.run("import durable_nb\n@durable_nb.activity\ndef twice(x):\n    return x * 2\nr = [twice(i) for i in range(5)]")
+    sh.durable("total = int(arr.sum())", "--name total")
+    sh.durable("import numpy as np\narr = np.arange(2_000_000)\nconf = {'a': [1, 2]}", "--name load")
+    session.close_log()
+    team = url(postgres, database, "team")
+    with DurableLog(url(postgres, database, "other"), readonly=False) as other, other.transaction():
+        other.blobs.sink().put(np.zeros(10))  # the database already has a blob: ids must be remapped
+    result = copy(src, team)
+    assert result.blobs >= 1 and result.rows > 0
+    assert cli(["copy", team, str(tmp_path / "back.durable.db")]) == 0
+    back = tmp_path / "back.durable.db"
+    columns = ["execution_id", "run_id", "cell_name", "state", "replayed_from", "outputs", "key"]
+    for copied in (team, back):
+        assert views.history(copied)[columns].equals(views.history(src)[columns]), copied
+        assert (views.load("arr", log=copied) == np.arange(2_000_000)).all()
+        assert views.load("total", log=copied) == sum(range(2_000_000))
+        assert len(views.activities(copied)) == 5
+    with pytest.raises(LogError, match="already holds"):
+        copy(src, team)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from ..errors import DurableError
 
 # Modules that define `register(subparsers)`; each adds its verbs with `set_defaults(handler=...)`.
-VERB_MODULES: tuple[str, ...] = ("history", "replicate", "trust", "jobs")
+VERB_MODULES: tuple[str, ...] = ("history", "replicate", "trust", "jobs", "transfer")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -177,6 +177,10 @@ class BlobSink:
             _delete_blob(self.conn, blob_id)
             self._created.discard(blob_id)
 
+    def existing(self, digest: str) -> int | None:
+        """The id of the blob with this content hash, if the log has it (log.copy matches blobs by hash)."""
+        return self._existing(digest)
+
     def _existing(self, digest: str) -> int | None:
         row = self.conn.execute("SELECT id FROM blob WHERE hash = ?", (digest,)).fetchone()
         return None if row is None else int(row[0])

@@ -71,8 +71,11 @@ class LogStore:
                 journal.recover(self.conn, self.path, set(self.dead_run_ids()))
 
     def __repr__(self) -> str:
-        shown = str(self._pg.target) if self._pg else str(self.path)
-        return f"{type(self).__name__}({shown!r}{', readonly=True' if self.readonly else ''})"
+        return f"{type(self).__name__}({str(self)!r}{', readonly=True' if self.readonly else ''})"
+
+    def __str__(self) -> str:
+        """The log as shown to users: its path, or its PostgreSQL URL without any password."""
+        return str(self._pg.target) if self._pg else str(self.path)
 
     def __enter__(self) -> Self:
         return self
