@@ -165,3 +165,22 @@ def test_copy_moves_a_log_between_backends_both_ways(postgres: PostgresServer, d
         assert len(views.activities(copied)) == 5
     with pytest.raises(LogError, match="already holds"):
         copy(src, team)
+
+
+def test_verify_reads_a_team_log_and_trust_refuses_to_re_sign_it(postgres: PostgresServer, database: str,
+                                                                  secret: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from durable_nb.cli import main as cli
+    from durable_nb.trust import trust_log, verify_log
+
+    where = url(postgres, database, "team")
+    monkeypatch.chdir(tmp_path)
+    sh = Shell(where)
+    sh.durable("class Point:\n    pass\np = Point()\narr = list(range(5))", "--name point")
+    session.close_log()
+    review = verify_log(where)
+    assert not review.tampered and review.pickled == review.signed_by_you >= 1, review
+    with pytest.raises(LogError, match="replace your teammates' signatures"):
+        trust_log(where)
+    assert cli(["trust", where]) == 1
+    assert cli(["verify", where]) == 0
