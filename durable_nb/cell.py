@@ -378,7 +378,7 @@ class DurableCell:
                  execution_id: int | None = None) -> dict[str, Any]:
         return {
             "version": 1, "state": state, "cell": self.opts.name, "cell_id": self.cell_id,
-            "execution_id": execution_id, "log": str(self.log.path), "recorded_at": iso(recorded_at),
+            "execution_id": execution_id, "log": str(self.log), "recorded_at": iso(recorded_at),
             "duration_s": duration, "saved_s": duration if state == "replayed" else None, "reason": reason,
             "changed": reason.split(", ") if reason else [], "problems": problems or [],
             "message": " · ".join([message(state, recorded_at=recorded_at, duration=duration, reason=reason,
