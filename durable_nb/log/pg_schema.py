@@ -1,6 +1,7 @@
-"""The schema of a log on PostgreSQL: the same numbered migrations as `log/schema.py` (a PostgreSQL log at
-version N has the tables and the documented views of a SQLite log at version N, same names, same columns), in
-PostgreSQL's dialect.
+"""The schema of a log on PostgreSQL: migrations numbered as `log/schema.py`'s, in PostgreSQL's dialect. A log
+migrated to SCHEMA_VERSION has the tables and the documented views of a SQLite log at that version (same names,
+same columns: tests/test_history.py checks the views against docs/schema.md on both backends); the views come
+into being at the versions that define their final form.
 
 Differences, each for a reason:
 - Blobs (`blob`, `chunk`) live in one schema per database, BLOB_SCHEMA, shared by every log in it: a value a
