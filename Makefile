@@ -49,8 +49,9 @@ $(EXT_STAMP): $(STAMP) $(NODE_STAMP) $(EXT_SRC)
 js-test: $(NODE_STAMP)
 	cd extension && npm test
 
-# The torture suite at full size (issue 17): 100+ SIGKILLs, 300 corrupted copies, a 30 s S3 outage, a 10 minute
-# soak of 4 kernels. `make test` runs the same tests at a short size. Prints the figures at the end.
+# The torture suite at full size (issue 17): 100+ SIGKILLs, 300 corrupted copies, a 30 s S3 outage, a full disk,
+# read-only media and permissions, a 10 minute soak of 4 kernels. `make test` runs the same tests at a short
+# size. Prints the figures at the end.
 torture: $(STAMP)
 	DURABLE_NB_TORTURE=long $(BIN)/python -m pytest -q -p no:cacheprovider -k torture tests
 

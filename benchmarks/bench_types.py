@@ -25,6 +25,7 @@ from benchmarks.harness import fmt_seconds, report
 FRAME_ROWS = 10_000_000
 TENSOR_BYTES = 1 << 30
 GIB = float(1 << 30)
+RUNS = 9
 
 
 def record_polars(value: Any, path: Path) -> None:
@@ -80,21 +81,47 @@ def _raw_xxh3(buffers: list[Any]) -> None:
     h.digest()
 
 
+def _huge_page_share(buffers: list[Any]) -> float:
+    """The share of these buffers' memory the kernel backs with 2 MiB pages. numpy asks for them (madvise) on
+    large allocations, torch's allocator does not unless THP_MEM_ALLOC_ENABLE=1: with 4 KiB pages one thread
+    hashes a GiB ~1.5× slower here (TLB misses), which is what the raw baseline of a fresh tensor pays."""
+    import numpy as np
+
+    spans = [(a, a + n) for a, n in ((np.frombuffer(b, np.uint8).ctypes.data, memoryview(b).nbytes) for b in buffers)]
+    total = sum(end - start for start, end in spans)
+    huge, mapping = 0, (0, 0)
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split()[0]
+            if "-" in first and not first.endswith(":"):
+                lo, hi = (int(x, 16) for x in first.split("-"))
+                mapping = (lo, hi)
+            elif first == "AnonHugePages:" and int(line.split()[1]):
+                lo, hi = mapping
+                huge += sum(max(0, min(hi, end) - max(lo, start)) for start, end in spans)
+    return huge / total if total else 0.0
+
+
 def _fingerprint(label: str, value: Any, buffers: list[Any], size: int) -> None:
     from durable_nb.fingerprint import fingerprint
 
+    fingerprint(value)  # warm: both then read memory that is mapped, touched and cached alike
+    _raw_xxh3(buffers)
     ours, raw = [], []
-    for _ in range(7):  # interleaved, so a slow spell of the machine hits both
+    for _ in range(RUNS):  # interleaved, so a slow spell of the machine hits both
         t0 = time.perf_counter()
         fingerprint(value)
         ours.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         _raw_xxh3(buffers)
         raw.append(time.perf_counter() - t0)
-    seconds = statistics.median(ours)
-    report(f"fingerprint {label}", seconds, statistics.median(raw), baseline_name="raw xxh3 of its buffers")
+    seconds, raw_seconds = statistics.median(ours), statistics.median(raw)
+    report(f"fingerprint {label}", seconds, raw_seconds, baseline_name="1-thread raw xxh3 of its buffers")
     report(f"fingerprint {label}: ms per GiB", seconds * 1e3 * GIB / size, unit="ms/GiB", limit=60,
            limit_kind="abs")
+    report(f"1-thread raw xxh3 of {label}: ms per GiB", raw_seconds * 1e3 * GIB / size, unit="ms/GiB")
+    print(f"    median of {RUNS} warm interleaved runs; {_huge_page_share(buffers):.0%} of its buffers in 2 MiB pages",
+          flush=True)
 
 
 def _compare(label: str, value: Any, size: int, baseline: tuple[Any, Any, str], root: Path,

@@ -26,6 +26,7 @@ _PUBLIC = {
     **dict.fromkeys(["history", "runs", "activities", "outputs", "load", "diff", "timeline"], "durable_nb.views"),
     "export": "durable_nb.log.maintenance",
     "run_notebook": "durable_nb.jobs",  # a notebook as a resumable batch job (durable-nb run)
+    "query": "durable_nb.sql",  # read-only SQL over the views (durable-nb query); not durable_nb.query: shadowing
 }
 
 __all__ = sorted(_PUBLIC)

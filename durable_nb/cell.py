@@ -24,7 +24,7 @@ from typing import Any, TypeAlias
 
 import xxhash
 
-from . import capture, cell_outputs, environment, file_deps, settings, sharing, trust
+from . import capture, cell_outputs, environment, file_deps, settings, sharing, tracebacks, trust
 from .analysis import CellAnalysis, analyze
 from .calls import execution_scope
 from .cell_log import CellLog
@@ -32,8 +32,8 @@ from .codecs import CODEC_VERSIONS
 from .errors import DecodeError, DurableError, LogError, Unfingerprintable, UntrustedError
 from .fingerprint import fingerprint, fingerprint_file, referenced_globals
 from .log import background
-from .log.cells import ExecutionStart, Recorded
-from .status import NOT_WRITTEN, StatusLine, message
+from .log.cells import ExecutionStart, Recorded, saved_seconds
+from .status import NOT_WRITTEN, SESSION, StatusLine, message
 from .vocabulary import iso
 
 KEY_FORMAT = 1
@@ -248,7 +248,8 @@ class DurableCell:
                             f" ({'; '.join(differs)})" if differs else "")
             prev = self.log.previous_execution(start)
         except LogError as exc:
-            return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting))
+            return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting,
+                                             name=self.opts.name))
         start.reason = reason or explain(prev, key, code_hash, self.opts)
         return (yield from self._execute(transformed, analysis, start))
 
@@ -259,10 +260,14 @@ class DurableCell:
         result = cell_outputs.Restore(self.log, self.shell.user_ns, start.inputs).run(recorded.id)
         events = self.log.execution_events(recorded.id)
         differs = environment.differences(self.log, recorded.id)
-        self.status.show(self._payload("replayed", recorded_at=recorded.started_at, duration=recorded.duration,
-                                       execution_id=recorded.id, reason="; ".join(differs) or None))
+        replayed = functools.partial(self._payload, "replayed", recorded_at=recorded.started_at,
+                                     original=recorded.duration, replayed_from=recorded.id,
+                                     reason="; ".join(differs) or None)
+        self.status.show(replayed())  # above the replayed outputs; its figures once they are known
         shown = capture.replay(self.shell, events, result)
-        self.log.record_replay(start, recorded, time.perf_counter() - t0)
+        duration = time.perf_counter() - t0
+        self.log.record_replay(start, recorded, duration)
+        self.status.show(replayed(duration=duration, saved=saved_seconds(recorded.duration, duration)))
         return None if shown else result
 
     # -- execute and record ---------------------------------------------------------------------------------
@@ -272,7 +277,8 @@ class DurableCell:
         try:
             execution_id = self.log.start_execution(start)
         except LogError as exc:
-            return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting))
+            return (yield from run_unlogged(self.shell, self.code, str(exc), awaiting=self.awaiting,
+                                             name=self.opts.name))
         self.status.show(self._payload("running", reason=start.reason, execution_id=execution_id))
         ns = self.shell.user_ns
         before = dict(ns)  # a C-level copy: holding the old objects also keeps their ids unique
@@ -375,14 +381,20 @@ class DurableCell:
 
     def _payload(self, state: str, *, reason: str | None = None, duration: float | None = None,
                  recorded_at: float | None = None, error: str | None = None, problems: list[str] | None = None,
-                 execution_id: int | None = None) -> dict[str, Any]:
+                 execution_id: int | None = None, original: float | None = None, saved: float | None = None,
+                 replayed_from: int | None = None) -> dict[str, Any]:
+        """The status display's JSON (docs/architecture.md): its figures are the log's, `duration_s` this
+        execution's own time, for a replay with `original_s` (the recorded run) and `saved_s` (their difference)."""
         return {
             "version": 1, "state": state, "cell": self.opts.name, "cell_id": self.cell_id,
-            "execution_id": execution_id, "log": str(self.log), "recorded_at": iso(recorded_at),
-            "duration_s": duration, "saved_s": duration if state == "replayed" else None, "reason": reason,
-            "changed": reason.split(", ") if reason else [], "problems": problems or [],
-            "message": " · ".join([message(state, recorded_at=recorded_at, duration=duration, reason=reason,
-                                           error=error, problems=problems), *background.problems(self.log.path)]),
+            "execution_id": execution_id, "replayed_from": replayed_from, "log": str(self.log),
+            "session": SESSION, "recorded_at": iso(recorded_at), "duration_s": duration,
+            "original_s": original if original is not None else (duration if state != "running" else None),
+            "saved_s": saved, "reason": reason, "changed": reason.split(", ") if reason else [],
+            "problems": problems or [],
+            "message": " · ".join([message(state, recorded_at=recorded_at, duration=duration, original=original,
+                                           saved=saved, reason=reason, error=error, problems=problems),
+                                   *background.problems(self.log.path)]),
         }
 
 
@@ -396,12 +408,11 @@ def exec_steps(shell: Any, code: str, transformed: str, analysis: CellAnalysis, 
     """`exec_cell` as steps; with `awaiting`, top-level `await`, `async for` and `async with` are allowed and
     the coroutines they make are yielded to be awaited."""
     __tracebackhide__ = True
-    tree = ast.parse(transformed)
-    filename = shell.compile.cache(transformed, shell.execution_count, raw_code=code)
-    last = tree.body.pop() if analysis.has_result else None
     # The shell's own flags (the user's `from __future__` imports), never this module's: compile() would
     # otherwise inherit `annotations` from the line above and make every annotation in the cell a string.
     flags = shell.compile.flags | (ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if awaiting else 0)
+    filename, tree = tracebacks.compile_body(shell, code, transformed)
+    last = tree.body.pop() if analysis.has_result else None
     body = compile(tree, filename, "exec", flags, dont_inherit=True)
     if body.co_flags & _CO_COROUTINE:
         yield eval(body, shell.user_global_ns, shell.user_ns)
@@ -414,11 +425,13 @@ def exec_steps(shell: Any, code: str, transformed: str, analysis: CellAnalysis, 
     return None
 
 
-def run_unlogged(shell: Any, code: str, problem: str, *, awaiting: bool = False) -> Steps:
+def run_unlogged(shell: Any, code: str, problem: str, *, awaiting: bool = False, name: str | None = None) -> Steps:
     """The log cannot be used: the cell runs anyway, so the work is not blocked, and the user is told why
     nothing was recorded."""
     __tracebackhide__ = True
-    print(f"durable: this cell is not recorded: {problem}", file=sys.stderr, flush=True)
+    which = f"cell {name!r}" if name else "this cell"
+    print(f"durable: {which} is not recorded (it runs; its variables stay in the kernel): {problem}",
+          file=sys.stderr, flush=True)
     transformed = _transform(shell, code)
     return (yield from exec_steps(shell, code, transformed, analyze(transformed), awaiting=awaiting))
 

@@ -58,11 +58,11 @@ class KernelDied(RuntimeError):
 class NotebookKernel:
     """A real ipykernel started in the notebook's folder, told the notebook's path like Jupyter does."""
 
-    def __init__(self, notebook: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, notebook: Path, env: dict[str, str] | None = None, *, kernel_name: str = "python3") -> None:
         from jupyter_client.manager import KernelManager
 
         self.notebook = notebook.resolve()
-        self.km = KernelManager(kernel_name="python3")
+        self.km = KernelManager(kernel_name=kernel_name)
         kernel_env = {**os.environ, "JPY_SESSION_NAME": str(self.notebook), **(env or {})}
         self.km.start_kernel(cwd=str(self.notebook.parent), env=kernel_env)
         self.kc = self.km.client()

@@ -13,14 +13,12 @@ from __future__ import annotations
 import io
 import sys
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import xxhash
 
+from .fingerprint import Handler, _Hasher, _object
 from .sharing import is_object_array
-
-if TYPE_CHECKING:
-    from .fingerprint import Handler, _Hasher
 
 
 class _Hashed:
@@ -65,8 +63,6 @@ def _figure(h: _Hasher, fig: Any) -> None:
 
 
 def _artist(h: _Hasher, artist: Any) -> None:
-    from .fingerprint import _object
-
     fig = _root_figure(artist)
     if fig is None or artist is fig:
         _object(h, artist)  # not drawn anywhere: its state is all there is

@@ -12,14 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import xxhash
-
 from .errors import Unfingerprintable
-from .fingerprint import Handler, _chunked, _Hasher, _null_positions, _raw, _type_name, _unfingerprintable, _var_width
+from .fingerprint import (
+    Handler,
+    _chunked,
+    _Hasher,
+    _null_positions,
+    _raw,
+    _type_name,
+    _unfingerprintable,
+    _var_width,
+    on_pool,
+)
 
 # Arrow string views (what polars hands over without a copy): a 16-byte view per value, inline up to this length.
 _VIEW_INLINE = 12
-_VIEW_BLOCK = 1 << 15  # views checked and hashed per step: 512 KiB
+_VIEW_BLOCK = 1 << 20  # views whose lengths one task checks: 16 MiB
 
 
 def handler(t: type) -> Handler | None:
@@ -102,8 +110,8 @@ def _arrow_column(h: _Hasher, chunked: Any) -> None:
 
 def _string_views(h: _Hasher, chunked: Any) -> None:
     """Strings of at most 12 bytes live inside their 16-byte view (length, bytes, zero padding), so when a
-    column holds no longer one its views are its canonical content. A column with longer strings is cast to
-    large_string (a copy) and hashed by lengths and bytes."""
+    column holds no longer one its views are its canonical content, hashed in place. A column with longer
+    strings is cast to large_string (a copy) and hashed by lengths and bytes."""
     import numpy as np
     import pyarrow as pa
 
@@ -111,26 +119,33 @@ def _string_views(h: _Hasher, chunked: Any) -> None:
     h.visit((str(chunked.type), len(chunked), chunked.null_count))
     if chunked.null_count:
         _null_positions(h, chunked)
-    # One pass, block by block while each block is in the CPU cache: check the lengths, hash the views into
-    # a digest of their own, which is dropped if a longer string turns up.
-    inline = xxhash.xxh3_128()
+    views, unsure = [], []
     for chunk in chunked.chunks:
         if not len(chunk):
             continue
-        rows = np.frombuffer(chunk.buffers()[1], dtype=np.uint8).reshape(-1, 16)[chunk.offset:chunk.offset + len(chunk)]
+        buffers = chunk.buffers()
+        rows = np.frombuffer(buffers[1], dtype=np.uint8).reshape(-1, 16)[chunk.offset:chunk.offset + len(chunk)]
         if chunk.null_count:  # what a null's view holds is arbitrary: zero it (a copy of the views only)
             rows = rows.copy()
             rows[chunk.is_null().to_numpy(zero_copy_only=False)] = 0
-        for start in range(0, len(rows), _VIEW_BLOCK):
-            block = rows[start:start + _VIEW_BLOCK]
-            if int(block[:, :4].view("<i4").max()) > _VIEW_INLINE:
-                wide = pa.large_binary() if pa.types.is_binary_view(chunked.type) else pa.large_string()
-                h.put(b"w")
-                _var_width(h, chunked.cast(wide), "<i8")
-                return
-            inline.update(block.data)
+        views.append(rows)
+        # Longer strings live in the data buffers after the views: with none, there is nothing to check.
+        if any(b is not None and b.size for b in buffers[2:]):
+            unsure.append(rows)
+    # Lengths are checked block by block on the hashing pool (numpy releases the GIL while it reduces).
+    blocks = [rows[i:i + _VIEW_BLOCK] for rows in unsure for i in range(0, len(rows), _VIEW_BLOCK)]
+    if any(on_pool(_longest, blocks)):
+        wide = pa.large_binary() if pa.types.is_binary_view(chunked.type) else pa.large_string()
+        h.put(b"w")
+        _var_width(h, chunked.cast(wide), "<i8")
+        return
     h.put(b"i")
-    h.put(inline.digest())
+    for rows in views:
+        h.put(rows.reshape(-1))
+
+
+def _longest(rows: Any) -> bool:
+    return bool(rows.view("<i4")[:, 0].max() > _VIEW_INLINE)
 
 
 # ---------------------------------------------------------------------------------------------- torch
@@ -212,7 +227,10 @@ def _dataset(h: _Hasher, ds: Any) -> None:
         return
     h.put(b"xD")
     h.visit((list(ds.data_vars), list(ds.coords)))
-    _variables(h, ds.variables)
+    # Data variables, then coordinates: how they interleave in ds.variables depends on how the Dataset was
+    # built (to_dataset puts coordinates first), not on its content, and identical() ignores it.
+    _variables(h, ds.data_vars.variables)
+    _variables(h, ds.coords.variables)
     h.visit_in(ds.attrs, "the attrs of a Dataset")
     h.visit_in(ds.encoding, "the encoding of a Dataset")
     _indexes(h, ds)

@@ -53,11 +53,12 @@ def draw(executions: pd.DataFrame, calls: pd.DataFrame | None, title: str) -> Fi
     n_lanes = max(len(lanes), 1)
     fig = Figure(figsize=(11, min(max(2.2 + 0.28 * min(n_lanes, LABELS_MAX), 3.0), 12.0)), layout="constrained")
     ax = fig.add_subplot()
-    start, end = _span(executions, calls)
+    alive = last_alive(executions, calls)
+    start, end = _span(executions, calls, alive)
     span = max(end - start, 1.0)
-    bars = _bars(executions, cells, lanes, start, span, height=0.7)
+    bars = _bars(executions, cells, lanes, start, span, alive, height=0.7)
     if calls is not None and len(calls):
-        bars += _bars(calls, functions, lanes, start, span, height=0.4)
+        bars += _bars(calls, functions, lanes, start, span, alive, height=0.4)
     _draw_bars(ax, bars)
     _draw_savings(ax, executions, cells, lanes, start, span)
     _axes(ax, lanes, start, span)
@@ -78,13 +79,13 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _span(executions: pd.DataFrame, calls: pd.DataFrame | None) -> tuple[float, float]:
+def _span(executions: pd.DataFrame, calls: pd.DataFrame | None, alive: dict[int, float]) -> tuple[float, float]:
     import numpy as np
 
-    starts, ends = [_seconds(executions["started_at"])], [_ends(executions)]
+    starts, ends = [_seconds(executions["started_at"])], [_ends(executions, alive)]
     if calls is not None and len(calls):
         starts.append(_seconds(calls["started_at"]))
-        ends.append(_ends(calls))
+        ends.append(_ends(calls, alive))
     every_start, every_end = np.concatenate(starts), np.concatenate(ends)
     if not len(every_start):
         return 0.0, 1.0
@@ -100,22 +101,43 @@ def _seconds(times: pd.Series) -> Any:
     return times.to_numpy(dtype="datetime64[ns]").astype("int64") / 1e9 if len(times) else np.zeros(0)
 
 
-def _ends(frame: pd.DataFrame) -> Any:
-    """Finish times; an execution without one (running, crashed) is drawn until its last known instant."""
+def _ends(frame: pd.DataFrame, alive: dict[int, float] | None = None) -> Any:
+    """Finish times. A crashed row is drawn until the last sign of life of its run (`alive`: the run's latest
+    recorded start or finish of an execution or activity call), so it stops where its kernel was last seen and
+    a re-run in the next run stays visible beside it; a running row, until the latest instant drawn."""
     import numpy as np
 
     start = _seconds(frame["started_at"])
     finished = frame["finished_at"]
     end = np.where(finished.isna().to_numpy(), np.nan, _seconds(finished.fillna(frame["started_at"])))
-    latest = np.nanmax(np.concatenate([start, end])) if len(start) else 0.0
-    return np.where(np.isnan(end), np.maximum(latest, start), end)
+    latest = np.full(len(start), np.nanmax(np.concatenate([start, end])) if len(start) else 0.0)
+    if alive is not None:
+        crashed = (frame["state"] == "crashed").to_numpy()
+        latest = np.where(crashed, [alive.get(int(r), np.nan) for r in frame["run_id"]], latest)
+    return np.where(np.isnan(end), np.fmax(latest, start), end)
+
+
+def last_alive(executions: pd.DataFrame, calls: pd.DataFrame | None) -> dict[int, float]:
+    """Per run, the latest instant the log saw it working: a start or finish of any execution or call."""
+    import numpy as np
+
+    seen: dict[int, float] = {}
+    for frame in (executions, calls):
+        if frame is None or not len(frame):
+            continue
+        start = _seconds(frame["started_at"])
+        finished = frame["finished_at"]
+        end = np.where(finished.isna().to_numpy(), start, _seconds(finished.fillna(frame["started_at"])))
+        for run, instant in zip(frame["run_id"], np.maximum(start, end), strict=True):
+            seen[int(run)] = max(seen.get(int(run), 0.0), float(instant))
+    return seen
 
 
 def _bars(frame: pd.DataFrame, labels: list[str], lanes: dict[str, int], origin: float, span: float,
-          height: float) -> list[tuple[str, float, float, int, float]]:
+          alive: dict[int, float], height: float) -> list[tuple[str, float, float, int, float]]:
     """(state, left, width, lane, height) with times in seconds from the origin."""
     left = _seconds(frame["started_at"]) - origin
-    width = (_ends(frame) - origin) - left
+    width = (_ends(frame, alive) - origin) - left
     minimum = span * MIN_WIDTH
     return [(str(s), float(x), max(float(w), minimum), lanes[lab], height)
             for s, x, w, lab in zip(frame["state"], left, width, labels, strict=True)]
@@ -128,7 +150,9 @@ def _draw_bars(ax: Axes, bars: list[tuple[str, float, float, int, float]]) -> No
         verts = [[(x, y - h / 2), (x, y + h / 2), (x + w, y + h / 2), (x + w, y - h / 2)]
                  for s, x, w, y, h in bars if s == state]
         if verts:
-            ax.add_collection(PolyCollection(verts, facecolors=color, edgecolors="none", label=state))
+            # A white edge: two executions of one cell side by side (a crash, then its re-run) stay two bars.
+            ax.add_collection(PolyCollection(verts, facecolors=color, edgecolors="white", linewidths=0.4,
+                                             label=LOOKS[state].label))
 
 
 def _draw_savings(ax: Axes, executions: pd.DataFrame, cells: list[str], lanes: dict[str, int], origin: float,
@@ -173,7 +197,9 @@ def _axes(ax: Axes, lanes: dict[str, int], origin: float, span: float) -> None:
     ax.set_axisbelow(True)
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        ax.legend(handles, labels, loc="upper right", fontsize=7, frameon=True, ncols=min(len(handles), 6))
+        # Below the axes, outside the plot area: inside it, the legend covered the last bars.
+        ax.figure.legend(handles, labels, loc="outside lower center", fontsize=7, frameon=False,
+                         ncols=min(len(handles), 6))
 
 
 def _clock(start: Any, offset: float, span: float) -> str:

@@ -56,7 +56,7 @@ class CellResult:
     label: str                  # the cell's --name, else its first line
     state: str = "not run"
     seconds: float = 0.0
-    saved_s: float = 0.0        # a replay: how long the recorded run took
+    saved_s: float = 0.0        # a replay: the time it saved (the recorded run minus the replay)
     estimate_s: float | None = None  # the duration the log recorded for this cell before this run
     reason: str | None = None   # why a durable cell ran instead of replaying
     error: str | None = None

@@ -109,7 +109,7 @@ class AwaitDurable:
         return [f"await get_ipython().run_cell_magic({name!r}, {AWAIT_OPTION + ' ' + line!r}, {body!r})\n"]
 
     def _awaits(self, body: str) -> bool:
-        from .cell import _transform
+        from .cell import _transform  # deferred for start-up speed: %load_ext imports no cell machinery
 
         _Nesting.depth += 1
         try:
@@ -252,22 +252,31 @@ class DurableMagics(Magics):
         and record its variables, output and result. Top-level await, async for and async with work as in a
         plain cell."""
         __tracebackhide__ = True
-        from .cell import drive, drive_async
+        from . import tracebacks  # deferred, as the cell machinery: %load_ext imports neither
+        from .cell import drive, drive_async  # deferred for start-up speed: %load_ext imports no cell machinery
 
         args = parse_argstring(self.durable, line)
+        # Only the cell's own %%durable: code calling run_cell_magic keeps its frames in the traceback.
+        top = tracebacks.is_top_level()
         if args.awaited:
             # AwaitDurable made the cell `await get_ipython().run_cell_magic(...)`: IPython awaits this.
-            return drive_async(self._steps(args, cell, awaiting=True))
-        return drive(self._steps(args, cell, awaiting=False))
+            running = drive_async(self._steps(args, cell, awaiting=True))
+            return tracebacks.awaited_as_cell(self.shell, running) if top else running
+        try:
+            return drive(self._steps(args, cell, awaiting=False))
+        except BaseException as exc:
+            if top:
+                tracebacks.as_cell(self.shell, exc)
+            raise
 
     def _steps(self, args: Any, cell: str, *, awaiting: bool) -> Steps:
         """The cell's run as steps (cell.Steps): one code path for sync and async bodies."""
         __tracebackhide__ = True
-        from .cell import CellOptions, DurableCell, default_cell_id, exec_steps, run_unlogged
+        from .cell import CellOptions, DurableCell, default_cell_id, exec_steps, run_unlogged  # deferred: start-up
 
         assert self.shell is not None
         if args.off or not self.enabled:
-            from .analysis import analyze
+            from .analysis import analyze  # deferred for start-up speed: %load_ext imports no cell analysis
 
             transformed = self.shell.transform_cell(cell)
             return (yield from exec_steps(self.shell, cell, transformed, analyze(transformed), awaiting=awaiting))
@@ -276,7 +285,7 @@ class DurableMagics(Magics):
         try:
             log = self.log(args.db)
         except UsageError as exc:
-            return (yield from run_unlogged(self.shell, cell, str(exc), awaiting=awaiting))
+            return (yield from run_unlogged(self.shell, cell, str(exc), awaiting=awaiting, name=args.name))
         try:
             durable = DurableCell(self.shell, log, cell, opts, default_cell_id(self.shell))
             return (yield from durable.steps(awaiting=awaiting))
@@ -288,7 +297,7 @@ class DurableMagics(Magics):
     def durable_status(self, line: str) -> None:
         """Show the log path and size, its schema, the runs, the executions and activities by state, the time
         saved, and the replication state when this kernel replicates the log. Nothing is written."""
-        from .views import status
+        from .views import status  # deferred for start-up speed: %load_ext imports no history views
 
         print(status(self.log()))
 
@@ -302,7 +311,7 @@ class DurableMagics(Magics):
         The full data: durable_nb.history() (a DataFrame)."""
         from IPython.display import HTML, display
 
-        from .views import history_html
+        from .views import history_html  # deferred for start-up speed: %load_ext imports no history views
 
         args = parse_argstring(self.durable_history, line)
         if args.last < 0:
@@ -313,7 +322,7 @@ class DurableMagics(Magics):
     def durable_trust(self, line: str) -> None:
         """%durable_trust [LOG]: after reviewing a log (yours by default, or a colleague's LOG), sign its pickled
         values with your key so they replay here. Tampered values are reported and never signed."""
-        from .trust import trust_log
+        from .trust import trust_log  # deferred for start-up speed: %load_ext imports no trust review
 
         path = line.strip()
         try:
@@ -333,7 +342,7 @@ class DurableMagics(Magics):
     def durable_replicate(self, line: str) -> None:
         """Stream the current log to S3-compatible storage with Litestream, in the background. Asynchronous:
         a restore can miss the last ~second of writes. Credentials come from the standard AWS chain."""
-        from . import replicate
+        from . import replicate  # deferred for start-up speed: boto3 only when replicating
 
         args = parse_argstring(self.durable_replicate, line)
         log = self.log()
@@ -362,7 +371,7 @@ class DurableMagics(Magics):
         is reported, never raised: the notebook keeps working with a local log."""
         if not self.replicate_url:
             return
-        from . import replicate
+        from . import replicate  # deferred for start-up speed: boto3 only when replicating
 
         path = current.configured_path()
         if isinstance(path, str):

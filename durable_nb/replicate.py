@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -266,6 +267,14 @@ def explain(text: str, location: S3Location) -> str:
 # --- supervision -----------------------------------------------------------------------------------------
 
 
+def _txid(text: str) -> int | None:
+    """A transaction id as Litestream logs it (16 hex digits)."""
+    try:
+        return int(text, 16)
+    except ValueError:
+        return None
+
+
 def _die_with_parent() -> Callable[[], None] | None:
     """A preexec_fn that makes the kernel send SIGTERM to the child when the forking thread's process dies."""
     if not sys.platform.startswith("linux"):
@@ -315,6 +324,12 @@ class Replicator:
         self._lock = threading.Lock()
         self._config_dir: Path | None = None
         self._last_sync: float | None = None
+        # What Litestream's log tells about how far the replica is (see _observe): the time of the last WAL
+        # read of the running Litestream, the replica's last transaction, and (time, txid) pairs "every commit
+        # before time is in a transaction <= txid" still waiting for the replica to reach txid.
+        self._wal_read_at: float | None = None
+        self._replica_txid = 0
+        self._covered: deque[tuple[float, int]] = deque()
         self._error: str | None = None
         self._error_at: float | None = None
 
@@ -330,9 +345,12 @@ class Replicator:
             replica["endpoint"] = self.location.endpoint
         if self.location.region:
             replica["region"] = self.location.region
+        # max-sync-wal-bytes 0: each WAL read goes to the WAL's end, never a 64 MB chunk of a backlog (Litestream
+        # 0.5's default), which is what lets _observe tell from the log which commits the replica holds.
         return {
             "dbs": [
-                {"path": str(self.log_path), "monitor-interval": self.monitor_interval, "replica": replica}
+                {"path": str(self.log_path), "monitor-interval": self.monitor_interval, "max-sync-wal-bytes": 0,
+                 "replica": replica}
             ]
         }
 
@@ -405,6 +423,7 @@ class Replicator:
             if self._stopping.is_set():
                 return
             self.restarts += 1
+            self._wal_read_at = None  # the next Litestream's first WAL read pairs with its own second one
             if self._error is None or (self._error_at or 0) < (self._last_sync or 0):
                 self._set_error(f"Litestream exited unexpectedly (code {code}); restarting it.")
             backoff = (
@@ -415,15 +434,48 @@ class Replicator:
             self._stopping.wait(backoff)
 
     def _observe(self, line: str) -> None:
+        """Follow Litestream's log: errors become messages, and `last_sync` moves to a time T only once the
+        replica holds every commit made before T.
+
+        An upload is not a sync: after an outage Litestream uploads its backlog one transaction file at a time
+        ("ltx file uploaded" for each), so the first upload says nothing about the commits since. Litestream
+        logs `sync txid=N` each monitor interval *before* reading the WAL to its end (config(): no chunks), N
+        being the transaction that read would write; the next such line names N again when nothing was new, N+1
+        when transaction N was written. So once the next line arrives, every commit before the first line's
+        time is in transactions <= N'-1 (N' the later line's txid), and that time counts as synced when the
+        replica's last uploaded transaction ("ltx file uploaded" level 0, or "replica sync" txid.replica)
+        reaches N'-1. An error between two such lines (a failed read) breaks the pair.
+        """
         fields = parse_log_line(line)
         msg = fields.get("msg", "")
-        synced = msg in ("ltx file uploaded", "snapshot complete") or (
-            msg == "replica sync" and fields.get("txid.replica") == fields.get("txid.db")
-        )
-        if synced:
-            self._last_sync = time.time()
+        now = time.time()
+        if msg == "sync" and "txid" in fields:
+            txid = _txid(fields["txid"])
+            if txid is not None:
+                if self._wal_read_at is not None:
+                    self._cover(self._wal_read_at, txid - 1)
+                self._wal_read_at = now
+        elif msg == "ltx file uploaded" and fields.get("level") == "0":
+            self._replica_at(_txid(fields.get("maxTXID", "")))
+        elif msg == "replica sync":
+            self._replica_at(_txid(fields.get("txid.replica", "")))
         elif fields.get("level") == "ERROR":
+            self._wal_read_at = None
             self._set_error(explain(fields.get("error", msg), self.location))
+
+    def _cover(self, before: float, txid: int) -> None:
+        if self._covered and self._covered[-1][1] == txid:
+            self._covered[-1] = (before, txid)  # an idle database: one entry, its time moving on
+        else:
+            self._covered.append((before, txid))
+        self._replica_at(None)
+
+    def _replica_at(self, txid: int | None) -> None:
+        if txid is not None:
+            self._replica_txid = txid
+        while self._covered and self._covered[0][1] <= self._replica_txid:
+            before, _ = self._covered.popleft()
+            self._last_sync = max(before, self._last_sync or 0.0)
 
     def _set_error(self, message: str) -> None:
         self._error, self._error_at = message, time.time()
@@ -455,8 +507,9 @@ class Replicator:
     def status(self, *, probe: bool = False) -> dict[str, Any]:
         """url, log, running, pid, last_sync (epoch seconds), lag_seconds, error, restarts, sync_interval.
 
-        lag_seconds is 0 while syncs succeed (the replica then trails by at most ~sync_interval), the seconds
-        since the last successful sync while replication is failing, and None before the first sync.
+        last_sync: every commit made before it is in the replica (a restore from then on holds it).
+        lag_seconds: the seconds since last_sync (None before the first sync): about monitor_interval +
+        sync_interval while replication works, growing while it cannot (Litestream logs no error then).
         Litestream retries an unreachable endpoint silently for minutes: `probe=True` asks the bucket directly
         (at most a few seconds) so that an outage shows as an error."""
         if probe:
@@ -467,7 +520,7 @@ class Replicator:
         failing = self._error is not None and (
             self._last_sync is None or (self._error_at or 0) > self._last_sync
         )
-        lag = None if self._last_sync is None else (now - self._last_sync if failing else 0.0)
+        lag = None if self._last_sync is None else max(now - self._last_sync, 0.0)
         running = self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
         return {
             "url": self.location.url,

@@ -34,7 +34,7 @@ MAX_EXECUTIONS = 500
 RUN_COLUMNS = "run_id, started_at, ended_at, host, pid, notebook, executions"
 EXECUTION_COLUMNS = (
     "execution_id, run_id, cell_name, cell_id, execution_count, state, started_at, finished_at, duration, "
-    "replayed_from, saved_seconds, reason, error_type, error_message, replayable, bytes_stored"
+    "original_duration, replayed_from, saved_seconds, reason, error_type, error_message, replayable, bytes_stored"
 )
 
 
@@ -123,7 +123,20 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "durable_nb.server"}]
 
 
+# SQLite's write-ahead log and its index sit beside a log while a kernel has it open. Litestream reads them
+# from disk, so they must stay there; they are only left out of the file browser's listings (the contents
+# manager's hide_globs), where they looked like files a user should keep or delete.
+LOG_HELPER_GLOBS = ("*.durable.db-wal", "*.durable.db-shm", "durable.db-wal", "durable.db-shm")
+
+
+def hide_log_helpers(manager: Any) -> None:
+    globs = getattr(manager, "hide_globs", None)
+    if isinstance(globs, list):
+        manager.hide_globs = [*globs, *(g for g in LOG_HELPER_GLOBS if g not in globs)]
+
+
 def _load_jupyter_server_extension(serverapp: ServerApp) -> None:
+    hide_log_helpers(serverapp.contents_manager)
     web_app = serverapp.web_app
     route = url_path_join(web_app.settings["base_url"], ENDPOINT)
     web_app.add_handlers(".*$", [(route, LogHandler)])  # type: ignore[no-untyped-call]

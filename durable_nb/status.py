@@ -15,10 +15,23 @@ MIME = "application/vnd.durable-nb.status+json"
 # How a problem starts when the log refused the record itself (full disk, read-only media): nothing was stored.
 NOT_WRITTEN = "could not write the log"
 
+# This kernel process: a badge of another session (a saved notebook reopened, a restarted kernel) shows
+# results nothing in the current kernel holds.
+SESSION = uuid.uuid4().hex
+
+
+def replay_figures(duration: float | None, saved: float | None, original: float | None) -> str:
+    """A replay's figures in words, as every front end says them: 'replayed in 0.4 s · saved 3.6 s of 4.0 s'."""
+    if duration is None:
+        return f"replaying (the recorded run took {fmt_duration(original)})"
+    return f"replayed in {fmt_duration(duration)} · saved {fmt_duration(saved)} of {fmt_duration(original)}"
+
+
 def message(state: str, *, recorded_at: float | None = None, duration: float | None = None,
-            reason: str | None = None, error: str | None = None, problems: list[str] | None = None) -> str:
+            original: float | None = None, saved: float | None = None, reason: str | None = None,
+            error: str | None = None, problems: list[str] | None = None) -> str:
     if state == "replayed":
-        text = f"replayed from log · recorded {fmt_when(recorded_at or 0)} · saved {fmt_duration(duration)}"
+        text = f"{replay_figures(duration, saved, original)} · recorded {fmt_when(recorded_at or 0)}"
         return text + (f" · {reason}" if reason else "")
     prefix = f"re-ran: {reason} · " if reason else ""
     if state == "running":

@@ -17,13 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import gantt, sharing
-from .codecs import check_seal, decode_value, pickle, reference, trusted
+from . import gantt
 from .errors import CorruptLogError, DecodeError, NotRecordedError, UntrustedError
 from .log import background, current, journal, queries
 from .log.queries import ExecutionRecord
 from .log.store import LogStore
-from .vocabulary import CALL_STATES, STATES, ago, fmt_duration, look
+from .vocabulary import CALL_STATES, STATES, fmt_duration, fmt_when, look
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -135,26 +134,34 @@ def _filters(*, cell: str | None = None, state: str | tuple[str, ...] | None = N
 
 def history_html(log: LogStore | str | os.PathLike[str] | None = None, *, cell: str | None = None,
                  last: int | None = 20, failed: bool = False) -> str:
-    """The compact table of %durable_history: one line per execution, relative times, escaped text."""
+    """The compact table of %durable_history: one line per execution, escaped text. The output is saved with
+    the notebook, so times are absolute (a relative "5m ago" would be wrong once reopened); each column holds
+    one kind of fact, and the figures are the view's own (docs/schema.md)."""
     import html
-
 
     frame = history(log, cell=cell, state=("failed", "crashed") if failed else None, last=last)
     if not len(frame):
         return "<p><em>no matching durable cell executions in this log yet</em></p>"
+
+    def seconds(value: Any) -> str:
+        return fmt_duration(float(value)) if value == value and value is not None else ""
+
+    left = "text-align:left;padding:1px 8px"
     cells = []
     for r in frame.itertuples():
-        why = (f"{r.error_type}: {r.error_message}" if isinstance(r.error_type, str)
-               else " ".join(x for x in (_str(r.outputs), f"({r.reason})" if _str(r.reason) else "") if x))
-        saved = f"saved {fmt_duration(r.saved_seconds)}" if r.saved_seconds == r.saved_seconds and \
-            r.saved_seconds else ""
-        row = [str(r.execution_id), str(r.run_id), queries.cell_label(r.cell_name, r.cell_id, r.code_hash),
-               f'<span style="color:{look(str(r.state)).colour}">{r.state}</span>', ago(r.started_at),
-               fmt_duration(r.duration) if r.duration == r.duration else "-", saved, why]
-        cells.append("<tr>" + "".join(f"<td>{c if i == 3 else html.escape(c)}</td>" for i, c in enumerate(row))
-                     + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("id", "run", "cell", "state", "started", "took", "saved",
-                                             "outputs / why"))
+        shown = look(str(r.state), _str(r.reason))
+        why = f"{r.error_type}: {r.error_message}" if isinstance(r.error_type, str) else _str(r.reason)
+        saved = seconds(r.saved_seconds) if r.state == "replayed" else ""
+        original = seconds(r.original_duration) if r.state == "replayed" else ""
+        state = (f'<span style="color:{shown.colour}" title="{html.escape(shown.description)}">'
+                 f"{shown.icon} {html.escape(shown.label)}</span>")
+        row = [html.escape(str(v)) for v in (r.execution_id, r.run_id,
+               queries.cell_label(r.cell_name, r.cell_id, r.code_hash))]
+        row += [state] + [html.escape(v) for v in (fmt_when(r.started_at.timestamp()), seconds(r.duration), original,
+                                                    saved, why, _str(r.outputs))]
+        cells.append("<tr>" + "".join(f'<td style="{left}">{c}</td>' for c in row) + "</tr>")
+    head = "".join(f'<th style="{left}">{h}</th>' for h in (
+        "id", "run", "cell", "state", "started", "took", "original run", "saved", "why it ran", "outputs"))
     return ('<table class="durable-history" style="font-size:0.85em">'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(cells)}</tbody></table>")
 
@@ -215,7 +222,9 @@ def _epoch(at: dt.datetime | str | float | None) -> float | None:
 
 
 def _decode(log: LogStore, execution_id: int, out: queries.OutputRecord) -> Any:
-
+    # Deferred for start-up speed: %load_ext and a script's first activity call load this module, not the codecs.
+    from . import sharing
+    from .codecs import check_seal, decode_value, reference, trusted
 
     where = f"variable {out.name} (execution {execution_id} of {log.path})"
     if out.kind == "deleted":
@@ -253,6 +262,8 @@ def _decode(log: LogStore, execution_id: int, out: queries.OutputRecord) -> Any:
 
 def _bundle(log: LogStore, holder: queries.OutputRecord, where: str) -> list[Any]:
     """The pickled outputs of one execution, in order; the variables they refer to are loaded as recorded then."""
+    from .codecs import pickle, trusted  # deferred for start-up speed (see _decode)
+
     sources = [log.blobs.source(b) for b in queries.blob_ids(log.conn, holder.execution_id, holder.name)]
     if not trusted(holder.codec or "", holder.codec_version or 0, holder.meta, [s.hash for s in sources],
                    holder.signature):

@@ -62,9 +62,22 @@ def look(state: str, reason: str | None = None) -> Look:
     return LOOKS.get(state, UNKNOWN)
 
 
+# Words the front ends add to a state.
+PHRASES = {
+    # A badge shown by another kernel process than the notebook's current one: a saved notebook reopened, a
+    # restarted kernel. What it describes is not loaded now.
+    "earlier_session": "from an earlier session",
+    "earlier_session_title": "shown by an earlier kernel session: nothing it describes is loaded in the current "
+                             "kernel until the cell runs (or replays) again",
+}
+# Durations the extension's formatDuration must write as fmt_duration does (its unit test reads them).
+DURATION_EXAMPLES = (0.0, 0.004, 0.35, 0.9994, 1.0, 2.44, 12.4, 59.94, 60.0, 61.2, 2412.0, 3599.4, 7505.0, 90061.0)
+
+
 def extension_json() -> str:
     """The vocabulary as the JupyterLab extension reads it (extension/src/vocabulary.json)."""
-    data = {"states": STATES, "looks": {k: asdict(v) for k, v in LOOKS.items()}, "unknown": asdict(UNKNOWN)}
+    data = {"states": STATES, "looks": {k: asdict(v) for k, v in LOOKS.items()}, "unknown": asdict(UNKNOWN),
+            "phrases": PHRASES, "durations": [[s, fmt_duration(s)] for s in DURATION_EXAMPLES]}
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -32,3 +32,12 @@ def _default_log_settings() -> Iterator[None]:
     yield
     session.close_log()
     session.configure()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long torture version runs a test for tens of minutes on a busy machine (110 kills took 33 s each at a
+    load of 9 on 2 cores): pytest's 600 s per test would cut it short."""
+    if torture.LONG:
+        for item in items:
+            if "torture" in item.nodeid:
+                item.add_marker(pytest.mark.timeout(3 * 3600))

@@ -36,8 +36,13 @@ class Shell:
         return [o["data"] for o in self.ip.display_pub.outputs]
 
     def statuses(self) -> list[dict[str, Any]]:
-        return [d["application/vnd.durable-nb.status+json"] for d in self.displays
-                if "application/vnd.durable-nb.status+json" in d]
+        """The status displays as a notebook shows them: an update replaces its display (same display_id)."""
+        mime = "application/vnd.durable-nb.status+json"
+        shown: dict[str, dict[str, Any]] = {}
+        for n, out in enumerate(self.ip.display_pub.outputs):
+            if mime in out["data"]:
+                shown[(out.get("transient") or {}).get("display_id") or str(n)] = out["data"][mime]
+        return list(shown.values())
 
     def last_status(self) -> dict[str, Any]:
         return self.statuses()[-1]

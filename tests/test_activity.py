@@ -113,6 +113,34 @@ def test_record_then_replay_in_a_new_log_session(db: Path) -> None:
     assert states == [("recorded", 51, 1, 0)]
 
 
+def test_a_journal_that_cannot_be_written_sends_calls_to_the_log(db: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The journal's next file is /dev/full (every write fails with ENOSPC, for root too): that call is committed
+    to the log instead, said once, and returned; the call after it journals again in a new file."""
+    calls = Calls()
+
+    @activity
+    def double(x: int) -> int:
+        calls.append(x)
+        return 2 * x
+
+    assert double(1) == 2
+    flush()
+    journal = session.current_log().call_recorder(lambda: None).journal
+    full = journal.folder / f"{journal.prefix}{journal.seq + 1}.jsonl"
+    full.symlink_to("/dev/full")
+    assert [double(i) for i in range(2, 6)] == [4, 6, 8, 10]
+    said = capsys.readouterr().err
+    assert f"activity journal {journal.folder} cannot be written (No space left on device)" in said, said
+    assert "nothing is lost" in said and said.count("cannot be written") == 1, said
+    assert journal.path is not None and journal.path != full, "the next call journals in a new file"
+    flush()
+    assert not full.is_symlink(), "the file given up is removed once its calls are in the log"
+    restart(db)
+    assert [double(i) for i in range(1, 6)] == [2, 4, 6, 8, 10] and len(calls) == 5
+    assert rows(db, "SELECT count(*), count(DISTINCT uid) FROM activity_call WHERE state = 'recorded'") == [(5, 5)]
+
+
 def test_the_nth_identical_call_replays_the_nth_recording(db: Path) -> None:
     calls = Calls()
 

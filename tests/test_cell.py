@@ -6,6 +6,7 @@ real restart, SIGKILL or two processes live in tests/integration/.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_first_run_records_then_a_new_kernel_replays(new_shell: Callable[[], She
     assert runs("c") == 1
     status = sh2.last_status()
     assert status["state"] == "replayed"
-    assert status["message"].startswith("replayed from log · recorded ")
+    assert re.match(r"replayed in .+ · saved .+ of .+ · recorded ", status["message"]), status["message"]
 
 
 def test_upstream_value_changes_reruns(new_shell: Callable[[], Shell]) -> None:

@@ -18,7 +18,7 @@ from shells import Shell
 from test_history import fingerprint
 
 from durable_nb import session
-from durable_nb.cli import build_parser, main
+from durable_nb.cli import build_parser, commands, main
 
 DOCS = Path(__file__).parents[1] / "docs" / "cli.md"
 
@@ -47,28 +47,28 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_history_table_json_csv(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "history", str(log))
+    code, out, _ = run(capsys, "history", str(log), "--table")
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["id", "run", "cell", "state"]
     assert "replayed" in out and "KeyError: 'nope'" in out and ("ago" in out or "just now" in out) and "saved" in out
     code, out, _ = run(capsys, "history", str(log), "--json", "--state", "failed")
-    rows = [json.loads(line) for line in out.splitlines()]
+    rows = json.loads(out)
     assert code == 0 and [r["cell_name"] for r in rows] == ["broken"] and rows[0]["error_type"] == "KeyError"
     assert rows[0]["started_at"].endswith("Z")
     code, out, _ = run(capsys, "history", str(log), "--csv", "--last", "2")
     assert code == 0 and out.splitlines()[0].startswith("execution_id,run_id,cell_name")
     assert len(out.strip().splitlines()) == 3
-    code, out, _ = run(capsys, "history", str(log), "--cell", "double")
+    code, out, _ = run(capsys, "history", str(log), "--cell", "double", "--table")
     assert code == 0 and len(out.strip().splitlines()) == 3
 
 
 def test_runs_activities_status(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "runs", str(log))
+    code, out, _ = run(capsys, "runs", str(log), "--table")
     assert code == 0 and out.splitlines()[0].split()[:3] == ["run", "started", "lasted"] and len(out.splitlines()) == 4
     code, out, _ = run(capsys, "runs", str(log), "--json")
-    assert [json.loads(x)["executions"] for x in out.splitlines()] == [3, 1]
-    code, out, _ = run(capsys, "activities", str(log))
+    assert [r["executions"] for r in json.loads(out)] == [3, 1]
+    code, out, _ = run(capsys, "activities", str(log), "--table")
     assert code == 0 and "no activity calls" in out
     code, out, _ = run(capsys, "status", str(log))
     assert code == 0 and "2 recorded · 1 replayed · 1 failed" in out and "schema:     version" in out
@@ -163,21 +163,11 @@ def test_help_starts_without_pandas() -> None:
     assert done.stdout.strip() == "", f"--help imported {done.stdout.strip()}"
 
 
-def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, argparse.ArgumentParser]]:
-    found = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                found.append((prefix + name, sub))
-                found += _commands(sub, prefix + name + " ")
-    return found
-
-
 def test_every_command_and_option_is_documented() -> None:
     docs = DOCS.read_text()
-    commands = _commands(build_parser())
-    assert len(commands) >= 9
-    for name, sub in commands:
+    found = commands(build_parser())
+    assert len(found) >= 9
+    for name, sub in found:
         if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
             continue  # a group (fleet): its commands are checked one by one
         section = docs.split(f"### durable-nb {name}\n", 1)

@@ -251,8 +251,7 @@ def test_timeline_small_log_png_has_lanes_states_and_savings(story: Path, tmp_pa
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels == ["load", "total", "ratio", "train", "cleanup"]
-    legend_box = ax.get_legend()
-    assert legend_box is not None
+    (legend_box,) = fig.legends
     legend = [t.get_text() for t in legend_box.get_texts()]
     assert legend == ["recorded", "replayed", "failed", "crashed", "time saved by replay"]
     assert "7 executions in 3 runs" in ax.get_title(loc="left")
@@ -381,3 +380,35 @@ def test_public_history_names_stay_functions_after_other_imports() -> None:
     for name in ("history", "runs", "activities", "outputs", "load", "diff", "timeline", "export"):
         value = getattr(durable_nb, name)
         assert callable(value) and not isinstance(value, types.ModuleType), f"durable_nb.{name} is a module"
+
+
+def test_timeline_crash_ends_at_its_runs_last_sign_of_life_beside_its_rerun(tmp_path: Path) -> None:
+    """A crashed execution is drawn up to the last thing its run recorded, not over the next run's re-run of
+    the same cell; the legend sits outside the plot area."""
+    from matplotlib.collections import PolyCollection
+
+    db = tmp_path / "crash.durable.db"
+    t0 = 1_780_000_000.0
+    with DurableLog(db, readonly=False) as log, log.transaction() as conn:
+        conn.executemany("INSERT INTO run (id, uuid, started_at, host, pid, python, platform) "
+                         "VALUES (?, ?, ?, 'h', ?, '3.11', 'linux')", [(1, "a", t0, 1), (2, "b", t0 + 600, 2)])
+        rows = [(1, 1, "load", "recorded", t0, t0 + 10, 10.0), (2, 1, "train", "crashed", t0 + 10, None, None),
+                (3, 2, "train", "recorded", t0 + 600, t0 + 660, 60.0)]
+        conn.executemany("INSERT INTO execution (id, run_id, cell_name, key, code, code_hash, state, started_at, "
+                         "finished_at, duration) VALUES (?, ?, ?, 'k', 'c', 'h', ?, ?, ?, ?)", rows)
+        # The crashed run's last sign of life: an activity call the cell finished 40 s in.
+        conn.execute("INSERT INTO activity_call (uid, run_id, execution_id, function, key, occurrence, state, "
+                     "started_at, finished_at, attempt_started_at) VALUES ('u', 1, 2, 'm.step', 'k', 0, "
+                     "'recorded', ?, ?, ?)", (t0 + 20, t0 + 50, t0 + 20))
+    fig = views.timeline(db)
+    ax = fig.axes[0]
+    bars = {c.get_label(): c for c in ax.collections if isinstance(c, PolyCollection)}
+    (crashed,) = bars["crashed"].get_paths()
+    left, right = crashed.vertices[:, 0].min(), crashed.vertices[:, 0].max()
+    assert (left, right) == (10.0, 50.0), "from its start to the run's last recorded instant"
+    reran = [p.vertices[:, 0].min() for p in bars["recorded"].get_paths()]
+    assert 600.0 in reran and right < 600.0, "the re-run is beside the crash, not under it"
+    assert ax.get_legend() is None and len(fig.legends) == 1
+    fig.canvas.draw()
+    outside = fig.legends[0].get_window_extent().y1 <= ax.get_window_extent().y0
+    assert outside, "the legend is below the plot area, never over the bars"

@@ -26,3 +26,18 @@ def test_they_load_when_used() -> None:
     assert _imported_after("from durable_nb import keys; keys.PublicKey(bytes(32)).fingerprint") == []
     assert "cryptography" in _imported_after("from durable_nb import keys\n"
                                              "keys.verify(bytes(32), bytes(64), b'x')")
+
+
+def test_load_ext_and_a_scripts_first_call_import_only_what_they_use() -> None:
+    """%load_ext durable_nb imports no codec, fingerprint or activity machinery; a plain script's first activity
+    call does not import IPython or asyncio (asking `sys.modules` whether a notebook runs is enough)."""
+    probe = ("import sys\nimport durable_nb.magics\n"
+             "print(sorted(m for m in ('durable_nb.codecs', 'durable_nb.fingerprint', 'durable_nb.log.calls', "
+             "'durable_nb.cell', 'pandas', 'numpy') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() \
+        == "[]"
+    script = ("import os, sys, tempfile\nos.chdir(tempfile.mkdtemp())\nimport durable_nb\n"
+              "@durable_nb.activity\ndef double(x):\n    return 2 * x\n"
+              "assert double(21) == 42\nprint(sorted(m for m in ('IPython', 'asyncio', 'pandas') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() \
+        == "[]"

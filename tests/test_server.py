@@ -130,6 +130,13 @@ def test_endpoint_in_a_real_jupyter_server(tmp_path: Path) -> None:
         assert status == 200
         assert data["log"] == os.path.join("dir", "nb.durable.db")
         assert [e["cell_id"] for e in data["executions"]] == ["c1"]  # type: ignore[union-attr]
+        # While a kernel has the log open, its -wal and -shm files stay on disk (Litestream reads them) but out
+        # of the file browser.
+        for suffix in ("-wal", "-shm"):
+            (root / "dir" / f"nb.durable.db{suffix}").write_bytes(b"")
+        status, listing = jupyter.get("/api/contents/dir")
+        assert status == 200
+        assert sorted(c["name"] for c in listing["content"]) == ["nb.durable.db"]  # type: ignore[index]
         outside = "/durable-nb/api/log?" + urllib.parse.urlencode(
             {"notebook": "dir/nb.ipynb", "log": str(tmp_path / "outside.durable.db")})
         status, data = jupyter.get(outside)

@@ -1,19 +1,20 @@
 """`durable-nb history | runs | activities | show | load | diff | gc | export | status`: the history views
 from a terminal. Every verb but gc opens the log read-only; tables fit the terminal and show relative times;
---json / --csv give the same columns as the Python API (docs/schema.md). Exit codes: 0 ok, 1 a clear error on
-one line, 2 a usage error."""
+--json / --nl / --csv / --tsv (cli/output.py) give the same columns as the Python API (docs/schema.md). Exit
+codes: 0 ok, 1 a clear error on one line, 2 a usage error."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..vocabulary import CALL_STATES, STATES, ago, fmt_duration, human_bytes
+from . import output
+from .output import Table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,7 +25,7 @@ TABLE_LAST = 30  # rows a terminal table shows unless --last says otherwise
 def register(sub: Any) -> None:
     p = sub.add_parser("history", help="cell executions: state, times, time saved, why re-run, outputs, errors")
     _log(p)
-    _formats(p)
+    output.add_options(p)
     p.add_argument("--last", type=int, metavar="N",
                    help=f"only the last N executions (table default {TABLE_LAST}; 0 = all)")
     p.add_argument("--state", choices=STATES, help="only executions in this state")
@@ -33,12 +34,12 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("runs", help="kernel sessions that used the log, with counts by state and time saved")
     _log(p)
-    _formats(p)
+    output.add_options(p)
     p.set_defaults(handler=_runs)
 
     p = sub.add_parser("activities", help="recorded activity calls: attempts, retries, last error")
     _log(p)
-    _formats(p)
+    output.add_options(p)
     p.add_argument("--last", type=int, metavar="N",
                    help=f"only the last N calls (table default {TABLE_LAST}; 0 = all)")
     p.add_argument("--state", choices=CALL_STATES, help="only calls in this state")
@@ -90,12 +91,6 @@ def _log(p: argparse.ArgumentParser) -> None:
     p.add_argument("log", metavar="LOG", help="a durable log file (opened read-only unless the verb changes it)")
 
 
-def _formats(p: argparse.ArgumentParser) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--json", action="store_true", help="JSON lines, one object per row (ISO 8601 UTC times)")
-    group.add_argument("--csv", action="store_true", help="CSV with a header row")
-
-
 # -- table rendering ------------------------------------------------------------------------------------------
 
 
@@ -112,35 +107,15 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def table(rows: list[list[str]], headers: list[str], *, squeeze: int) -> str:
-    """A plain table fitted to the terminal: column `squeeze` (the free-text one) gives up its width first."""
-    from tabulate import tabulate
-
-    width = shutil.get_terminal_size((120, 24)).columns
-    fixed = sum(max(len(h), *(len(r[i]) for r in rows)) + 2 for i, h in enumerate(headers) if i != squeeze)
-    room = max(width - fixed - 2, 12)
-    clipped = [[(c[: room - 1] + "…") if i == squeeze and len(c) > room else c for i, c in enumerate(r)]
-               for r in rows]
-    return str(tabulate(clipped, headers=headers, tablefmt="simple", disable_numparse=True))
-
-
 def _emit(frame: pd.DataFrame, args: argparse.Namespace, render: Any, what: str) -> int:
-    if getattr(args, "json", False):
-        for record in json.loads(frame.to_json(orient="records", date_format="iso", date_unit="us")):
-            print(json.dumps(record))
-    elif getattr(args, "csv", False):
-        frame.to_csv(sys.stdout, index=False, date_format="%Y-%m-%dT%H:%M:%S.%f%z")
-    elif not len(frame):
-        print(f"no {what} in {args.log}")
-    else:
-        print(render(frame))
-    return 0
+    headers, rows = output.frame_rows(frame)
+    return output.emit(args, headers, rows, lambda: render(frame), empty=f"no {what} in {args.log}")
 
 
 def _tail(args: argparse.Namespace) -> int | None:
     if args.last is not None:
         return args.last or None
-    return None if args.json or args.csv else TABLE_LAST
+    return TABLE_LAST if output.chosen(args) == "table" else None
 
 
 def _more(shown: int, total: int, what: str) -> str:
@@ -158,14 +133,14 @@ def _history(args: argparse.Namespace) -> int:
         total = (int(log.conn.execute("SELECT count(*) FROM execution").fetchone()[0])
                  if args.cell is None and args.state is None else len(frame))
 
-    def render(f: pd.DataFrame) -> str:
+    def render(f: pd.DataFrame) -> Table:
         from ..log.queries import cell_label
 
         rows = [[str(r.execution_id), str(r.run_id), cell_label(r.cell_name, r.cell_id, r.code_hash), str(r.state),
                  ago(r.started_at), _seconds(r.duration), _seconds(r.saved_seconds) if r.saved_seconds else "",
                  _size(r.bytes_stored), _note(r)] for r in f.itertuples()]
-        return table(rows, ["id", "run", "cell", "state", "started", "took", "saved", "stored", "outputs / why"],
-                     squeeze=8) + _more(len(f), total, "executions")
+        return Table(["id", "run", "cell", "state", "started", "took", "saved", "stored", "outputs / why"], rows,
+                     squeeze=8, footer=_more(len(f), total, "executions"))
 
     return _emit(frame, args, render, "executions")
 
@@ -188,13 +163,13 @@ def _runs(args: argparse.Namespace) -> int:
 
     frame = runs(Path(args.log))
 
-    def render(f: pd.DataFrame) -> str:
+    def render(f: pd.DataFrame) -> Table:
         rows = [[str(r.run_id), ago(r.started_at), _seconds((r.ended_at - r.started_at).total_seconds())
                  if _text(r.ended_at) else "open", f"{r.host}:{r.pid}", Path(_text(r.notebook)).name,
                  str(r.executions), str(r.recorded), str(r.replayed), str(r.failed), str(r.crashed),
                  _seconds(r.saved_seconds) if r.saved_seconds else "", str(r.activities)] for r in f.itertuples()]
-        return table(rows, ["run", "started", "lasted", "process", "notebook", "executions", "recorded",
-                            "replayed", "failed", "crashed", "saved", "activities"], squeeze=4)
+        return Table(["run", "started", "lasted", "process", "notebook", "executions", "recorded", "replayed",
+                      "failed", "crashed", "saved", "activities"], rows, squeeze=4)
 
     return _emit(frame, args, render, "runs")
 
@@ -208,12 +183,12 @@ def _activities(args: argparse.Namespace) -> int:
     if tail is not None:
         frame = frame.tail(tail)
 
-    def render(f: pd.DataFrame) -> str:
+    def render(f: pd.DataFrame) -> Table:
         rows = [[str(r.call_id), str(r.run_id), _text(r.execution_id), str(r.function), str(r.state),
                  ago(r.started_at), _seconds(r.duration), str(r.attempts), str(r.retries), _text(r.last_error)]
                 for r in f.itertuples()]
-        return table(rows, ["call", "run", "execution", "function", "state", "started", "took", "attempts",
-                            "retries", "last error"], squeeze=9) + _more(len(f), total, "calls")
+        return Table(["call", "run", "execution", "function", "state", "started", "took", "attempts", "retries",
+                      "last error"], rows, squeeze=9, footer=_more(len(f), total, "calls"))
 
     return _emit(frame, args, render, "activity calls")
 
@@ -241,7 +216,7 @@ def _show(args: argparse.Namespace) -> int:
     values = [[o.name, o.kind, _text(o.type), _text(o.codec) or _text(o.target), _size(o.size)] for o in outs]
     if values:
         print("outputs:")
-        print(table(values, ["name", "kind", "type", "codec / target", "size"], squeeze=2))
+        print(Table(["name", "kind", "type", "codec / target", "size"], values, squeeze=2).render())
     text = _recorded_text(events, outs)
     if text:
         print("recorded output:")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import signal
 import sys
 import threading
 from typing import Any
+
+from . import output
 
 
 def _s3_options(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +47,7 @@ def register(sub: Any) -> None:
     p = verbs.add_parser("ls", help="every log under the prefix, its replica size and last update")
     p.add_argument("prefix", help="s3://BUCKET/PREFIX")
     _s3_options(p)
+    output.add_options(p)
     p.set_defaults(handler=_fleet_ls)
     p = verbs.add_parser("pull", help="restore the logs under the prefix into a folder")
     p.add_argument("prefix", help="s3://BUCKET/PREFIX")
@@ -90,12 +94,19 @@ def _restore(args: argparse.Namespace) -> int:
 def _fleet_ls(args: argparse.Namespace) -> int:
     from ..fleets import fleet
 
+    output.chosen(args)  # a bad combination of options is reported before S3 is asked
     logs = fleet(args.prefix, **_s3_kwargs(args)).ls()
-    width = max([len(info.name) for info in logs] + [4])
-    print(f"{'LOG':<{width}}  {'REPLICA BYTES':>13}  LAST UPDATE (UTC)")
-    for info in logs:
-        print(f"{info.name:<{width}}  {info.stored_bytes:>13,}  {info.updated:%Y-%m-%d %H:%M:%S}")
-    return 0
+    # The same ISO 8601 UTC times as the history verbs' JSON.
+    rows = [[i.name, i.url, i.stored_bytes, i.files, i.updated.astimezone(dt.timezone.utc).isoformat()
+             .replace("+00:00", "Z")] for i in logs]
+
+    def table() -> output.Table:
+        return output.Table(["log", "replica bytes", "files", "last update (UTC)"],
+                            [[i.name, f"{i.stored_bytes:,}", str(i.files), f"{i.updated:%Y-%m-%d %H:%M:%S}"]
+                             for i in logs], squeeze=0)
+
+    return output.emit(args, ["name", "url", "stored_bytes", "files", "updated"], rows, table,
+                       empty=f"no replicated logs under {args.prefix}")
 
 
 def _fleet_pull(args: argparse.Namespace) -> int:

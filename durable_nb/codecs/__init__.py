@@ -149,3 +149,6 @@ def decode_value(codec: str, version: int, meta: dict[str, Any], sources: Sequen
                              "would run code from the log. Trust the log if you wrote it (durable-nb trust "
                              "LOG), or re-run the cell.")
     return found.decode(meta, sources)
+
+
+tagged.register(LEAF_CODECS, decode_value)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..errors import DecodeError
+from .torch import plain_tensor, reduce_tensor
 
 if TYPE_CHECKING:
     from .streams import Sink, Source
@@ -44,7 +45,7 @@ class _Discard:
 
 class PickleCodec:
     name = "pickle"
-    version = 2  # 2: torch tensors out of band (version 1 values decode the same way)
+    version = 3  # 2: torch tensors out of band; 3: with their strides (older versions decode the same way)
     safe = False
 
     def accepts(self, value: Any) -> bool:
@@ -124,11 +125,8 @@ def _pickler_class() -> type:
         def reducer_override(self, obj: Any) -> Any:
             # Plain torch tensors as an out-of-band buffer of their bytes: torch's own reduction copies every
             # storage into the main stream.
-            if "torch" in sys.modules:
-                from .torch import plain_tensor, reduce_tensor
-
-                if plain_tensor(obj):
-                    return reduce_tensor(obj)
+            if "torch" in sys.modules and plain_tensor(obj):
+                return reduce_tensor(obj)
             return super().reducer_override(obj)
 
     return Pickler

@@ -1,5 +1,6 @@
 """scipy.sparse matrices and sparse arrays (CSR, CSC, COO, BSR, DIA) as their component arrays, each a `.npy`
-leaf of a tagged tree; the class comes from a fixed list of scipy's own, never from the log."""
+leaf of a tagged tree; LIL and DOK as their CSR form, converted back (same entries; a DOK's keys come back in
+row order). The class comes from a fixed list of scipy's own, never from the log."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ if TYPE_CHECKING:
 
 _PARTS = {"csr": ("data", "indices", "indptr"), "csc": ("data", "indices", "indptr"),
           "bsr": ("data", "indices", "indptr"), "coo": ("data", "coords"), "dia": ("data", "offsets")}
-_CLASSES = tuple(f"{fmt}_{kind}" for fmt in _PARTS for kind in ("matrix", "array"))
+# Stored as CSR, rebuilt by this method: they hold Python lists / dicts, not arrays.
+_VIA_CSR = {"lil": "tolil", "dok": "todok"}
+_CLASSES = tuple(f"{fmt}_{kind}" for fmt in (*_PARTS, *_VIA_CSR) for kind in ("matrix", "array"))
 
 
 class SparseCodec:
     name = "sparse"
-    version = 1
+    version = 2  # 2: LIL and DOK
     safe = True
 
     def accepts(self, value: Any) -> bool:
@@ -29,8 +32,11 @@ class SparseCodec:
             sparse, type(value).__name__, None)
 
     def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
+        name = type(value).__name__
+        if value.format in _VIA_CSR:
+            value = value.tocsr()
         parts = {part: getattr(value, part) for part in _PARTS[value.format]}
-        tree = {"class": type(value).__name__, "shape": tuple(value.shape), "dtype": value.dtype.str, **parts}
+        tree = {"class": name, "shape": tuple(value.shape), "dtype": value.dtype.str, **parts}
         if value.format == "bsr":
             tree["blocksize"] = tuple(value.blocksize)
         if value.format in ("csr", "csc", "coo"):
@@ -45,7 +51,8 @@ class SparseCodec:
         name = tree["class"]
         if name not in _CLASSES:
             raise DecodeError(f"{name!r} is not a scipy.sparse class this codec stores")
-        cls = getattr(sparse, name)
+        fmt, _, kind = name.partition("_")
+        cls = getattr(sparse, f"csr_{kind}" if fmt in _VIA_CSR else name)
         extra = {"blocksize": tree["blocksize"]} if "blocksize" in tree else {}
         # An empty one of the right shape, then its parts set as decoded: the constructor would copy them and
         # may narrow the index dtype.
@@ -55,7 +62,7 @@ class SparseCodec:
         _check(value)
         if tree.get("canonical"):
             value.has_canonical_format = True
-        return value
+        return getattr(value, _VIA_CSR[fmt])() if fmt in _VIA_CSR else value
 
 
 def _check(value: Any) -> None:

@@ -4,9 +4,9 @@ A value becomes a JSON document in which every container or non-JSON scalar is a
 sets, frozensets, dicts with any keys, OrderedDicts (with their attributes, e.g. a state_dict's `_metadata`),
 defaultdicts of a builtin factory, bytes, bytearrays, complex numbers, ranges, datetime / date / time /
 timedelta (fold and time zones: fixed offsets and zoneinfo), Decimal, Fraction, UUID, paths, Enum members,
-namedtuples, dataclasses of plain data and object ndarrays. A leaf that another safe codec takes (an ndarray, a
-DataFrame, a tensor...) is stored by that codec, its blobs beside the document; a list, dict, set or leaf seen
-twice is a back-reference, so sharing survives (a cycle goes to pickle).
+namedtuples, dataclasses of plain data, numpy dtypes and object ndarrays. A leaf that another safe codec takes
+(an ndarray, a DataFrame, a tensor...) is stored by that codec, its blobs beside the document; a list, dict, set
+or leaf seen twice is a back-reference, so sharing survives (a cycle goes to pickle).
 
 Decoding runs no code from the log. Classes (Enum, namedtuple, dataclass) are named by module and qualname and
 looked up, never unpickled: the module is imported if it is not yet (as module outputs are restored), a
@@ -48,15 +48,31 @@ _TYPES = (tuple, set, frozenset, dict, list, bytes, bytearray, complex, range, d
           dt.timedelta, decimal.Decimal, fractions.Fraction, uuid.UUID, OrderedDict, defaultdict, *_PATHS.values())
 
 
+class _Registry:
+    """The codecs a tree stores its leaves with, and the decoder of every codec. The registry
+    (durable_nb.codecs) fills it in when it is built: the leaves include codecs that store trees themselves
+    (xarray, sparse), so this module cannot import them."""
+
+    leaves: tuple[Any, ...] = ()
+    decode: Callable[..., Any]
+
+
+_registry = _Registry()
+
+
+def register(leaves: tuple[Any, ...], decode: Callable[..., Any]) -> None:
+    _registry.leaves, _registry.decode = leaves, decode
+
+
 class TaggedCodec:
     name = "tagged"
-    version = 1
+    version = 2  # 2: numpy dtypes
     safe = True
 
     def accepts(self, value: Any) -> bool:
         t = type(value)
         return (t in _TYPES or isinstance(value, (enum.Enum, tuple)) or dataclasses.is_dataclass(t)
-                or _object_array(value))
+                or _object_array(value) or _numpy_dtype(value))
 
     def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         return encode_tree(value, sink)
@@ -82,6 +98,21 @@ def encode_tree(value: Any, sink: Sink) -> dict[str, Any]:
 def decode_tree(meta: dict[str, Any], sources: Sequence[Source]) -> Any:
     text = meta["inline"] if "inline" in meta else sources[meta["doc"]].read().decode("ascii")
     return _Decoder(sources).node(json.loads(text))
+
+
+def _numpy_dtype(value: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(value, np.dtype)
+
+
+def _dtype_name(dtype: Any) -> str:
+    """The string numpy rebuilds `dtype` from (byte order, unit and width included); structured dtypes and
+    dtypes with metadata have none and go on to pickle."""
+    import numpy as np
+
+    if dtype.fields is not None or dtype.metadata or np.dtype(dtype.str) != dtype:
+        raise ValueError(f"numpy dtype {dtype} is not rebuilt exactly from its name")
+    return str(dtype.str)
 
 
 def _object_array(value: Any) -> bool:
@@ -120,6 +151,8 @@ class _Encoder:
             return ["nt", *_class_name(t), *map(self.node, v)]
         if dataclasses.is_dataclass(t):
             return self._dataclass(v)
+        if _numpy_dtype(v):  # e.g. the encoding of every variable xarray opens from a file
+            return ["nd", _dtype_name(v)]
         return self._shared(v, self._leaf)
 
     def _shared(self, v: Any, encode: Callable[[Any], list[Any]]) -> list[Any]:
@@ -176,15 +209,18 @@ class _Encoder:
         if extra:
             raise ValueError(f"dataclass {t.__qualname__} instance has attributes beyond its fields: {sorted(extra)}")
         module, qualname = _class_name(t)
-        return self._shared(v, lambda v: ["dc", module, qualname, names, *(self.node(getattr(v, n)) for n in names)])
+        # A field with init=False and a class default may never be set on the instance: it stays unset, so the
+        # rebuilt instance has the same __dict__ (and fingerprint) as the recorded one.
+        own = getattr(v, "__dict__", None)
+        unset = set() if own is None else {n for n in names if n not in own and not _is_slot(t, n)}
+        return self._shared(v, lambda v: ["dc", module, qualname, names,
+                                          *(_UNSET if n in unset else self.node(getattr(v, n)) for n in names)])
 
     def _leaf(self, v: Any) -> list[Any]:
         """A value another safe codec stores; its blobs follow in the sink."""
-        from . import LEAF_CODECS
-
         if _object_array(v):
             return ["O", list(v.shape), *map(self.node, v.reshape(-1, order="C").tolist())]
-        for codec in LEAF_CODECS:
+        for codec in _registry.leaves:
             if codec.accepts(v):
                 first = len(self.sink.blob_ids)
                 meta = codec.encode(v, self.sink)
@@ -265,6 +301,13 @@ def _is_namedtuple(v: tuple[Any, ...]) -> bool:
             and all(type(f) is str for f in fields))
 
 
+_UNSET = ["~"]
+
+
+def _is_slot(t: type, name: str) -> bool:
+    return any(name in getattr(c, "__slots__", ()) for c in t.__mro__)
+
+
 def _plain_state(t: type) -> None:
     """Dataclasses whose pickling is customised carry more (or other) state than their fields."""
     for hook in ("__reduce__", "__reduce_ex__", "__getstate__", "__setstate__", "__getnewargs__",
@@ -306,13 +349,11 @@ class _Decoder:
         return source.read()
 
     def leaf(self, rest: list[Any]) -> Any:
-        from . import decode_value
-
         codec, version, meta, first, count = rest
         index = len(self.shared)
         self.shared.append(None)
         # Leaves are safe codecs only: a document naming pickle is refused (UntrustedError), never unpickled.
-        value = decode_value(codec, version, meta, self.sources[first:first + count], allow_pickle=False)
+        value = _registry.decode(codec, version, meta, self.sources[first:first + count], allow_pickle=False)
         self.shared[index] = value
         return value
 
@@ -324,7 +365,8 @@ class _Decoder:
             raise DecodeError(f"{module}.{qualname} is not the dataclass with fields {names} it was when recorded")
         obj = self.share(object.__new__(cls))
         for name, value in zip(names, values, strict=True):
-            object.__setattr__(obj, name, self.node(value))
+            if value != _UNSET:
+                object.__setattr__(obj, name, self.node(value))
         return obj
 
     def object_array(self, rest: list[Any]) -> Any:
@@ -400,6 +442,12 @@ def _namedtuple(d: _Decoder, rest: list[Any]) -> Any:
     return tuple.__new__(cls, [d.node(x) for x in items])
 
 
+def _numpy() -> Any:
+    import numpy
+
+    return numpy
+
+
 def _find_class(module: str, qualname: str) -> Any:
     """A class by name: attribute lookups only. The module is imported if needed (installed or local code, as
     a module output is restored), never `__main__`, whose classes a decode must not guess at."""
@@ -439,5 +487,6 @@ _DECODERS: dict[str, Callable[[_Decoder, list[Any]], Any]] = {
     "nt": _namedtuple,
     "dc": _Decoder.dataclass,
     "O": _Decoder.object_array,
+    "nd": lambda d, r: _numpy().dtype(r[0]),
     "L": _Decoder.leaf,
 }

@@ -1,10 +1,12 @@
 """torch tensors as their raw bytes (safetensors-style: dtype, shape and device in meta, the buffer as a
 blob), including dtypes numpy lacks (bfloat16, float8, complex32).
 
-A non-contiguous view is stored as its contiguous copy (same values, shape and dtype; the storage it shared
-is not). A tensor recorded on another device comes back on that device when this process has it, else on the
-CPU with a one-line note on stderr. Parameters stay Parameters; `requires_grad` is kept (not `.grad`).
-The same rebuild serves the pickle codec: tensors inside pickled modules and optimizers travel out of band.
+A dense tensor in another memory order (a transpose, channels_last) keeps its strides: its bytes are stored in
+memory order. Any other non-contiguous view (a step slice, an expand) is stored as its contiguous copy (same
+values, shape and dtype). The storage a view shared is not kept. A tensor recorded on another device comes back
+on that device when this process has it, else on the CPU with a one-line note on stderr. Parameters stay
+Parameters; `requires_grad` is kept (not `.grad`). The same rebuild serves the pickle codec: tensors inside
+pickled modules and optimizers travel out of band.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError
+from ..fingerprint_libs import tensor_as_numpy
 from .npy import raw_bytes
 
 if TYPE_CHECKING:
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
 
 class TorchCodec:
     name = "torch"
-    version = 1
+    version = 2  # 2: a permuted dense tensor's strides (a reader of 1 would take its bytes as C order)
     safe = True
 
     def accepts(self, value: Any) -> bool:
@@ -37,7 +40,7 @@ class TorchCodec:
 
     def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
         tensor = _empty(meta)
-        sources[0].readinto(raw_bytes(_as_numpy(tensor)))
+        sources[0].readinto(raw_bytes(_as_numpy(_in_memory_order(tensor))))
         return _finish(tensor, meta)
 
 
@@ -52,23 +55,37 @@ def plain_tensor(value: Any) -> bool:
 def tensor_meta(tensor: Any) -> dict[str, Any]:
     import torch
 
-    return {"dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape),
+    meta = {"dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape),
             "device": str(tensor.device), "requires_grad": tensor.requires_grad,
             "parameter": type(tensor) is torch.nn.Parameter}
+    if _permuted(tensor):
+        meta["stride"] = list(tensor.stride())
+    return meta
+
+
+def _order(stride: Sequence[int]) -> list[int]:
+    """Dimensions from the outermost in memory to the innermost."""
+    return sorted(range(len(stride)), key=lambda d: -stride[d])
+
+
+def _permuted(tensor: Any) -> bool:
+    """Dense and without gaps, but not in C order: a permutation of the dimensions makes it contiguous."""
+    return not tensor.is_contiguous() and tensor.permute(_order(tensor.stride())).is_contiguous()
+
+
+def _in_memory_order(tensor: Any) -> Any:
+    return tensor.permute(_order(tensor.stride())) if _permuted(tensor) else tensor
 
 
 def tensor_bytes(tensor: Any) -> Any:
-    """The tensor's elements in C order as a flat byte array (a view when it is contiguous on the CPU)."""
+    """The tensor's elements in memory order (C order for any but a permuted dense tensor) as a flat byte
+    array: a view when it is dense on the CPU."""
     import numpy as np
 
-    from ..fingerprint_libs import tensor_as_numpy
-
-    return raw_bytes(np.ascontiguousarray(tensor_as_numpy(tensor)))
+    return raw_bytes(np.ascontiguousarray(tensor_as_numpy(_in_memory_order(tensor))))
 
 
 def _as_numpy(tensor: Any) -> Any:
-    from ..fingerprint_libs import tensor_as_numpy
-
     return tensor_as_numpy(tensor)
 
 
@@ -84,7 +101,14 @@ def _dtype(name: str) -> Any:
 def _empty(meta: dict[str, Any]) -> Any:
     import torch
 
-    return torch.empty(meta["shape"], dtype=_dtype(meta["dtype"]))
+    dtype = _dtype(meta["dtype"])
+    if "stride" not in meta:
+        return torch.empty(meta["shape"], dtype=dtype)
+    # Checked on the meta device (no memory) first: crafted strides could span far more than the data.
+    if not _permuted(torch.empty_strided(meta["shape"], meta["stride"], dtype=dtype, device="meta")):
+        raise DecodeError(f"tensor strides {meta['stride']} of shape {meta['shape']} are not a dense layout: the "
+                          "log was modified")
+    return torch.empty_strided(meta["shape"], meta["stride"], dtype=dtype)
 
 
 def _finish(tensor: Any, meta: dict[str, Any]) -> Any:
@@ -125,9 +149,9 @@ def rebuild_tensor(data: Any, meta: dict[str, Any]) -> Any:
     """From the pickle codec's out-of-band buffer (a writable bytearray), adopted without a copy."""
     import torch
 
-    dtype = _dtype(meta["dtype"])
     if not len(memoryview(data)):
-        tensor = torch.empty(meta["shape"], dtype=dtype)
-    else:
-        tensor = torch.frombuffer(data, dtype=dtype).reshape(meta["shape"])
-    return _finish(tensor, meta)
+        return _finish(_empty(meta), meta)
+    tensor = torch.frombuffer(data, dtype=_dtype(meta["dtype"]))
+    if "stride" in meta:  # dense: the strides span exactly the buffer's elements
+        tensor = tensor.as_strided(meta["shape"], meta["stride"])
+    return _finish(tensor.reshape(meta["shape"]), meta)

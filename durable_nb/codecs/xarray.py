@@ -44,8 +44,8 @@ class XarrayCodec:
         tree = decode_tree(meta, sources)
         coords = {name: _rebuild(v) for name, v in tree["coords"]}
         if tree["kind"] == "array":
-            variable = _rebuild(tree["variable"])
-            array = xr.DataArray(variable, coords=coords, name=tree["name"])
+            array = xr.DataArray(_rebuild(tree["variable"]), coords=coords, name=tree["name"])
+            array.encoding = tree["variable"]["encoding"]  # DataArray(variable) drops the variable's encoding
             return array
         data = {name: _rebuild(v) for name, v in tree["data_vars"]}
         dataset = xr.Dataset(data, coords=coords, attrs=tree["attrs"])

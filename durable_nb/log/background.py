@@ -36,6 +36,8 @@ def succeeded(log_path: str | Path, source: str) -> None:
 
 def problems(log_path: str | Path) -> list[str]:
     """One line per source whose last attempt on this log failed, oldest first."""
+    if not _errors:  # every cell asks: no path resolution while nothing ever failed
+        return []
     with _lock:
         found = sorted(_errors.get(_key(log_path), {}).items(), key=lambda kv: kv[1][0])
     return [f"{source}: {message}" for source, (_, message) in found]

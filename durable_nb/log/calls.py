@@ -26,6 +26,7 @@ import json
 import os
 import pickle
 import sqlite3
+import sys
 import threading
 import time
 import traceback
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import xxhash
 
 from ..codecs import SAFE_CODECS, decode_value, encode_value, signature, trusted
-from ..errors import DecodeError, DurableError, EncodeError, LogNotWritableError
+from ..errors import DecodeError, DurableError, EncodeError, LogError, LogNotWritableError
 from . import background
 from .blobs import BlobStore, content_hash
 from .connect import Durability, write_transaction
@@ -350,11 +351,41 @@ class Recorder:
         params = self._params(call)
         line = journal_line(params, [astuple(f) for f in call.failures])
         with self.jlock:
-            self.journal.append(line)
-            self.journaled.append((call, params))
-            self.pending.pop(id(call), None)
+            try:
+                self.journal.append(line)
+            except OSError as exc:
+                journal_error: OSError | None = exc
+            else:
+                journal_error = None
+                self.journaled.append((call, params))
+                self.pending.pop(id(call), None)
+        if journal_error is not None:
+            self._commit_directly(call, params, journal_error)
+            return
         _FLUSHER.wake(self)
         self._remember(call, params[INLINE_AT], None)
+
+    def _commit_directly(self, call: Call, params: tuple[Any, ...], journal_error: OSError) -> None:
+        """The journal cannot be written (read-only folder, permissions, full disk): the call goes straight
+        into the log, one transaction each, as durable as through the journal. When the log cannot take it
+        either, the call stays unrecorded (it returns its value and runs again on replay) and says so."""
+        folder = self.journal.folder
+        cause = f"{journal_error.strerror or journal_error}"
+        try:
+            with self.wlock, write_transaction(self.conn, self.path):
+                call_id = self._upsert(params, [astuple(f) for f in call.failures])
+        except (LogError, sqlite3.Error) as exc:
+            self.pending.pop(id(call), None)
+            _say_once(f"durable: activity {call.function}: call not recorded: the activity journal {folder} "
+                      f"cannot be written ({cause}) and neither can the log ({exc}). The call returned its "
+                      "value; it runs again on replay. Free space or fix the permissions of "
+                      f"{folder.parent} to record calls again.")
+            return
+        self.pending.pop(id(call), None)
+        self._remember(call, params[INLINE_AT], call_id)
+        _say_once(f"durable: the activity journal {folder} cannot be written ({cause}): activity calls are "
+                  f"committed to the log {self.path} one by one instead (slower; nothing is lost). Make "
+                  f"{folder} writable (or free space) to get the fast journal back.")
 
     def flush(self) -> None:
         """Move journaled calls, and calls running for a while, into the log (one transaction). A failure is
@@ -373,6 +404,8 @@ class Recorder:
                 batch, self.journaled = self.journaled, []
                 fd, done = self.journal.rotate() if batch else (None, None)
                 pending, self.pending = self.pending, {}
+                self.moved.extend(self.journal.given_up)
+                self.journal.given_up.clear()
             if fd is not None:
                 os.close(fd)
             if done is not None:
@@ -389,7 +422,8 @@ class Recorder:
                 raise
         moved, self.moved = self.moved, []
         for path in moved:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # left for the next process to import (by uid: no duplicate)
+                path.unlink(missing_ok=True)
 
     def _write(self, batch: list[tuple[Call, tuple[Any, ...]]], running: list[Call]) -> None:
         with write_transaction(self.conn, self.path):
@@ -433,6 +467,16 @@ class Recorder:
         table.setdefault((call.key, call.occurrence), _Row(
             call_id, enc.codec, enc.version, res.meta_json, inline, False, len(res.parts),
             call.signature))
+
+
+_said: set[str] = set()
+
+
+def _say_once(text: str) -> None:
+    """A problem the user should know about, printed once per process (a loop of calls would repeat it)."""
+    if text not in _said:
+        _said.add(text)
+        print(text, file=sys.stderr, flush=True)
 
 
 class _Flusher:

@@ -154,6 +154,11 @@ def output_names(conn: sqlite3.Connection, execution_id: int) -> list[str]:
     return str(row[0]).split(", ") if row is not None and row[0] else []
 
 
+def saved_seconds(original: float, replay: float) -> float:
+    """The time a replay saved: the original run's duration minus the replay's (the log's `saved_seconds`)."""
+    return max(original - replay, 0.0)
+
+
 def replay_row(run_id: int, s: ExecutionStart, source: Recorded, duration: float) -> tuple[str, tuple[Any, ...]]:
     """The row of a replay: bookkeeping, deferred to the next commit by the caller (see LogStore.defer)."""
     now = time.time()
@@ -162,6 +167,6 @@ def replay_row(run_id: int, s: ExecutionStart, source: Recorded, duration: float
         "started_at, finished_at, duration, replayed_from, saved_seconds, inputs, input_names, output_names, "
         "deps_files, replayable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'replayed', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
         (run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, s.lineage, now - duration,
-         now, duration, source.id, max(source.duration - duration, 0.0), json.dumps(s.inputs), names(s.inputs),
-         source.output_names, json.dumps(s.deps_files)),
+         now, duration, source.id, saved_seconds(source.duration, duration), json.dumps(s.inputs),
+         names(s.inputs), source.output_names, json.dumps(s.deps_files)),
     )

@@ -175,7 +175,11 @@ def _classify(exc: sqlite3.DatabaseError, path: Path) -> LogError:
     if "malformed" in text or "corrupt" in text:
         return CorruptLogError(f"durable log {path} is corrupt ({text}). It was left untouched: keep a copy, "
                                "try `sqlite3 FILE .recover`, or restore it from its replica.")
-    if "readonly" in text or "unable to open" in text or "disk I/O" in text or "full" in text:
+    if "readonly" in text or "unable to open" in text:
+        return LogNotWritableError(f"cannot write durable log {path}: {text}: the file or its folder is read-only "
+                                   "(permissions, or read-only media). Make both writable, or choose a writable "
+                                   "place (--db PATH / DurableMagics.db).")
+    if "disk I/O" in text or "full" in text:
         return LogNotWritableError(f"cannot write durable log {path}: {text}. Free disk space or choose a "
                                    "writable place (--db PATH / DurableMagics.db).")
     return LogError(f"durable log {path}: {text}")

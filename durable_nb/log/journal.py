@@ -8,6 +8,8 @@ whoever opens the log for writing next imports the journals that dead runs left 
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -47,17 +49,32 @@ class Journal:
         self.seq = 0
         self.fd: int | None = None
         self.path: Path | None = None
+        # Files given up after a failed append (a torn last line at most), deleted with the next batch.
+        self.given_up: list[Path] = []
         _LIVE.add(self)
 
     def append(self, line: bytes) -> None:
-        if self.fd is None:
-            self.folder.mkdir(exist_ok=True)
-            self.seq += 1
-            self.path = self.folder / f"{self.prefix}{self.seq}.jsonl"
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.write(self.fd, line)
-        if self.fsync:
-            os.fsync(self.fd)
+        """Raises OSError when the line is not (wholly) in the file: the caller records the call another way,
+        and the next line starts a new file, so a torn line is always a file's last (ignored on import)."""
+        try:
+            if self.fd is None:
+                self.folder.mkdir(exist_ok=True)
+                self.seq += 1
+                self.path = self.folder / f"{self.prefix}{self.seq}.jsonl"
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            written = os.write(self.fd, line)
+            if written != len(line):  # a full disk or a file size limit
+                raise OSError(errno.ENOSPC, f"only {written} of {len(line)} bytes could be written", str(self.path))
+            if self.fsync:
+                os.fsync(self.fd)
+        except OSError:
+            fd, path = self.rotate()
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if path is not None:
+                self.given_up.append(path)
+            raise
 
     def rotate(self) -> tuple[int | None, Path | None]:
         """Detach the current file (its lines are about to be committed): later lines start a new one. The

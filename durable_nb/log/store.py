@@ -7,6 +7,7 @@ log never adds rows. Readers open the file read-only and never write.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -20,13 +21,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from ..errors import LogError
 from ..pg_url import is_postgres_url
-from . import calls, cells, journal, pg_store, queries
+from . import cells, journal, pg_store, queries
 from .blobs import BlobStore
 from .cells import ExecutionStart, Recorded, StoredOutput
+
+if TYPE_CHECKING:
+    from .calls import Recorder
 from .connect import Durability, connect, settle_checkpoints, write_transaction
 
 FLUSH_DELAY = 0.5
@@ -196,9 +200,11 @@ class LogStore:
     def record_replay(self, s: ExecutionStart, source: Recorded, duration: float) -> None:
         self.defer(*cells.replay_row(self.run_id, s, source, duration))
 
-    def call_recorder(self, on_create: Callable[[], object]) -> calls.Recorder:
+    def call_recorder(self, on_create: Callable[[], object]) -> Recorder:
         """The recorder of this log's activity calls in this process (durable_nb.calls)."""
-        return calls.recorder_for(self, on_create)
+        from .calls import recorder_for  # deferred for start-up speed: %load_ext loads no activity machinery
+
+        return recorder_for(self, on_create)
 
     @property
     def run_id(self) -> int:
@@ -252,7 +258,8 @@ class LogStore:
         dead = []
         rows = self.conn.execute("SELECT id, host, pid, pid_started_at, ended_at FROM run").fetchall()
         for run_id, host, pid, pid_started, ended in rows:
-            if ended is not None or host != me[0] or not _alive(pid, pid_started):
+            mine = host == me[0] and pid == me[1]  # this process: alive, whatever psutil would take to say so
+            if ended is not None or host != me[0] or not (mine or _alive(pid, pid_started)):
                 dead.append(int(run_id))
         return dead
 
@@ -272,12 +279,27 @@ def _process_identity() -> tuple[str, int, float | None]:
 
 
 def _start_time(pid: int) -> float | None:
-    import psutil
+    """When the process started, as psutil computes it on Linux (boot time + start ticks), read from /proc
+    directly: importing psutil costs ~10 ms, which a script's first activity call would pay."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
+        return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    import psutil  # deferred for start-up speed: only where /proc cannot answer
 
     try:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return None
+
+
+@functools.cache
+def _boot_time() -> float:
+    for line in Path("/proc/stat").read_bytes().splitlines():
+        if line.startswith(b"btime "):
+            return float(line.split()[1])
+    raise ValueError("no btime in /proc/stat")
 
 
 def _alive(pid: int, started: float | None) -> bool:
@@ -298,16 +320,19 @@ def _alive(pid: int, started: float | None) -> bool:
 def package_versions() -> dict[str, str]:
     """From the imported modules' `__version__` (reading installed metadata costs ~15 ms a package); metadata
     only for a module that has no `__version__`."""
-    from importlib import metadata  # deferred for start-up speed: rarely needed (see the docstring)
-
     found = {}
     for name, module_name in KEY_PACKAGES.items():
         module = sys.modules.get(module_name)
         if module is None:
             continue
         version = getattr(module, "__version__", None)
+        if isinstance(version, str):
+            found[name] = version
+            continue
+        from importlib import metadata  # deferred for start-up speed: rarely needed (see the docstring)
+
         try:
-            found[name] = str(version) if isinstance(version, str) else metadata.version(name)
+            found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
     return found

@@ -1,7 +1,10 @@
 /**
- * Pure helpers shared by the badge and the side panel: state mapping and time formatting.
+ * Pure helpers shared by the badge and the side panel: state mapping (from vocabulary.json, generated from
+ * durable_nb/vocabulary.py), figures and time formatting.
  * No DOM and no JupyterLab imports here, so the unit tests run on plain Node.
  */
+
+import vocabulary from './vocabulary.json';
 
 export const MIME_TYPE = 'application/vnd.durable-nb.status+json';
 
@@ -12,9 +15,16 @@ export interface IStatus {
   cell?: string | null;
   cell_id?: string | null;
   execution_id?: number | null;
+  replayed_from?: number | null;
   log?: string | null;
+  /** The kernel process that showed it (a badge of another session describes nothing loaded now). */
+  session?: string | null;
   recorded_at?: string | null;
+  /** This execution's own time: a replay's is the replay. */
   duration_s?: number | null;
+  /** The recorded run's time. */
+  original_s?: number | null;
+  /** A replay: original_s − duration_s, as the log stores it. */
   saved_s?: number | null;
   reason?: string | null;
   changed?: string[] | null;
@@ -36,107 +46,51 @@ export interface IStateInfo {
   description: string;
 }
 
+interface ILook {
+  label: string;
+  icon: string;
+  tone: string;
+  colour: string;
+  description: string;
+}
+
+/** durable_nb/vocabulary.py, generated into vocabulary.json: the words the kernel side also uses. */
+const LOOKS: Record<string, ILook> = vocabulary.looks;
+export const PHRASES: Record<string, string> = vocabulary.phrases;
+
 /**
  * Map a state from the status display or the log's `executions.state` to what the UI shows.
  * A `recorded` cell with a reason ran again although an earlier recording existed: that is "re-ran".
  */
 export function stateInfo(state: string, reason?: string | null): IStateInfo {
-  switch (state) {
-    case 'replayed':
-      return {
-        key: 'replayed',
-        label: 'replayed',
-        icon: '\u21BA',
-        tone: 'success',
-        description: 'replayed from the durable log instead of recomputing'
-      };
-    case 'recorded':
-    case 'stale':
-      if (reason || state === 'stale') {
-        return {
-          key: 're-ran',
-          label: 're-ran',
-          icon: '\u21BB',
-          tone: 'info',
-          description: reason ? `re-ran because ${reason}` : 're-ran: the recording was stale'
-        };
-      }
-      return {
-        key: 'recorded',
-        label: 'recorded',
-        icon: '\u2713',
-        tone: 'info',
-        description: 'ran and recorded into the durable log'
-      };
-    case 'running':
-      return {
-        key: 'running',
-        label: 'running',
-        icon: '\u25F7',
-        tone: 'progress',
-        description: 'running; the result will be recorded when the cell finishes'
-      };
-    case 'failed':
-      return {
-        key: 'failed',
-        label: 'failed',
-        icon: '\u2717',
-        tone: 'error',
-        description: 'the cell raised an error; nothing was recorded for replay'
-      };
-    case 'crashed':
-      return {
-        key: 'crashed',
-        label: 'crashed',
-        icon: '\u2717',
-        tone: 'error',
-        description: 'the kernel died while this cell was running'
-      };
-    case 'not-replayable':
-      return {
-        key: 'not-replayable',
-        label: 'not replayable',
-        icon: '\u26A0',
-        tone: 'warn',
-        description: 'ran, but some outputs could not be recorded, so this cell will run again'
-      };
-    default:
-      return {
-        key: 'unknown',
-        label: state || 'unknown',
-        icon: '?',
-        tone: 'neutral',
-        description: `unknown state ${JSON.stringify(state)}; a newer durable_nb may have written it`
-      };
+  const key = state === 'recorded' && reason ? 're-ran' : state;
+  const look = Object.prototype.hasOwnProperty.call(LOOKS, key) ? LOOKS[key] : null;
+  if (!look) {
+    const unknown = vocabulary.unknown;
+    return { key: 'unknown', label: state || unknown.label, icon: unknown.icon, tone: 'neutral',
+      description: unknown.description };
   }
+  return { key, label: look.label, icon: look.icon, tone: look.tone as Tone, description: look.description };
 }
 
-/** "0.4 s", "12 s", "40m 12s", "2h 05m", "3d 4h"; '' when there is no number. */
+/** '350 ms', '4.2 s', '40m 12s', '2h 05m' (vocabulary.fmt_duration); '' when there is no number. */
 export function formatDuration(seconds: number | null | undefined): string {
   if (seconds === null || seconds === undefined || !Number.isFinite(seconds) || seconds < 0) {
     return '';
   }
-  if (seconds < 0.05) {
-    return '<0.1 s';
+  if (seconds < 1) {
+    return `${(seconds * 1000).toFixed(0)} ms`;
   }
-  if (seconds < 10) {
+  if (seconds < 60) {
     return `${seconds.toFixed(1)} s`;
   }
   const total = Math.round(seconds);
-  if (total < 60) {
-    return `${total} s`;
+  const minutes = Math.floor(total / 60);
+  const secs = total % 60;
+  if (minutes < 60) {
+    return `${minutes}m ${String(secs).padStart(2, '0')}s`;
   }
-  const d = Math.floor(total / 86400);
-  const h = Math.floor((total % 86400) / 3600);
-  const m = Math.floor((total % 3600) / 60);
-  const s = total % 60;
-  if (d > 0) {
-    return `${d}d ${h}h`;
-  }
-  if (h > 0) {
-    return `${h}h ${String(m).padStart(2, '0')}m`;
-  }
-  return `${m}m ${String(s).padStart(2, '0')}s`;
+  return `${Math.floor(minutes / 60)}h ${String(minutes % 60).padStart(2, '0')}m`;
 }
 
 /** "just now", "42 s ago", "5 min ago", "3 h ago", "2 d ago", then the date. */
@@ -207,9 +161,12 @@ export function parseStatus(data: unknown): IStatus | null {
     cell: str(raw.cell),
     cell_id: str(raw.cell_id),
     execution_id: num(raw.execution_id),
+    replayed_from: num(raw.replayed_from),
     log: str(raw.log),
+    session: str(raw.session),
     recorded_at: str(raw.recorded_at),
     duration_s: num(raw.duration_s),
+    original_s: num(raw.original_s),
     saved_s: num(raw.saved_s),
     reason: str(raw.reason),
     changed: strings(raw.changed),
@@ -218,48 +175,68 @@ export function parseStatus(data: unknown): IStatus | null {
   };
 }
 
-/** The facts shown on one line of a badge or a panel row, in reading order. */
-export function summaryParts(
-  info: IStateInfo,
-  fields: {
-    whenMs: number | null;
-    duration: number | null | undefined;
-    saved: number | null | undefined;
-    verb?: string;
-  },
-  nowMs: number
-): string[] {
+/** A badge's or panel row's figures, the log's own (docs/schema.md): this execution's time, and for a replay
+ * the recorded run's and the time saved. */
+export interface IFigures {
+  whenMs: number | null;
+  duration: number | null | undefined;
+  original?: number | null;
+  saved?: number | null;
+  reason?: string | null;
+  verb?: string;
+}
+
+/** The facts on one line of a badge or a panel row, in reading order: why it ran (a re-run), when, figures. */
+export function summaryParts(info: IStateInfo, fields: IFigures, nowMs: number): string[] {
   const parts: string[] = [];
+  if (info.key === 're-ran' && fields.reason) {
+    parts.push(fields.reason);
+  }
   const when = formatRelative(fields.whenMs, nowMs);
   if (when) {
     parts.push(fields.verb ? `${fields.verb} ${when}` : when);
   }
-  const took = formatDuration(fields.duration);
-  if (took) {
-    parts.push(`took ${took}`);
-  }
-  const saved = formatDuration(fields.saved);
-  if (saved && fields.saved && fields.saved > 0) {
-    parts.push(`saved ${saved}`);
-  }
+  parts.push(...figureParts(info, fields));
   return parts;
 }
 
+/** 'replayed in 0.4 s', 'saved 3.6 s of 4.0 s' (status.replay_figures), or 'took 4.0 s'. */
+export function figureParts(info: IStateInfo, fields: IFigures): string[] {
+  const took = formatDuration(fields.duration);
+  if (info.key !== 'replayed') {
+    return took ? [`took ${took}`] : [];
+  }
+  const original = formatDuration(fields.original);
+  if (!took) {
+    return original ? [`recorded run took ${original}`] : [];
+  }
+  const saved = `saved ${formatDuration(fields.saved ?? 0)}`;
+  return [`replayed in ${took}`, original ? `${saved} of ${original}` : saved];
+}
+
+/** The figures of a status payload. */
+export function statusFigures(status: IStatus, info: IStateInfo): IFigures {
+  return {
+    whenMs: parseIso(status.recorded_at),
+    duration: status.duration_s,
+    original: status.original_s,
+    saved: status.saved_s,
+    reason: status.reason,
+    verb: timeVerb(info)
+  };
+}
+
+/** A badge shown by a kernel process other than the notebook's current one (`current` null: none yet). */
+export function isEarlierSession(status: IStatus, current: string | null | undefined): boolean {
+  return !status.session || status.session !== current;
+}
+
 /** The accessible name of a badge: everything the eye gets from icon, colour and text. */
-export function ariaLabel(status: IStatus, nowMs: number): string {
+export function ariaLabel(status: IStatus, nowMs: number, earlier = false): string {
   const info = stateInfo(status.state, status.reason);
   const who = status.cell ? `Durable cell ${status.cell}` : 'Durable cell';
-  const parts = summaryParts(
-    info,
-    {
-      whenMs: parseIso(status.recorded_at),
-      duration: status.duration_s,
-      saved: status.saved_s,
-      verb: timeVerb(info)
-    },
-    nowMs
-  );
-  return [`${who}: ${info.label}`, info.description, ...parts].join(', ');
+  const parts = summaryParts(info, statusFigures(status, info), nowMs);
+  return [`${who}: ${info.label}`, ...parts, ...(earlier ? [PHRASES.earlier_session] : [])].join(', ');
 }
 
 /** How the badge introduces its time: a replay shows when the result was first recorded. */

@@ -1,10 +1,12 @@
-/** The front-end plugin: the "Durable log" side panel and the notebook toolbar toggle of the durable mode
- * (toggle.ts); the badge is the mime extension in mime.ts. */
+/** The front-end plugin: the "Durable log" side panel, the notebook toolbar toggle of the durable mode
+ * (toggle.ts) and the kernel session each notebook's badges are compared with (session.ts); the badge is the
+ * mime extension in mime.ts. */
 import type { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { DurableLogPanel } from './panel';
+import { trackSessions } from './session';
 import { addToggles } from './toggle';
 
 const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
@@ -29,6 +31,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: () => app.shell.activateById(panel.id)
     });
     addToggles(tracker);
+    trackSessions(tracker);
   }
 };
 

@@ -8,14 +8,19 @@ import { Widget } from '@lumino/widgets';
 import {
   ariaLabel,
   formatAbsolute,
+  formatDuration,
+  IFigures,
+  IStateInfo,
   IStatus,
   MIME_TYPE,
-  parseIso,
   parseStatus,
+  PHRASES,
   stateInfo,
+  statusFigures,
   summaryParts,
   timeVerb
 } from './format';
+import { markBadge } from './session';
 
 /** Relative times ("3 min ago") are refreshed this often while the badge is on screen. */
 const TICK_MS = 15000;
@@ -46,6 +51,11 @@ export class StatusBadge extends Widget implements IRenderMime.IRenderer {
     super.dispose();
   }
 
+  protected onAfterAttach(): void {
+    // Only now is the badge inside its notebook, whose current kernel session says whether it is current.
+    this._render();
+  }
+
   private _render(): void {
     const status = this._status;
     const node = this.node;
@@ -59,20 +69,23 @@ export class StatusBadge extends Widget implements IRenderMime.IRenderer {
     const wasOpen = node.querySelector('details')?.open ?? false;
     node.replaceChildren(renderBadge(status, Date.now(), wasOpen));
     node.dataset.durableState = stateInfo(status.state, status.reason).key;
+    markBadge(node);
   }
 }
 
 export function renderBadge(status: IStatus, now: number, open: boolean): HTMLElement {
   const info = stateInfo(status.state, status.reason);
-  const recordedMs = parseIso(status.recorded_at);
+  const figures = statusFigures(status, info);
   const details = document.createElement('details');
   details.className = `jp-DurableBadge jp-DurableBadge-${info.tone}`;
   details.dataset.state = info.key;
+  details.dataset.session = status.session ?? '';
   details.open = open;
 
   const summary = document.createElement('summary');
   summary.className = 'jp-DurableBadge-summary';
-  summary.setAttribute('aria-label', `${ariaLabel(status, now)}. Press Enter for details.`);
+  summary.dataset.label = `${ariaLabel(status, now)}. Press Enter for details.`;
+  summary.setAttribute('aria-label', summary.dataset.label);
   summary.title = info.description;
 
   const pill = el('span', 'jp-DurableBadge-state');
@@ -83,27 +96,26 @@ export function renderBadge(status: IStatus, now: number, open: boolean): HTMLEl
   if (status.cell) {
     summary.append(el('span', 'jp-DurableBadge-cell', status.cell));
   }
-  const parts = summaryParts(
-    info,
-    { whenMs: recordedMs, duration: status.duration_s, saved: status.saved_s, verb: timeVerb(info) },
-    now
-  );
-  for (const part of parts) {
+  for (const part of summaryParts(info, figures, now)) {
     const span = el('span', 'jp-DurableBadge-fact', part);
-    if (recordedMs !== null && part === parts[0] && part.startsWith(timeVerb(info))) {
-      span.title = formatAbsolute(recordedMs);
+    if (figures.whenMs !== null && figures.verb && part.startsWith(`${figures.verb} `)) {
+      span.title = formatAbsolute(figures.whenMs);
     }
     summary.append(span);
   }
-  details.append(summary, renderDetails(status, info.description, recordedMs));
+  const earlier = el('span', 'jp-DurableBadge-earlier', PHRASES.earlier_session);
+  earlier.title = PHRASES.earlier_session_title;
+  summary.append(earlier);
+  details.append(summary, renderDetails(status, info, figures));
   return details;
 }
 
-function renderDetails(status: IStatus, description: string, recordedMs: number | null): HTMLElement {
+/** Each fact once, under the label that says what it is. */
+function renderDetails(status: IStatus, info: IStateInfo, figures: IFigures): HTMLElement {
   const list = el('dl', 'jp-DurableBadge-details') as HTMLDListElement;
   const row = (term: string, value: string | string[]) => {
-    const values = Array.isArray(value) ? value : [value];
-    if (values.length === 0 || values.every(v => !v)) {
+    const values = (Array.isArray(value) ? value : [value]).filter(v => v);
+    if (values.length === 0) {
       return;
     }
     list.append(el('dt', '', term));
@@ -111,13 +123,24 @@ function renderDetails(status: IStatus, description: string, recordedMs: number 
       list.append(el('dd', '', v));
     }
   };
-  row('what happened', description);
-  row('reason', status.reason ?? '');
-  row('changed inputs', status.changed ?? []);
+  row('what happened', info.description);
+  // A re-run's reason is the list of what changed; a replay's is what differs from where it was recorded.
+  const reasons = status.changed && status.changed.length ? status.changed : [status.reason ?? ''];
+  row(info.key === 'replayed' ? 'note' : 'why it ran', reasons);
   row('problems', status.problems ?? []);
-  row(`${timeVerb(stateInfo(status.state, status.reason))} at`, recordedMs === null ? '' : formatAbsolute(recordedMs));
+  if (info.key === 'replayed') {
+    row('replay took', formatDuration(figures.duration));
+    row('recorded run took', formatDuration(figures.original));
+    row('time saved', figures.duration === null || figures.duration === undefined ? ''
+      : formatDuration(figures.saved ?? 0));
+  } else {
+    row('took', formatDuration(figures.duration));
+  }
+  row(`${timeVerb(info)} at`, figures.whenMs === null ? '' : formatAbsolute(figures.whenMs));
   row('log', status.log ?? '');
-  row('execution', status.execution_id === null || status.execution_id === undefined ? '' : `#${status.execution_id}`);
+  const id = (n: number | null | undefined) => (n === null || n === undefined ? '' : `#${n}`);
+  row('execution', id(status.execution_id));
+  row('replayed from', id(status.replayed_from));
   return list;
 }
 

@@ -1,15 +1,17 @@
 /**
  * The "Durable log" side panel: runs and cell executions of the current notebook's log, read through the
- * server extension (durable_nb/server.py), refreshed when the kernel goes idle.
+ * server extension (durable_nb/server.py), refreshed as soon as a durable cell of the notebook finishes (its
+ * status display reaches a final state).
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import type { ICodeCellModel } from '@jupyterlab/cells';
 import type { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
-import type { Kernel } from '@jupyterlab/services';
+import type { KernelMessage } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
 import { formatAbsolute, fromUnixSeconds, MIME_TYPE, stateInfo, summaryParts } from './format';
+import { sessionOf } from './session';
 
 export interface IRun {
   run_id: number;
@@ -29,6 +31,7 @@ export interface IExecution {
   state: string;
   started_at: number;
   duration: number | null;
+  original_duration: number | null;
   saved_seconds: number | null;
   reason: string | null;
   error_type: string | null;
@@ -43,14 +46,19 @@ export interface ILogResponse {
 }
 
 const ENDPOINT = 'durable-nb/api/log';
-/** Also poll while visible: another process (nbclient, a second kernel) may write the same log. */
-const POLL_MS = 10000;
-const IDLE_DEBOUNCE_MS = 300;
+/** Also poll while visible, slowly: another process (nbclient, a second kernel) may write the same log. */
+const POLL_MS = 30000;
+/** After a cell finishes: at once (a recording is committed before its final status), and again once a
+ * replay's row is written (the kernel defers it by FLUSH_DELAY, 0.5 s, in durable_nb/log/store.py). */
+const SOON_MS = 50;
+const LATER_MS = 650;
+const FINAL_STATES = new Set(['recorded', 'replayed', 'failed', 'not-replayable', 'crashed']);
 
 export class DurableLogPanel extends Widget {
   private _current: NotebookPanel | null = null;
   private _timer: number | undefined;
-  private _debounce: number | undefined;
+  private _soon: number | undefined;
+  private _later: number | undefined;
   private _stale = true;
   private _generation = 0;
   private readonly _header = document.createElement('div');
@@ -76,7 +84,8 @@ export class DurableLogPanel extends Widget {
 
   dispose(): void {
     this._stopPolling();
-    window.clearTimeout(this._debounce);
+    window.clearTimeout(this._soon);
+    window.clearTimeout(this._later);
     super.dispose();
   }
 
@@ -129,17 +138,34 @@ export class DurableLogPanel extends Widget {
   }
 
   private _follow(): void {
-    this._current?.sessionContext.statusChanged.disconnect(this._onStatus, this);
+    this._current?.sessionContext.iopubMessage.disconnect(this._onMessage, this);
     this._current = this._tracker.currentWidget;
-    this._current?.sessionContext.statusChanged.connect(this._onStatus, this);
+    this._current?.sessionContext.iopubMessage.connect(this._onMessage, this);
     void this.refresh();
   }
 
-  private _onStatus(_: unknown, status: Kernel.Status): void {
-    if (status === 'idle') {
-      window.clearTimeout(this._debounce);
-      this._debounce = window.setTimeout(() => void this.refresh(), IDLE_DEBOUNCE_MS);
+  /** A durable cell finished: its status display reached a final state. */
+  private _onMessage(_: unknown, msg: KernelMessage.IMessage): void {
+    if (sessionOf(msg) === null) {
+      return;
     }
+    const status = (msg.content as { data: Record<string, { state?: unknown; duration_s?: unknown }> }).data[
+      MIME_TYPE
+    ];
+    // A replay's first display has no figures yet; its update with them is the one that finishes it.
+    const final = FINAL_STATES.has(String(status.state)) && typeof status.duration_s === 'number';
+    if (!final) {
+      return;
+    }
+    // At most one immediate refresh per burst of cells (Run All), and one after the last cell's replay row.
+    if (this._soon === undefined) {
+      this._soon = window.setTimeout(() => {
+        this._soon = undefined;
+        void this.refresh();
+      }, SOON_MS);
+    }
+    window.clearTimeout(this._later);
+    this._later = window.setTimeout(() => void this.refresh(), LATER_MS);
   }
 
   private _renderHeader(panel: NotebookPanel | null): void {
@@ -197,9 +223,11 @@ export class DurableLogPanel extends Widget {
     section.className = 'jp-DurableLog-run';
     const heading = document.createElement('h3');
     const started = fromUnixSeconds(run.started_at);
-    const when = summaryParts(stateInfo('recorded'), { whenMs: started, duration: null, saved: null }, now);
-    heading.textContent = [`Run ${run.run_id}`, ...when, run.host].join(' \u00B7 ');
-    heading.title = started === null ? '' : `started ${formatAbsolute(started)}, pid ${run.pid}`;
+    const when = summaryParts(stateInfo('recorded'), { whenMs: started, duration: null }, now);
+    heading.textContent = [`Run ${run.run_id}`, ...when, `host ${run.host}`].join(' \u00B7 ');
+    heading.title =
+      `a kernel session: started ${started === null ? '?' : formatAbsolute(started)} on host ${run.host}, ` +
+      `process ${run.pid}`;
     const list = document.createElement('ul');
     for (const e of executions) {
       const item = document.createElement('li');
@@ -220,7 +248,13 @@ export class DurableLogPanel extends Widget {
     const name = e.cell_name ?? (e.execution_count !== null ? `cell [${e.execution_count}]` : 'cell');
     const parts = summaryParts(
       info,
-      { whenMs: fromUnixSeconds(e.started_at), duration: e.duration, saved: e.saved_seconds },
+      {
+        whenMs: fromUnixSeconds(e.started_at),
+        duration: e.duration,
+        original: e.original_duration,
+        saved: e.saved_seconds,
+        reason: e.reason
+      },
       now
     );
     const icon = document.createElement('span');
@@ -235,7 +269,13 @@ export class DurableLogPanel extends Widget {
     what.textContent = name;
     const facts = document.createElement('span');
     facts.className = 'jp-DurableLog-facts';
-    facts.textContent = parts.join(' \u00B7 ');
+    // One fact never breaks across lines ("saved 3.5 s" stays whole); the list wraps between facts.
+    parts.forEach((part, n) => {
+      const fact = document.createElement('span');
+      fact.className = 'jp-DurableLog-fact';
+      fact.textContent = n < parts.length - 1 ? `${part} \u00B7` : part;
+      facts.append(fact);
+    });
     button.append(icon, label, what, facts);
     const problem = e.error_type ? `${e.error_type}: ${e.error_message ?? ''}` : info.description;
     button.title = `${problem}. Click to scroll to the cell.`;
@@ -256,9 +296,16 @@ export class DurableLogPanel extends Widget {
     notebook.activeCellIndex = index;
     notebook.deselectAll();
     this._activate(panel.id);
-    // Activation may focus the cell editor; a click in a list should not start editing.
-    notebook.mode = 'command';
+    // Select the cell in command mode: the next keystrokes must not edit its code. Activating the notebook
+    // focuses the active cell's editor, so command mode is set after that, with the focus on the notebook.
+    const command = () => {
+      notebook.mode = 'command';
+      notebook.node.focus();
+    };
+    command();
+    window.requestAnimationFrame(command);
     void notebook.scrollToCell(cell, 'center').then(() => {
+      command();
       cell.addClass('jp-DurableLog-flash');
       window.setTimeout(() => cell.removeClass('jp-DurableLog-flash'), 1500);
     });

@@ -3,7 +3,9 @@ import { test } from 'node:test';
 
 import {
   ariaLabel,
+  figureParts,
   formatDuration,
+  isEarlierSession,
   formatRelative,
   fromUnixSeconds,
   parseIso,
@@ -11,14 +13,13 @@ import {
   stateInfo,
   summaryParts
 } from '../src/format';
+import vocabulary from '../src/vocabulary.json';
 
-test('formatDuration covers sub-second to days', () => {
-  assert.equal(formatDuration(0.01), '<0.1 s');
-  assert.equal(formatDuration(2.44), '2.4 s');
-  assert.equal(formatDuration(12.4), '12 s');
-  assert.equal(formatDuration(2412), '40m 12s');
-  assert.equal(formatDuration(3600 * 2 + 5 * 60), '2h 05m');
-  assert.equal(formatDuration(86400 * 3 + 3600 * 4 + 10), '3d 4h');
+test('formatDuration writes every duration as durable_nb.vocabulary.fmt_duration does', () => {
+  assert.ok(vocabulary.durations.length > 10);
+  for (const [seconds, text] of vocabulary.durations as [number, string][]) {
+    assert.equal(formatDuration(seconds), text, `${seconds} s`);
+  }
 });
 
 test('formatDuration returns empty text for missing or invalid numbers', () => {
@@ -40,24 +41,43 @@ test('formatRelative counts back from now and tolerates clock skew', () => {
   assert.equal(formatRelative(null, now), '');
 });
 
-test('stateInfo gives every state a distinct word and icon', () => {
+test('stateInfo reads the shared vocabulary: every state its own word, icon and tone', () => {
   const states = ['replayed', 'recorded', 'running', 'failed', 'crashed', 'not-replayable'];
   const infos = states.map(s => stateInfo(s));
-  assert.deepEqual(
-    infos.map(i => i.key),
-    ['replayed', 'recorded', 'running', 'failed', 'crashed', 'not-replayable']
-  );
+  assert.deepEqual(infos.map(i => i.key), states);
   assert.equal(new Set(infos.map(i => i.label)).size, states.length);
-  // failed and crashed share the cross, but every other icon is unique.
-  assert.equal(new Set(infos.map(i => i.icon)).size, states.length - 1);
-  assert.equal(stateInfo('not-replayable').label, 'not replayable');
+  assert.equal(new Set(infos.map(i => i.icon)).size, states.length);
+  for (const [state, look] of Object.entries(vocabulary.looks)) {
+    const info = stateInfo(state);
+    assert.deepEqual([info.label, info.icon, info.tone, info.description],
+      [look.label, look.icon, look.tone, look.description]);
+  }
 });
 
-test('a recorded cell with a reason re-ran, and says why', () => {
+test('a recorded cell with a reason re-ran, and the collapsed badge says why', () => {
   const info = stateInfo('recorded', 'input df changed');
   assert.equal(info.key, 're-ran');
-  assert.equal(info.description, 're-ran because input df changed');
-  assert.equal(stateInfo('stale').key, 're-ran');
+  const parts = summaryParts(info, { whenMs: null, duration: 1.04, reason: 'input df changed' }, 0);
+  assert.deepEqual(parts, ['input df changed', 'took 1.0 s']);
+});
+
+test('a replay shows the three figures of the log: replay, saved, original run', () => {
+  const info = stateInfo('replayed');
+  assert.deepEqual(figureParts(info, { whenMs: null, duration: 0.42, original: 4.0, saved: 3.58 }),
+    ['replayed in 420 ms', 'saved 3.6 s of 4.0 s']);
+  assert.deepEqual(figureParts(info, { whenMs: null, duration: null, original: 4.0 }),
+    ['recorded run took 4.0 s']);
+});
+
+test('a badge of another kernel session, or of none, is from an earlier session', () => {
+  const status = parseStatus({ state: 'replayed', session: 'abc' });
+  assert.ok(status);
+  assert.equal(isEarlierSession(status, 'abc'), false);
+  assert.equal(isEarlierSession(status, 'def'), true);
+  assert.equal(isEarlierSession(status, null), true);
+  const old = parseStatus({ state: 'replayed' });
+  assert.ok(old);
+  assert.equal(isEarlierSession(old, 'abc'), true);
 });
 
 test('an unknown state is shown, not hidden', () => {
@@ -102,16 +122,15 @@ test('summary and accessible name read without colour', () => {
     state: 'replayed',
     cell: 'prep',
     recorded_at: '2026-11-26T14:03:00+00:00',
-    duration_s: 2412,
-    saved_s: 2412
+    duration_s: 0.35,
+    original_s: 2412,
+    saved_s: 2411.65
   });
   assert.ok(status);
   assert.equal(
     ariaLabel(status, now),
-    'Durable cell prep: replayed, replayed from the durable log instead of recomputing, ' +
-      'recorded 7 min ago, took 40m 12s, saved 40m 12s'
+    'Durable cell prep: replayed, recorded 7 min ago, replayed in 350 ms, saved 40m 12s of 40m 12s'
   );
-  assert.deepEqual(summaryParts(stateInfo('recorded'), { whenMs: null, duration: 0, saved: 0 }, now), [
-    'took <0.1 s'
-  ]);
+  assert.match(ariaLabel(status, now, true), /from an earlier session$/);
+  assert.deepEqual(summaryParts(stateInfo('recorded'), { whenMs: null, duration: 0 }, now), ['took 0 ms']);
 });

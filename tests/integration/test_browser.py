@@ -25,6 +25,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
 BADGE = ".jp-OutputArea-output[data-durable-state]"
+EARLIER = ".jp-DurableBadge[data-earlier-session]"
+PANEL_ROWS = ".jp-DurableLog-exec"
 # Generous: the first kernel start and the first webpack chunk loads are slow on a shared 2-core machine.
 SLOW_MS = 60000
 expect.set_options(timeout=SLOW_MS)
@@ -184,14 +186,15 @@ def test_notebook7_badges_replay(tmp_path: Path, page: Page) -> None:
 STATES_CELL = """
 import time
 from IPython.display import display
+from durable_nb.status import SESSION  # this kernel's: the badges below are current, not an earlier session's
 MIME = "application/vnd.durable-nb.status+json"
-base = {"version": 1, "cell_id": "x", "execution_id": 7, "log": "/data/nb.durable.db",
+base = {"version": 1, "cell_id": "x", "execution_id": 7, "log": "/data/nb.durable.db", "session": SESSION,
         "recorded_at": "2026-01-01T10:00:00+00:00", "duration_s": 2412.0}
 def show(**kw):
     payload = {**base, **kw}
     return {MIME: payload, "text/plain": "durable: " + payload["state"],
             "text/html": "<b class='html-fallback'>html fallback</b>"}
-display(show(state="replayed", cell="load", saved_s=2412.0), raw=True)
+display(show(state="replayed", cell="load", duration_s=0.35, original_s=2412.0, saved_s=2411.65), raw=True)
 display(show(state="recorded", cell="train", reason="input df changed", changed=["input df"]), raw=True)
 display(show(state="failed", cell="score", problems=["ValueError: bad split"]), raw=True)
 display(show(state="not-replayable", cell="conn", problems=["variable conn: a socket cannot be stored"]),
@@ -228,6 +231,10 @@ def test_renderer_states_dark_theme_and_update_in_place(tmp_path: Path, page: Pa
         colours = badges.evaluate_all(
             "els => els.map(e => getComputedStyle(e.querySelector('.jp-DurableBadge-icon')).color)")
         assert len(set(colours[:4])) == 4, f"each state has its own theme colour: {colours}"
+        expect(page.locator(EARLIER)).to_have_count(0)
+        expect(badges.first).not_to_contain_text("from an earlier session", use_inner_text=True)
+        expect(badges.first).to_contain_text("replayed in 350 ms")
+        expect(badges.first).to_contain_text("saved 40m 12s of 40m 12s")
         page.screenshot(path=str(OUTPUT / "lab-states-dark.png"))
 
 
@@ -268,3 +275,147 @@ def test_lab_toolbar_toggle_makes_every_cell_durable(tmp_path: Path, page: Page)
         expect(page.locator(".jp-Cell", has_text="tagged 42")).to_have_count(1)
         expect(page.locator(BADGE)).to_have_count(0)
     assert (root / "mode.durable.db").is_file()
+
+
+# -- issue 19: what the user sees ------------------------------------------------------------------------------
+
+
+
+def write_ui_notebook(path: Path) -> None:
+    """A slow durable cell, a plain input cell, and a durable cell that reads that input."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext durable_nb", id="c-load"),
+        nbformat.v4.new_code_cell("%%durable --name prep\nimport time\ntime.sleep(1.2)\nx = 21", id="c-prep"),
+        nbformat.v4.new_code_cell("n = 2", id="c-n"),
+        nbformat.v4.new_code_cell("%%durable --name double\ny = x * n\nprint(y)", id="c-double"),
+    ]
+    save_with_kernel(nb, path)
+
+
+def open_panel(page: Page) -> None:
+    page.locator('.jp-SideBar li[data-id="durable-nb-log"]').click()
+    expect(page.locator(".jp-DurableLog")).to_be_visible()
+
+
+def facts(locator: Any) -> list[str]:
+    return [t.strip(" ·") for t in locator.locator(".jp-DurableBadge-fact, .jp-DurableLog-fact").all_inner_texts()]
+
+
+def test_lab_badges_explain_agree_with_the_panel_and_know_their_session(tmp_path: Path, page: Page) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    write_ui_notebook(root / "ui.ipynb")
+    quiet_settings(tmp_path / "logs")
+    with running_jupyter("lab", root, tmp_path / "logs") as jupyter:
+        open_notebook(page, jupyter, "/lab/tree/ui.ipynb")
+        open_panel(page)
+        menu(page, "Run", "Run All Cells")
+        wait_for_badges(page, "recorded", "recorded")
+        expect(page.locator(EARLIER)).to_have_count(0)
+        # The panel follows the cells as they finish, not a timer: within 1 s of the last badge's final state.
+        expect(page.locator(PANEL_ROWS)).to_have_count(2, timeout=1000)
+
+        # A restart leaves the badges of the previous kernel on screen: they say so.
+        menu(page, "Kernel", "Restart Kernel…")
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+        expect(page.locator(EARLIER)).to_have_count(2)
+        expect(page.locator(BADGE).first).to_contain_text("from an earlier session", use_inner_text=True)
+        page.screenshot(path=str(OUTPUT / "lab-badges-earlier-session.png"))
+
+        menu(page, "Run", "Run All Cells")
+        wait_for_badges(page, "replayed", "replayed")
+        expect(page.locator(EARLIER)).to_have_count(0)
+        replays = page.locator(f'{PANEL_ROWS}[data-state="replayed"]')
+        expect(replays).to_have_count(2, timeout=1000)  # a replay's row is written 0.5 s after it finished
+
+        # The same figures on the badge and in the panel, and a replay's "took" is the replay.
+        badge = page.locator(BADGE).first.locator("summary")
+        row = page.locator(f'{PANEL_ROWS}[data-state="replayed"][data-cell-id="c-prep"]')
+        shown = facts(badge)
+        figures = [f for f in shown if f.startswith(("replayed in", "saved"))]
+        assert len(figures) == 2 and re.fullmatch(r"saved [\d.]+ s of 1\.\d s", figures[1]), shown
+        assert [f for f in facts(row) if f.startswith(("replayed in", "saved"))] == figures
+        # No fact is broken across two lines at the panel's default width.
+        lines = page.locator(".jp-DurableLog-fact").evaluate_all(
+            "els => els.map(e => e.getClientRects().length)")
+        assert set(lines) == {1}, lines
+        heading = page.locator(".jp-DurableLog-run h3").first
+        expect(heading).to_contain_text(re.compile(r"· host \S+"))
+
+        # An input changes: the collapsed badge says why the cell ran again; the details say it once.
+        page.locator(".jp-Cell", has_text="n = 2").locator(".cm-content").click()
+        page.keyboard.press("Control+a")
+        page.keyboard.type("n = 3")
+        page.keyboard.press("Shift+Enter")
+        page.keyboard.press("Shift+Enter")
+        wait_for_badges(page, "replayed", "re-ran")
+        rerun = page.locator(BADGE).nth(1)
+        expect(rerun.locator("summary")).to_contain_text("input n changed")
+        rerun.locator("summary").click()
+        details = rerun.locator(".jp-DurableBadge-details")
+        expect(details).to_contain_text("why it ran")
+        assert details.inner_text().count("input n changed") == 1, details.inner_text()
+        summary = rerun.locator("summary").inner_text()
+        assert summary.count("re-ran") == 1, summary
+        page.screenshot(path=str(OUTPUT / "lab-badge-rerun-reason.png"))
+        expect(page.locator(f'{PANEL_ROWS}[data-state="re-ran"]')).to_have_count(1, timeout=1000)
+        expect(page.locator(f'{PANEL_ROWS}[data-state="re-ran"]')).to_contain_text("input n changed")
+
+        # A click on an execution selects its cell in command mode: the next keystrokes do not edit it.
+        target = page.locator(f'{PANEL_ROWS}[data-state="replayed"][data-cell-id="c-prep"]')
+        prep = page.locator(".jp-Cell", has_text="%%durable --name prep")
+        target.click()
+        expect(prep).to_have_class(re.compile(r"\bjp-mod-active\b"))
+        expect(page.locator(".jp-Notebook.jp-mod-commandMode")).to_have_count(1)
+        editing = page.evaluate("() => !!document.activeElement?.closest('.cm-editor')")
+        assert not editing, "the cell editor has the focus"
+        page.screenshot(path=str(OUTPUT / "lab-panel-figures.png"))
+
+
+def test_notebook7_reopened_notebook_badges_are_from_an_earlier_session(tmp_path: Path, page: Page) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    write_ui_notebook(root / "ui.ipynb")
+    quiet_settings(tmp_path / "logs")
+    with running_jupyter("notebook", root, tmp_path / "logs") as jupyter:
+        open_notebook(page, jupyter, "/notebooks/ui.ipynb")
+        menu(page, "Run", "Run All Cells")
+        wait_for_badges(page, "recorded", "recorded")
+        expect(page.locator(EARLIER)).to_have_count(0)
+        # A reloaded page with the same kernel: the badges are still this kernel's.
+        page.keyboard.press("Control+s")
+        expect(page.locator(".jp-mod-dirty")).to_have_count(0)
+        page.reload()
+        wait_for_badges(page, "recorded", "recorded")
+        expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_attached()
+        expect(page.locator(EARLIER)).to_have_count(0)
+    # Reopened later, with a fresh kernel: nothing the badges describe is loaded.
+    with running_jupyter("notebook", root, tmp_path / "logs2") as jupyter:
+        quiet_settings(tmp_path / "logs2")
+        open_notebook(page, jupyter, "/notebooks/ui.ipynb")
+        wait_for_badges(page, "recorded", "recorded")
+        expect(page.locator(EARLIER)).to_have_count(2)
+        expect(page.locator(BADGE).nth(1)).to_contain_text("from an earlier session", use_inner_text=True)
+        page.screenshot(path=str(OUTPUT / "notebook7-earlier-session.png"))
+
+
+def test_lab_crash_resume_example_shows_its_chart(tmp_path: Path, page: Page) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    nb = nbformat.read(Path(__file__).parents[2] / "example_notebooks" / "crash_resume.ipynb", as_version=4)
+    save_with_kernel(nb, root / "crash_resume.ipynb")
+    quiet_settings(tmp_path / "logs")
+    report = '.jp-Cell:has-text("--name report")'
+    with running_jupyter("lab", root, tmp_path / "logs") as jupyter:
+        open_notebook(page, jupyter, "/lab/tree/crash_resume.ipynb")
+        menu(page, "Run", "Run All Cells")
+        wait_for_badges(page, "recorded", "recorded", "recorded", "recorded")
+        chart = page.locator(f'{report} .jp-OutputArea-output img[src^="data:image/png"]')
+        expect(chart).to_have_count(1)
+        expect(page.locator(report)).not_to_contain_text("<Figure size")
+        restart_and_run_all(page)
+        wait_for_badges(page, "replayed", "replayed", "replayed", "replayed")
+        expect(chart).to_have_count(1)
+        chart.scroll_into_view_if_needed()
+        page.screenshot(path=str(OUTPUT / "lab-crash-resume-chart.png"))

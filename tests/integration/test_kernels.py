@@ -57,8 +57,18 @@ def test_crash_resume_notebook(tmp_path: Path, kernel_env: dict[str, str]) -> No
     assert ended == [(0,), (1,)], "the killed run never ended; the clean one did, with its replay rows"
     assert states(db).count("replayed") == 2
     assert "loaded 200,000 sales" in second[1].text()
-    assert second[2].outputs[-1]["msg_type"] == "execute_result", "the replayed result is shown as Out[n]"
+    shown = [o["msg_type"] for o in second[2].outputs if o["msg_type"] != "update_display_data"]
+    assert shown[-1] == "execute_result", "the replayed result is shown as Out[n]"
     assert states(db).count("crashed") == 1
+    # The report cell shows the chart the README promises, as a PNG, when recorded and when replayed.
+    assert pngs(second[4]) == 1
+    third = run_all(nb, env=kernel_env)
+    assert third[4].durable_states() == ["replayed"] and pngs(third[4]) == 1
+
+
+def pngs(run: CellRun) -> int:
+    return sum("image/png" in o["content"].get("data", {}) for o in run.outputs
+               if o["msg_type"] in ("display_data", "execute_result"))
 
 
 def test_restart_replays_namespace_result_and_classes(tmp_path: Path, kernel_env: dict[str, str]) -> None:

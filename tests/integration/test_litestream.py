@@ -82,7 +82,8 @@ def test_replicate_then_restore_elsewhere(s3: S3Server, tmp_path: Path) -> None:
         commits = [writer.execute() for _ in range(20)]
         wait_for(lambda: (rep.status()["last_sync"] or 0) > commits[-1], 10, "a sync after the last commit")
         status = rep.status()
-        assert status["running"] and status["pid"] and status["error"] is None and status["lag_seconds"] == 0
+        assert status["running"] and status["pid"] and status["error"] is None
+        assert 0 <= status["lag_seconds"] < 5, "the replica trails by about the monitor and sync intervals"
         synced_before = sum(1 for c in commits if c < status["last_sync"])
         out = tmp_path / "elsewhere" / "nb.durable.db"
         assert restore(url, out, endpoint=s3.endpoint)
@@ -151,8 +152,8 @@ def test_point_in_time_restore(s3: S3Server, tmp_path: Path) -> None:
     rep = Replicator(log, url, endpoint=s3.endpoint, **FAST).start()
     try:
         for _ in range(3):
-            writer.execute()
-        wait_for(lambda: (rep.status()["last_sync"] or 0) > time.time() - 0.05, 10, "the first rows to sync")
+            first = writer.execute()
+        wait_for(lambda: (rep.status()["last_sync"] or 0) > first, 10, "the first rows to sync")
         time.sleep(1.0)
         middle = dt.datetime.now(dt.timezone.utc)
         time.sleep(1.0)

@@ -205,7 +205,8 @@ def test_replicate_restore_elsewhere_and_replay(s3: S3Server, tmp_path: Path, ke
     second = kernels.run_all(copy_notebook(nb_a, tmp_path / "b"))
     assert [r.durable_states() for r in second[2:]] == [["replayed"]] * 3
     assert "loaded 1000" in second[2].text() and "mean 999.0" in second[3].text()
-    assert second[4].outputs[-1]["content"]["data"]["text/plain"] == "999000"
+    (result,) = [o for o in second[4].outputs if o["msg_type"] == "execute_result"]
+    assert result["content"]["data"]["text/plain"] == "999000"
     assert real_runs(counts) == ["load", "stats", "total"], "a replayed cell really ran again"
 
 

@@ -9,6 +9,7 @@ a read-only mount is what a user without write access, a full quota's remount or
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import subprocess
@@ -26,10 +27,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 40 MB tmpfs, unmounted at the end."""
+    """An 80 MB tmpfs, unmounted at the end: room for a 24 MB record in the WAL plus its checkpoint's copy in the
+    database file once space is freed, so recovery never depends on when that checkpoint runs."""
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True,
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(mount)], capture_output=True,
                           text=True)
     assert done.returncode == 0, (f"these tests mount a size-limited tmpfs and need root (or CAP_SYS_ADMIN): "
                                   f"{done.stderr.strip()}")
@@ -79,12 +81,27 @@ def recorded(db: Path) -> list[str]:
         conn.close()
 
 
+def settle(kernel: NotebookKernel) -> None:
+    """Wait in the kernel for its pending background checkpoints (1 s after each commit): they write pages into
+    the database file, so a fill measured while one is due would leave a different amount free, or hit the
+    full disk itself, depending on the machine's load."""
+    ok(kernel.execute("import threading as _th\nfrom durable_nb.log import connect as _connect\n"
+                      "for _t in _th.enumerate():\n    if isinstance(_t, _connect._Checkpoint):\n"
+                      "        _t.join()"))
+
+
 def fill(path: Path, keep_free: int) -> None:
-    """Fill the filesystem of `path` until `keep_free` bytes are left."""
+    """Fill the filesystem of `path` until `keep_free` bytes are left (to the last byte when 0)."""
     stat = os.statvfs(path.parent)
-    free = stat.f_bavail * stat.f_frsize
-    with open(path, "wb") as out:
-        out.write(b"\0" * max(free - keep_free, 0))
+    left = max(stat.f_bavail * stat.f_frsize - keep_free, 0)
+    chunk = b"\0" * (1 << 20)
+    with open(path, "wb", buffering=0) as out:
+        try:
+            while left > 0:
+                left -= out.write(chunk[:left])
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or keep_free:
+                raise
 
 
 BIG = "%%durable --name big\nimport numpy as np\nbig = np.random.default_rng(2).random(3_000_000)  # 24 MB"
@@ -97,6 +114,7 @@ def test_full_disk_mid_record(small_fs: Path, tmp_path: Path) -> None:
     try:
         assert ok(kernel.execute("%%durable --name small\nsmall = 1")).durable_states() == ["recorded"]
         filler = small_fs / "filler"
+        settle(kernel)
         fill(filler, 12 << 20)  # room for the `running` row, not for 24 MB
         full = ok(kernel.execute(BIG))
         status = full.durable_statuses()[-1]
@@ -111,6 +129,7 @@ def test_full_disk_mid_record(small_fs: Path, tmp_path: Path) -> None:
 
         # Not a byte left: small records still fit in the WAL pages the failed one freed; a big one fails
         # the same clear way, and the cells keep running.
+        settle(kernel)
         fill(small_fs / "filler2", 0)
         tiny = ok(kernel.execute("%%durable --name tiny\ntiny = 'still computed'\nprint(tiny)"))
         assert "still computed" in tiny.text()
@@ -126,6 +145,7 @@ def test_full_disk_mid_record(small_fs: Path, tmp_path: Path) -> None:
         (small_fs / "filler2").unlink()
         again = ok(kernel.execute(BIG))
         assert again.durable_states() == ["recorded"], again.durable_statuses()
+        settle(kernel)  # its checkpoint copies 24 MB into the database file: done before the next record
         assert ok(kernel.execute("%%durable --name tiny\ntiny = 'recorded again'")).durable_states() == ["recorded"]
     finally:
         kernel.close()

@@ -1,6 +1,12 @@
 """Torture (issue 17): replication faults while cells keep recording. The S3 server (a real rclone) is stopped
 for 30 s (a few seconds in the short version) and Litestream is SIGKILLed: local work never blocks or fails,
-replication catches up by itself, and a restore equals the local log."""
+replication catches up by itself, and a restore equals the local log.
+
+The restore made as soon as `last_sync` passed the last commit used to miss the cells recorded during and after
+the outage: the supervisor took Litestream's first upload of its backlog for a sync, and then a WAL read in
+64 MB chunks for one that reached the WAL's end (durable_nb.replicate.Replicator._observe now reckons from the
+WAL reads, and config() turns the chunks off). Litestream 0.5.17 itself reads no WAL while the server is
+down, so the whole outage is read and shipped after it (README, Replication)."""
 
 from __future__ import annotations
 
