@@ -232,6 +232,19 @@ MIGRATIONS: tuple[Migration, ...] = (
                (SELECT string_agg(j.k, ', ') FROM json_object_keys(e.read_files::json) AS j(k)) AS files_read
         FROM execution e;
         """),
+    Migration(6, SQLITE_MIGRATIONS[5].name, """
+        DROP VIEW executions;
+        CREATE VIEW executions AS
+        SELECT e.id AS execution_id, e.run_id, e.cell_name, e.cell_id, e.execution_count, e.state,
+               e.started_at, e.finished_at, e.duration,
+               CASE WHEN e.replayed_from IS NULL THEN e.duration
+                    ELSE (SELECT s.duration FROM execution s WHERE s.id = e.replayed_from) END AS original_duration,
+               e.saved_seconds, e.replayed_from, e.reason,
+               e.input_names AS inputs, e.output_names AS outputs, e.bytes_stored, e.replayable, e.error_type,
+               e.error_message, e.key, e.code_hash,
+               (SELECT string_agg(j.k, ', ') FROM json_object_keys(e.read_files::json) AS j(k)) AS files_read
+        FROM execution e;
+        """),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
