@@ -36,8 +36,10 @@ def bare() -> float:
     return statistics.median(_per_call(inc) for _ in range(REPEAT))
 
 
-def durable(folder: Path, durability: str) -> tuple[float, float]:
-    """(record, replay) seconds per call, each the median over REPEAT fresh logs."""
+def durable(folder: Path, durability: str,
+            location: Callable[[int], Path | str] | None = None) -> tuple[float, float]:
+    """(record, replay) seconds per call, each the median over REPEAT fresh logs (`location(n)`: where the
+    n-th is; default a file in `folder`)."""
     import durable_nb.calls as act
     from durable_nb import session
     from durable_nb.log.calls import flush
@@ -45,7 +47,8 @@ def durable(folder: Path, durability: str) -> tuple[float, float]:
     step = act.activity(inc)
     records, replays = [], []
     for n in range(REPEAT):
-        session.open_log(folder / f"{durability}-{n}.db", durability=durability)  # type: ignore[arg-type]
+        where = location(n) if location else folder / f"{durability}-{n}.db"
+        session.open_log(where, durability=durability)  # type: ignore[arg-type]
         act.reset_scope()
         step(-1)  # first use: imports, recorder, flusher thread
         records.append(_per_call(step))

@@ -40,16 +40,24 @@ def _overhead(ip, durable_cells: list[str], plain_cells: list[str]) -> tuple[flo
     return statistics.median(durable), statistics.median(excess)
 
 
+def measure(log: Path | str) -> tuple[float, float, float, float, float]:
+    """(plain cell, record total, record overhead, replay total, replay overhead) medians on the log at `log`
+    (a path, or a PostgreSQL URL: benchmarks/bench_pg_log.py)."""
+    ip = durable_shell(log)
+    ip.run_cell("a = 1")
+    _times(ip, ["%%durable\nwarm = a + 1"] * 5 + ["warm2 = a + 1"] * 5)
+    plain = [f"x = a + {i}" for i in range(N)]
+    record, record_excess = _overhead(ip, [f"%%durable\nx = a + {i}" for i in range(N)], plain)
+    replay, replay_excess = _overhead(ip, ["%%durable\nx = a + 7"] * N, plain)
+    base = statistics.median(_times(ip, plain))
+    ip.run_cell("from durable_nb import session; session.close_log()")
+    return base, record, record_excess, replay, replay_excess
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DURABLE_NB_SECRET_FILE"] = str(Path(tmp) / "secret")
-        ip = durable_shell(Path(tmp) / "bench.durable.db")
-        ip.run_cell("a = 1")
-        _times(ip, ["%%durable\nwarm = a + 1"] * 5 + ["warm2 = a + 1"] * 5)
-        plain = [f"x = a + {i}" for i in range(N)]
-        record, record_excess = _overhead(ip, [f"%%durable\nx = a + {i}" for i in range(N)], plain)
-        replay, replay_excess = _overhead(ip, ["%%durable\nx = a + 7"] * N, plain)
-        base = statistics.median(_times(ip, plain))
+        base, record, record_excess, replay, replay_excess = measure(Path(tmp) / "bench.durable.db")
     report("plain trivial cell (baseline)", base)
     report("%%durable trivial cell, record: overhead", record_excess, limit=1e-3, limit_kind="abs")
     report("%%durable trivial cell, record: total", record, base, baseline_name="plain cell")

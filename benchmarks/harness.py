@@ -68,7 +68,7 @@ def report(name: str, value: float, baseline: float | None = None, *, baseline_n
     RESULTS.append({"name": name, "value": value, "baseline": baseline, "ratio": ratio, "ok": ok})
 
 
-def durable_shell(db: Path) -> Any:
+def durable_shell(db: Path | str) -> Any:
     """A fresh IPython shell with durable_nb loaded on log `db` (displays collected, not printed)."""
     from IPython.core.displaypub import CapturingDisplayPublisher
     from IPython.core.interactiveshell import InteractiveShell

@@ -387,7 +387,7 @@ class DurableCell:
         execution's own time, for a replay with `original_s` (the recorded run) and `saved_s` (their difference)."""
         return {
             "version": 1, "state": state, "cell": self.opts.name, "cell_id": self.cell_id,
-            "execution_id": execution_id, "replayed_from": replayed_from, "log": str(self.log.path),
+            "execution_id": execution_id, "replayed_from": replayed_from, "log": str(self.log),
             "session": SESSION, "recorded_at": iso(recorded_at), "duration_s": duration,
             "original_s": original if original is not None else (duration if state != "running" else None),
             "saved_s": saved, "reason": reason, "changed": reason.split(", ") if reason else [],

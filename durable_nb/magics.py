@@ -35,6 +35,7 @@ from traitlets import Bool, CaselessStrEnum, Unicode, observe
 from . import session
 from .errors import LogError
 from .log import current
+from .pg_url import display_url
 from .views import DurableLog
 
 if TYPE_CHECKING:
@@ -373,6 +374,10 @@ class DurableMagics(Magics):
         from . import replicate  # deferred for start-up speed: boto3 only when replicating
 
         path = current.configured_path()
+        if isinstance(path, str):
+            print(f"durable: not replicating: {display_url(path)} is a PostgreSQL log (its server keeps it "
+                  "durable; Litestream replicates SQLite files).", file=sys.stderr)
+            return
         options = {"endpoint": self.replicate_endpoint or None}
         try:
             if replicate.restore_if_missing(path, self.replicate_url, **options):

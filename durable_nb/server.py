@@ -41,7 +41,7 @@ EXECUTION_COLUMNS = (
 RUN_QUERY = f"SELECT {RUN_COLUMNS} FROM runs ORDER BY run_id DESC LIMIT {MAX_RUNS}"
 # The newest executions, returned oldest first so each run lists its cells in the order they ran.
 EXEC_QUERY = (f"SELECT * FROM (SELECT {EXECUTION_COLUMNS} FROM executions ORDER BY execution_id DESC "
-              f"LIMIT {MAX_EXECUTIONS}) ORDER BY execution_id")
+              f"LIMIT {MAX_EXECUTIONS}) AS newest ORDER BY execution_id")
 
 
 class LogRequestError(Exception):

@@ -7,7 +7,6 @@ The magics push their settings here (`configure`) when they load and whenever `%
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import cast
 
 from .log import current
@@ -18,7 +17,8 @@ from .views import DurableLog
 def configure(path: str | os.PathLike[str] | None = None, *, durability: Durability = "normal",
               from_scratch: bool = False) -> None:
     """Choose how the current log is opened; an open log that no longer matches is closed."""
-    stale = current.configure(current.Settings(Path(path) if path is not None else None, durability, from_scratch))
+    stale = current.configure(current.Settings(current.location(path) if path is not None else None, durability,
+                                               from_scratch))
     if stale is not None:
         stale.close()
 

@@ -14,9 +14,12 @@ from typing import Any, cast
 from . import signing
 from .codecs import CODECS
 from .codecs.pickle import _digest
-from .errors import DecodeError, NotALogError
+from .errors import DecodeError, LogError, NotALogError
 from .log.blobs import BlobSource
+from .log.connect import is_postgres
+from .log.pg_blobs import PgBlobSource
 from .log.store import LogStore
+from .pg_url import is_postgres_url
 
 
 def untrusted_reason(log_path: str | os.PathLike[str]) -> str:
@@ -161,6 +164,12 @@ def verify_log(path: str | os.PathLike[str]) -> Review:
 def trust_log(log: str | os.PathLike[str] | LogStore, *, dry_run: bool = False) -> Trusted:
     """Re-sign with this user's key every intact pickled value (cell outputs and activity results) of a log
     the user has reviewed, so they replay here. Tampered values are refused, never signed."""
+    if is_postgres_url(str(log)):
+        # One signature per value: re-signing a shared log with this user's secret would take every teammate's
+        # values away from them. Team trust is by public key (issue 16), not built yet.
+        raise LogError(f"durable-nb trust re-signs values with your own secret, which on the team log {log} "
+                       "would replace your teammates' signatures; trusting a teammate on PostgreSQL (by public "
+                       "key) is not available yet. Their pickled values run again instead of replaying.")
     if isinstance(log, LogStore):
         return _trust(log, dry_run)
     if not Path(log).exists():
@@ -190,6 +199,10 @@ def _hashes(value: StoredValue, blob_hashes: dict[int, str]) -> list[str]:
 
         return [xxhash.xxh3_128_hexdigest(value.inline)]
     return [blob_hashes[b] for b in value.blob_ids]
+
+
+def source(conn: sqlite3.Connection, blob_id: int) -> BlobSource:
+    return PgBlobSource(conn, blob_id) if is_postgres(conn) else BlobSource(conn, blob_id)
 
 
 def _review(conn: sqlite3.Connection, path: Path) -> Review:
@@ -246,7 +259,7 @@ def _check_blobs(conn: sqlite3.Connection, review: Review,
         review.blob_bytes += size
         view = memoryview(buffer)[:size]
         try:
-            BlobSource(conn, blob_id).readinto(view)
+            source(conn, blob_id).readinto(view)
         except DecodeError:
             bad[blob_id] = f"blob {blob_hash} ({size} bytes) fails its content hash"
             continue

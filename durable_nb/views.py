@@ -58,7 +58,7 @@ def _frame(log: LogStore, view: str, where: str = "", params: tuple[Any, ...] = 
 
     sql = f"SELECT * FROM {view} {'WHERE ' + where if where else ''}"
     if tail is not None:
-        sql = f"SELECT * FROM ({sql} ORDER BY {order} DESC LIMIT {int(tail)}) ORDER BY {order}"
+        sql = f"SELECT * FROM ({sql} ORDER BY {order} DESC LIMIT {int(tail)}) AS tail ORDER BY {order}"
     elif order:
         sql += f" ORDER BY {order}"
     cur = log.conn.execute(sql, params)
@@ -410,9 +410,9 @@ def status(log: LogStore | str | os.PathLike[str] | None = None) -> queries.LogS
     replication when this process replicates the log."""
     with opened(log) as lg:
         found = queries.status(lg.conn, lg.path, current_run=getattr(lg, "_run_id", None))
-    found.replication = background.live_status(found.path, "replication")
-    found.pending_calls = journal.pending(found.path)
-    found.problems = background.problems(found.path)
+    found.replication = background.live_status(lg.path, "replication")
+    found.pending_calls = journal.pending(lg.path)
+    found.problems = background.problems(lg.path)
     return found
 
 

@@ -3,11 +3,17 @@
 from collections.abc import Iterator
 from typing import Any
 
+import backends
 import pytest
 import torture
+from backends import backend, log_location  # noqa: F401  (fixtures: the test's log on SQLite or PostgreSQL)
 from pg_server import pg_database, postgres  # noqa: F401  (fixtures: a real PostgreSQL on 127.0.0.1, a database)
 from s3server import s3  # noqa: F401  (fixture: a real rclone S3 server on 127.0.0.1)
 from shells import new_shell, secret, shell  # noqa: F401  (fixtures: IPython shells with durable_nb loaded)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends.parametrize(metafunc)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

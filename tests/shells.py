@@ -18,7 +18,7 @@ from durable_nb import session
 class Shell:
     """An InteractiveShell with durable_nb loaded, whose displays are collected in `displays`."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path | str) -> None:
         cfg = Config()
         cfg.HistoryManager.hist_file = ":memory:"
         InteractiveShell.clear_instance()
@@ -72,10 +72,12 @@ def secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def new_shell(tmp_path: Path, secret: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], Shell]]:
-    """A factory: each call is a new "kernel" on the same log (tmp_path/t.durable.db)."""
+def new_shell(tmp_path: Path, secret: Path, monkeypatch: pytest.MonkeyPatch,
+              log_location: Path | str) -> Iterator[Callable[[], Shell]]:
+    """A factory: each call is a new "kernel" on the same log (tmp_path/t.durable.db, or on PostgreSQL in the
+    modules that run on both backends: see backends.py)."""
     monkeypatch.chdir(tmp_path)
-    db = tmp_path / "t.durable.db"
+    db = log_location
     made: list[Shell] = []
 
     def make() -> Shell:

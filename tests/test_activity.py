@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from backends import is_postgres
 from shells import Shell
 
 import durable_nb
@@ -29,10 +30,12 @@ from durable_nb.log.calls import flush
 from durable_nb.log.journal import recover
 from durable_nb.retry import RetryPolicy
 
+BOTH_BACKENDS = True
+
 
 @pytest.fixture
-def db(tmp_path: Path, secret: Path) -> Iterator[Path]:
-    path = tmp_path / "a.durable.db"
+def db(log_location: Path, secret: Path) -> Iterator[Path]:
+    path = log_location
     session.open_log(path)
     act.reset_scope()
     yield path
@@ -105,7 +108,8 @@ def test_record_then_replay_in_a_new_log_session(db: Path) -> None:
     act.reset_scope()
     assert square(3, 0) == {"x": 3, "sq": 9} and len(calls) == 50
     assert square(3, offset=1) == {"x": 3, "sq": 10} and len(calls) == 51
-    states = rows(db, "SELECT state, count(*), max(attempts), max(retries) FROM activities GROUP BY state")
+    states = rows(db, "SELECT state, count(*), max(attempts), max(retries) FROM activities GROUP BY state "
+                  "ORDER BY state")
     assert states == [("recorded", 51, 1, 0)]
 
 
@@ -287,7 +291,8 @@ def test_async_activities_with_gather_and_timeouts(db: Path) -> None:
         asyncio.run(fetch(99))
     restart(db)
     assert asyncio.run(main()) == [i * 2 for i in range(20)] and len(calls) == 21
-    assert rows(db, "SELECT state, count(*) FROM activities GROUP BY state") == [("failed", 1), ("recorded", 20)]
+    assert rows(db, "SELECT state, count(*) FROM activities GROUP BY state ORDER BY state") == [
+        ("failed", 1), ("recorded", 20)]
 
 
 def test_calls_from_many_threads_are_all_recorded(db: Path) -> None:
@@ -425,9 +430,9 @@ def test_execution_scope_links_calls_to_the_cell_execution(db: Path) -> None:
     log = session.current_log()
     run_id = log.run_id
     with log.transaction() as conn:
-        execution_id = conn.execute(
+        (execution_id,) = conn.execute(
             "INSERT INTO execution (run_id, key, code, code_hash, state, started_at) "
-            "VALUES (?, 'k', 'x', 'h', 'running', 0)", (run_id,)).lastrowid
+            "VALUES (?, 'k', 'x', 'h', 'running', 0) RETURNING id", (run_id,)).fetchone()
 
     @activity
     def f(x: int) -> int:
@@ -596,7 +601,8 @@ def test_the_log_and_its_views_show_calls_made_a_moment_ago(db: Path, monkeypatc
     assert log.conn.execute("SELECT count(*) FROM activities").fetchone()[0] == 4
 
 
-def test_a_failing_background_flush_is_shown_until_the_log_takes_the_calls(shell: Shell) -> None:
+def test_a_failing_background_flush_is_shown_until_the_log_takes_the_calls(shell: Shell,
+                                                                          log_location: Path | str) -> None:
     """The flusher thread has no caller: its error must reach %durable_status and the next cell's status line,
     and go away once the calls are in the log."""
     import io
@@ -610,7 +616,10 @@ def test_a_failing_background_flush_is_shown_until_the_log_takes_the_calls(shell
     log = session.current_log()
     rec = log_calls.recorder_for(log, lambda: None)
     rec.flush()
-    rec.conn.execute("PRAGMA query_only = 1")  # SQLite itself now refuses the flusher's writes
+    # The database itself now refuses the flusher's writes.
+    refuse, accept = (("SET default_transaction_read_only = on", "SET default_transaction_read_only = off")
+                      if is_postgres(log_location) else ("PRAGMA query_only = 1", "PRAGMA query_only = 0"))
+    rec.conn.execute(refuse)
     shell.run("inc(2)")
     deadline = time.time() + 5
     while not any("activity flusher" in p for p in durable_nb.views.status(log).problems) and time.time() < deadline:
@@ -622,7 +631,7 @@ def test_a_failing_background_flush_is_shown_until_the_log_takes_the_calls(shell
     assert "journaled, not yet in the log" in out.getvalue()
     shell.durable("z = 1")
     assert "activity flusher" in shell.last_status()["message"]
-    rec.conn.execute("PRAGMA query_only = 0")
+    rec.conn.execute(accept)
     log_calls._FLUSHER.wake(rec)
     deadline = time.time() + 5
     while durable_nb.views.status(log).problems and time.time() < deadline:

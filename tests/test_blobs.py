@@ -9,24 +9,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xxhash
+from backends import is_postgres, only
 
 from durable_nb.errors import DecodeError
 from durable_nb.log import blobs
 from durable_nb.log.blobs import BlobStore, ContentHash, content_hash
 from durable_nb.log.connect import connect, write_transaction
+from durable_nb.log.connect import is_postgres as is_postgres_conn
+from durable_nb.log.pg_blobs import PgBlobStore
+from durable_nb.log.store import LogStore
+
+BOTH_BACKENDS = True
+READER_THREADS = "reader threads (each on its own read-only connection) are how SQLite logs read big blobs"
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, Path]]:
-    path = tmp_path / "x.durable.db"
-    conn = connect(path)
-    yield conn, path
-    conn.close()
+def log(log_location: Path | str) -> Iterator[tuple[sqlite3.Connection, Path]]:
+    if not is_postgres(log_location):
+        conn = connect(log_location)
+        yield conn, Path(log_location)
+        conn.close()
+        return
+    with LogStore(log_location, readonly=False) as store:
+        yield store.conn, store.path
+
+
+def store(conn: sqlite3.Connection, chunk_size: int = blobs.CHUNK_SIZE) -> BlobStore:
+    return (PgBlobStore if is_postgres_conn(conn) else BlobStore)(conn, chunk_size=chunk_size)
 
 
 def _put(conn: sqlite3.Connection, path: Path, data: object, chunk_size: int = 1024) -> int:
     with write_transaction(conn, path):
-        return BlobStore(conn, chunk_size=chunk_size).sink().put(data)
+        return store(conn, chunk_size=chunk_size).sink().put(data)
 
 
 def _chunks(conn: sqlite3.Connection, blob_id: int) -> list[tuple[int, int, str]]:
@@ -38,7 +52,7 @@ def test_put_read_round_trip_multi_chunk(log: tuple[sqlite3.Connection, Path]) -
     conn, path = log
     data = os.urandom(5000)
     blob_id = _put(conn, path, data)
-    source = BlobStore(conn).source(blob_id)
+    source = store(conn).source(blob_id)
     assert source.size == 5000
     assert source.hash == content_hash(data) and source.hash.startswith("tree:")
     assert bytes(source.read()) == data
@@ -51,7 +65,7 @@ def test_readinto_fills_a_preallocated_array(log: tuple[sqlite3.Connection, Path
     arr = np.random.default_rng(0).random((300, 7))
     blob_id = _put(conn, path, arr)
     out = np.empty_like(arr)
-    BlobStore(conn).source(blob_id).readinto(out)
+    store(conn).source(blob_id).readinto(out)
     assert np.array_equal(out, arr)
 
 
@@ -59,13 +73,13 @@ def test_fortran_order_buffer_is_stored_without_copy_error(log: tuple[sqlite3.Co
     conn, path = log
     arr = np.asfortranarray(np.arange(60.0).reshape(6, 10))
     blob_id = _put(conn, path, arr)
-    assert bytes(BlobStore(conn).source(blob_id).read()) == arr.tobytes(order="F")
+    assert bytes(store(conn).source(blob_id).read()) == arr.tobytes(order="F")
 
 
 def test_empty_blob(log: tuple[sqlite3.Connection, Path]) -> None:
     conn, path = log
     blob_id = _put(conn, path, b"")
-    assert BlobStore(conn).source(blob_id).read() == bytearray()
+    assert store(conn).source(blob_id).read() == bytearray()
     assert _chunks(conn, blob_id) == []
 
 
@@ -75,7 +89,7 @@ def test_same_content_is_stored_once(log: tuple[sqlite3.Connection, Path]) -> No
     first = _put(conn, path, data)
     second = _put(conn, path, bytearray(data))
     with write_transaction(conn, path):
-        sink = BlobStore(conn, chunk_size=1024).sink()
+        sink = store(conn, chunk_size=1024).sink()
         with sink.writer() as writer:
             for start in range(0, 3000, 700):
                 writer.write(data[start:start + 700])
@@ -89,13 +103,13 @@ def test_streaming_writer_matches_put(log: tuple[sqlite3.Connection, Path]) -> N
     conn, path = log
     data = os.urandom(10_000)
     with write_transaction(conn, path):
-        sink = BlobStore(conn, chunk_size=1024).sink()
+        sink = store(conn, chunk_size=1024).sink()
         writer = sink.writer()
         writer.write(data[:10])
         writer.write(memoryview(data)[10:5000])  # spans several whole chunks
         writer.write(data[5000:])
         writer.close()
-    source = BlobStore(conn).source(writer.blob_id)
+    source = store(conn).source(writer.blob_id)
     assert source.hash == content_hash(data) and source.hash.startswith("tree:")
     assert bytes(source.read()) == data
     assert all(size == 1024 for _, size, _ in _chunks(conn, writer.blob_id)[:-1])
@@ -116,7 +130,7 @@ def test_compression_only_where_it_pays(log: tuple[sqlite3.Connection, Path]) ->
     assert stored[noisy] == random_floats.nbytes
     assert stored[flat] < zeros.nbytes / 50
     out = np.empty_like(zeros)
-    BlobStore(conn).source(flat).readinto(out)
+    store(conn).source(flat).readinto(out)
     assert np.array_equal(out, zeros)
 
 
@@ -131,7 +145,7 @@ def test_flipped_byte_fails_verification(log: tuple[sqlite3.Connection, Path], c
     with write_transaction(conn, path):
         conn.execute("UPDATE chunk SET data = ? WHERE id = ?", (bytes(tampered), rowid))
     with pytest.raises(DecodeError, match="failed verification: the log was modified"):
-        BlobStore(conn).source(blob_id).read()
+        store(conn).source(blob_id).read()
 
 
 def test_missing_chunk_fails_verification(log: tuple[sqlite3.Connection, Path]) -> None:
@@ -140,14 +154,14 @@ def test_missing_chunk_fails_verification(log: tuple[sqlite3.Connection, Path]) 
     with write_transaction(conn, path):
         conn.execute("DELETE FROM chunk WHERE blob_id = ? AND seq = 2", (blob_id,))
     with pytest.raises(DecodeError, match="failed verification"):
-        BlobStore(conn).source(blob_id).read()
+        store(conn).source(blob_id).read()
 
 
 def test_discard_removes_blobs_created_since_mark(log: tuple[sqlite3.Connection, Path]) -> None:
     conn, path = log
     kept = _put(conn, path, b"kept")
     with write_transaction(conn, path):
-        sink = BlobStore(conn).sink()
+        sink = store(conn).sink()
         sink.put(b"first")
         mark = sink.mark()
         sink.put(b"kept")  # existed before this sink: must survive
@@ -156,7 +170,7 @@ def test_discard_removes_blobs_created_since_mark(log: tuple[sqlite3.Connection,
     assert len(sink.blob_ids) == 1
     assert {r[0] for r in conn.execute("SELECT hash FROM blob")} == {
         content_hash(b"kept"), content_hash(b"first")}
-    assert BlobStore(conn).source(kept).read() == b"kept"
+    assert store(conn).source(kept).read() == b"kept"
 
 
 def test_non_contiguous_buffer_is_refused(log: tuple[sqlite3.Connection, Path]) -> None:
@@ -172,12 +186,13 @@ def test_multi_chunk_blob_reads_the_same_inside_and_outside_a_transaction(
     conn, path = log
     data = os.urandom(10_000)
     with write_transaction(conn, path):
-        sink = BlobStore(conn, chunk_size=1024).sink()
+        sink = store(conn, chunk_size=1024).sink()
         blob_id = sink.put(data)
-        assert bytes(BlobStore(conn).source(blob_id).read()) == data
-    assert bytes(BlobStore(conn).source(blob_id).read()) == data
+        assert bytes(store(conn).source(blob_id).read()) == data
+    assert bytes(store(conn).source(blob_id).read()) == data
 
 
+@only("sqlite", reason=READER_THREADS)
 def test_a_bad_chunk_read_by_a_reader_thread_fails_cleanly(log: tuple[sqlite3.Connection, Path]) -> None:
     """The threads filling later chunks wait for the hash of earlier ones: a chunk that cannot be read must
     end the read with a clear error, not leave them waiting."""
@@ -185,7 +200,7 @@ def test_a_bad_chunk_read_by_a_reader_thread_fails_cleanly(log: tuple[sqlite3.Co
     blob_id = _put(conn, path, os.urandom(8 * 1024))
     conn.execute("UPDATE chunk SET data = zeroblob(10) WHERE blob_id = ? AND seq = 2", (blob_id,))
     with pytest.raises(DecodeError, match="failed verification"):
-        BlobStore(conn).source(blob_id).read()
+        store(conn).source(blob_id).read()
 
 
 def test_content_hash_is_the_same_however_the_bytes_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,6 +214,7 @@ def test_content_hash_is_the_same_however_the_bytes_arrive(monkeypatch: pytest.M
     assert content_hash(data) != content_hash(data[:-1]) != content_hash(b"")
 
 
+@only("sqlite", reason=READER_THREADS)
 @pytest.mark.parametrize("flip", [None, 0, 2600], ids=["intact", "first-piece", "later-chunk"])
 def test_reader_threads_verify_the_pieces_they_copy(log: tuple[sqlite3.Connection, Path],
                                                     monkeypatch: pytest.MonkeyPatch, flip: int | None) -> None:
@@ -213,9 +229,9 @@ def test_reader_threads_verify_the_pieces_they_copy(log: tuple[sqlite3.Connectio
         with conn.blobopen("chunk", "data", rowid) as chunk:
             chunk[offset] = chunk[offset] ^ 0xFF
         with pytest.raises(DecodeError, match="failed verification"):
-            BlobStore(conn).source(blob_id).read()
+            store(conn).source(blob_id).read()
     else:
-        assert bytes(BlobStore(conn).source(blob_id).read()) == data
+        assert bytes(store(conn).source(blob_id).read()) == data
 
 
 def test_blobs_of_older_logs_keep_their_plain_hash(log: tuple[sqlite3.Connection, Path]) -> None:
@@ -224,7 +240,7 @@ def test_blobs_of_older_logs_keep_their_plain_hash(log: tuple[sqlite3.Connection
     data = os.urandom(5000)
     blob_id = _put(conn, path, data)
     conn.execute("UPDATE blob SET hash = ? WHERE id = ?", (xxhash.xxh3_128_hexdigest(data), blob_id))
-    assert bytes(BlobStore(conn).source(blob_id).read()) == data
+    assert bytes(store(conn).source(blob_id).read()) == data
     conn.execute("UPDATE chunk SET data = ? WHERE blob_id = ? AND seq = 1", (os.urandom(1024), blob_id))
     with pytest.raises(DecodeError, match="failed verification"):
-        BlobStore(conn).source(blob_id).read()
+        store(conn).source(blob_id).read()

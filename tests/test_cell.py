@@ -7,13 +7,15 @@ real restart, SIGKILL or two processes live in tests/integration/.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from backends import is_postgres, sql
 from IPython.core.error import UsageError
 from shells import Shell
+
+BOTH_BACKENDS = True
 
 COUNT = "__import__('pathlib').Path('runs.log').open('a').write('{}\\n')\n"
 
@@ -232,11 +234,11 @@ def test_foreign_pickles_are_not_loaded(new_shell: Callable[[], Shell], tmp_path
     assert "not trusted" in sh.last_status()["reason"] or "untrusted" in sh.last_status()["reason"]
 
 
-def test_tampered_blob_is_a_miss(new_shell: Callable[[], Shell], tmp_path: Path) -> None:
+def test_tampered_blob_is_a_miss(new_shell: Callable[[], Shell], log_location: Path | str) -> None:
     cell = body("c", "import numpy as np\narr = np.arange(1000)")
     new_shell().durable(cell)
-    with sqlite3.connect(tmp_path / "t.durable.db") as conn:
-        conn.execute("UPDATE chunk SET data = zeroblob(length(data))")
+    zeros = "decode(repeat('00', length(data)), 'hex')" if is_postgres(log_location) else "zeroblob(length(data))"
+    sql(log_location, f"UPDATE chunk SET data = {zeros}")
     sh = new_shell()
     sh.durable(cell)
     assert runs("c") == 2 and sh.ns["arr"][5] == 5

@@ -286,7 +286,7 @@ def test_help_shows_the_documented_example_of_every_command(capsys: pytest.Captu
 
 
 LOCAL = ["history", "runs", "activities", "query", "show", "load", "diff", "status", "verify", "trust", "export",
-         "gc"]  # gc last: it changes the log
+         "copy", "gc"]  # gc last: it changes the log
 
 
 def _analysis_log(new_shell: Callable[[], Shell], folder: Path) -> Path:
@@ -311,7 +311,7 @@ def test_every_local_example_runs(new_shell: Callable[[], Shell], tmp_path: Path
         assert code == 0, (name, err)
         assert out.strip(), f"durable-nb {name}'s example printed nothing"
     assert pd.read_parquet(tmp_path / "df.parquet")["a"].tolist() == [1, 2]
-    assert (tmp_path / "share.durable.db").exists()
+    assert (tmp_path / "share.durable.db").exists() and (tmp_path / "copy.durable.db").exists()
     # The others run in test_the_run_example_runs and test_the_s3_examples_run.
     assert set(EXAMPLES) - set(LOCAL) == {"run", "replicate", "restore", "fleet ls", "fleet pull"}
 

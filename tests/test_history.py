@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from backends import columns, is_postgres, only, sql
 from history_logs import synthetic_log
 from shells import Shell
 
@@ -25,10 +26,17 @@ from durable_nb.log.maintenance import export, gc
 from durable_nb.vocabulary import LOOKS
 
 DOCS = Path(__file__).parents[1] / "docs" / "schema.md"
+BOTH_BACKENDS = True
 
 
 def fingerprint(path: Path) -> tuple[str, int]:
-    """Content hash and mtime of a log and its WAL: what "nothing was written" means."""
+    """Content hash and mtime of a log and its WAL: what "nothing was written" means (on PostgreSQL: every row
+    of its tables, and the database's count of committed writes to them)."""
+    if is_postgres(path):
+        rows = [sql(path, f"SELECT * FROM {table} ORDER BY 1") for table in ("run", "execution", "output", "event",
+                                                                           "activity_call", "blob")]
+        (writes,) = sql(path, "SELECT sum(n_tup_ins + n_tup_upd + n_tup_del) FROM pg_stat_user_tables")[0]
+        return hashlib.sha256(repr(rows).encode()).hexdigest(), int(writes)
     digest = hashlib.sha256()
     for p in (path, path.with_name(path.name + "-wal")):
         if p.exists():
@@ -47,7 +55,7 @@ def crash_in_cell(db: Path) -> None:
 
 
 @pytest.fixture
-def story(new_shell: Callable[[], Shell], tmp_path: Path) -> Path:
+def story(new_shell: Callable[[], Shell], log_location: Path) -> Path:
     """Two kernels on one log: recorded, re-run on a changed input, failed, crashed, then a replay."""
     sh = new_shell()
     sh.durable("import time\ntime.sleep(0.3)\nn = 3\nrows = list(range(n))\nprint('loaded', len(rows))", "--name load")
@@ -57,7 +65,7 @@ def story(new_shell: Callable[[], Shell], tmp_path: Path) -> Path:
     with pytest.raises(ZeroDivisionError):
         sh.durable("ratio = total / 0", "--name ratio")
     session.close_log()
-    db = tmp_path / "t.durable.db"
+    db = log_location
     crash_in_cell(db)
     sh2 = new_shell()
     sh2.durable("import time\ntime.sleep(0.3)\nn = 3\nrows = list(range(n))\nprint('loaded', len(rows))", "--name load")
@@ -111,10 +119,8 @@ def test_documented_views_exist_and_match_the_pandas_columns(story: Path) -> Non
         row = re.match(r"^\| `(\w+)` \|", line)
         if row and view:
             documented[view].append(row.group(1))
-    conn = sqlite3.connect(story)
-    for name, columns in documented.items():
-        assert [r[1] for r in conn.execute(f"PRAGMA table_info({name})")] == columns, name
-    conn.close()
+    for name, documented_columns in documented.items():
+        assert columns(story, name) == documented_columns, name
     frames = {"executions": views.history(story), "runs": views.runs(story),
               "activities": views.activities(story), "outputs": views.outputs(1, story)}
     for name, frame in frames.items():
@@ -142,7 +148,8 @@ def test_load_travels_in_time_without_touching_the_namespace(story: Path, new_sh
 
 
 def test_untrusted_pickle_is_refused_and_never_unpickled(new_shell: Callable[[], Shell], tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         log_location: Path) -> None:
     marker = tmp_path / "unpickled.txt"
     sh = new_shell()
     sh.run(f"class Box:\n    def __init__(self, v):\n        self.v = v\n    def __reduce__(self):\n"
@@ -151,10 +158,11 @@ def test_untrusted_pickle_is_refused_and_never_unpickled(new_shell: Callable[[],
     session.close_log()
     marker.unlink(missing_ok=True)
     monkeypatch.setenv("DURABLE_NB_SECRET_FILE", str(tmp_path / "another-user-secret"))
-    db = tmp_path / "t.durable.db"
-    with pytest.raises(UntrustedError, match=r"durable-nb trust .*t\.durable\.db"):
+    db = log_location
+    with pytest.raises(UntrustedError, match="durable-nb trust "):
         views.load("box", log=db)
-    export(db, tmp_path / "copy.db")
+    if not is_postgres(db):
+        export(db, tmp_path / "copy.db")
     assert not marker.exists()
 
 
@@ -183,6 +191,7 @@ def test_durable_log_object_has_the_same_methods(story: Path) -> None:
     assert fingerprint(story) == before
 
 
+@only("sqlite", reason="files that are not logs, or of a newer schema: SQLite files (PostgreSQL: test_pg_store)")
 def test_bad_logs_give_clear_errors_and_stay_untouched(tmp_path: Path, story: Path) -> None:
     with pytest.raises(NotALogError, match="does not exist"):
         views.history(tmp_path / "missing.durable.db")
@@ -201,6 +210,9 @@ def test_bad_logs_give_clear_errors_and_stay_untouched(tmp_path: Path, story: Pa
     with pytest.raises(NewerLogError, match="schema version 99"):
         views.runs(newer)
     assert fingerprint(newer) == before
+
+
+def test_reading_a_log_writes_nothing(story: Path) -> None:
     before = fingerprint(story)
     for read in (views.history, views.runs, views.activities, views.status):
         read(story)
@@ -266,6 +278,7 @@ def test_timeline_reads_well_with_5000_executions(tmp_path: Path) -> None:
     assert elapsed < 20, f"the timeline took {elapsed:.1f} s"
 
 
+@only("sqlite", reason="export and gc work on SQLite logs only so far (issue 16: not built for PostgreSQL yet)")
 def test_export_copies_what_is_needed_and_never_writes_the_source(story: Path, tmp_path: Path) -> None:
     before = fingerprint(story)
     full = export(story, tmp_path / "full.db")
@@ -287,6 +300,7 @@ def test_export_copies_what_is_needed_and_never_writes_the_source(story: Path, t
     assert "saved" in latest.summary()
 
 
+@only("sqlite", reason="export and gc work on SQLite logs only so far (issue 16: not built for PostgreSQL yet)")
 def test_gc_drops_superseded_executions_and_blobs_and_keeps_replays(new_shell: Callable[[], Shell],
                                                                    tmp_path: Path) -> None:
     import numpy as np

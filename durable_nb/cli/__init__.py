@@ -18,7 +18,7 @@ from ..errors import DurableError
 from .output import UsageError
 
 # Modules that define `register(subparsers)`; each adds its verbs with `set_defaults(handler=...)`.
-VERB_MODULES: tuple[str, ...] = ("history", "query", "replicate", "trust", "jobs")
+VERB_MODULES: tuple[str, ...] = ("history", "query", "replicate", "trust", "jobs", "transfer")
 
 
 # One example per command, shown by `durable-nb COMMAND --help` and in docs/cli.md; tests/test_cli_conventions.py
@@ -36,6 +36,7 @@ EXAMPLES: dict[str, str] = {
     "gc": "durable-nb gc analysis.durable.db --keep-last 2",
     "export": "durable-nb export analysis.durable.db -o share.durable.db --latest-only",
     "status": "durable-nb status analysis.durable.db --json",
+    "copy": "durable-nb copy analysis.durable.db copy.durable.db",
     "verify": "durable-nb verify analysis.durable.db",
     "trust": "durable-nb trust analysis.durable.db --dry-run",
     "replicate": "durable-nb replicate analysis.durable.db s3://team-logs/alice/analysis.durable.db "

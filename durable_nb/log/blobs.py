@@ -138,6 +138,8 @@ class _ChunkWriter:
 class BlobSink:
     """Stores the blobs of one value inside the caller's write transaction; `blob_ids` lists them in order."""
 
+    chunk_writer: type[_ChunkWriter] = _ChunkWriter  # how chunk rows are written (log.pg_blobs: as bytea)
+
     def __init__(self, conn: sqlite3.Connection, chunk_size: int = CHUNK_SIZE) -> None:
         self.conn = conn
         self.chunk_size = chunk_size
@@ -152,7 +154,7 @@ class BlobSink:
         blob_id = self._existing(digest)
         if blob_id is None:
             blob_id = self._insert_blob(digest, len(data))
-            chunks = _ChunkWriter(self.conn, blob_id)
+            chunks = self.chunk_writer(self.conn, blob_id)
             for start in range(0, len(data), self.chunk_size):
                 chunks.write(data[start:start + self.chunk_size])
             self._finish_blob(blob_id, digest, len(data), chunks)
@@ -175,16 +177,19 @@ class BlobSink:
             _delete_blob(self.conn, blob_id)
             self._created.discard(blob_id)
 
+    def existing(self, digest: str) -> int | None:
+        """The id of the blob with this content hash, if the log has it (log.copy matches blobs by hash)."""
+        return self._existing(digest)
+
     def _existing(self, digest: str) -> int | None:
         row = self.conn.execute("SELECT id FROM blob WHERE hash = ?", (digest,)).fetchone()
         return None if row is None else int(row[0])
 
     def _insert_blob(self, digest: str, size: int) -> int:
-        cursor = self.conn.execute(
-            "INSERT INTO blob (hash, size, stored_size, chunk_count, created_at) VALUES (?, ?, 0, 0, ?)",
-            (digest, size, time.time()))
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        (blob_id,) = self.conn.execute(
+            "INSERT INTO blob (hash, size, stored_size, chunk_count, created_at) VALUES (?, ?, 0, 0, ?) RETURNING id",
+            (digest, size, time.time())).fetchone()
+        return int(blob_id)
 
     def _finish_blob(self, blob_id: int, digest: str, size: int, chunks: _ChunkWriter) -> None:
         self.conn.execute("UPDATE blob SET hash = ?, size = ?, stored_size = ?, chunk_count = ? WHERE id = ?",
@@ -212,7 +217,7 @@ class BlobWriter:
         self._filled = 0
         self._size = 0
         self._provisional = sink._insert_blob(f"pending:{uuid.uuid4().hex}", 0)
-        self._chunks = _ChunkWriter(sink.conn, self._provisional)
+        self._chunks = sink.chunk_writer(sink.conn, self._provisional)
         self._blob_id: int | None = None
         self.closed = False
 

@@ -43,7 +43,7 @@ from ..codecs import SAFE_CODECS, decode_value, encode_value, signature, trusted
 from ..errors import DecodeError, DurableError, EncodeError, LogError, LogNotWritableError
 from . import background
 from .blobs import BlobStore, content_hash
-from .connect import Durability, connect, write_transaction
+from .connect import Durability, write_transaction
 from .journal import INLINE_AT, UPSERT_MANY, Journal, journal_line, recover, upsert
 
 if TYPE_CHECKING:
@@ -76,6 +76,10 @@ class _Log(Protocol):
     def dead_run_ids(self) -> list[int]: ...
 
     def on_flush(self, flush: Callable[[], None]) -> None: ...
+
+    def connect_writer(self) -> sqlite3.Connection: ...
+
+    def blob_store(self, conn: sqlite3.Connection) -> BlobStore: ...
 
 
 class _CaptureSink:
@@ -240,7 +244,7 @@ class Recorder:
         self.path = log.path
         self.run_id = log.run_id
         self.from_scratch = log.from_scratch
-        self.conn = connect(log.path, durability=log.durability)
+        self.conn = log.connect_writer()
         run_uuid = self.conn.execute("SELECT uuid FROM run WHERE id = ?", (self.run_id,)).fetchone()[0]
         self.journal = Journal(log.path, run_uuid, fsync=log.durability == "full")
         self.uids = itertools.count(1)
@@ -251,17 +255,10 @@ class Recorder:
         self.moved: list[Path] = []  # journal files whose lines are committed once the next flush succeeds
         self.pending: dict[int, Call] = {}
         self.index: dict[str, tuple[int, dict[tuple[str, int], _Row]]] = {}
-        self._blobs: BlobStore | None = None
+        self.blobs = log.blob_store(self.conn)
         self._recover(log)
         _LIVE.add(self)
         log.on_flush(self.flush)
-
-    @property
-    def blobs(self) -> BlobStore:
-        if self._blobs is None:
-
-            self._blobs = BlobStore(self.conn)
-        return self._blobs
 
     def _recover(self, log: _Log) -> None:
         with self.wlock:

@@ -62,14 +62,14 @@ class Recorded:
 
 def start(conn: sqlite3.Connection, run_id: int, s: ExecutionStart) -> int:
     """Inside the caller's transaction (committed before user code starts, so a crash leaves a visible trace)."""
-    cur = conn.execute(
+    (execution_id,) = conn.execute(
         "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, lineage, "
         "state, started_at, reason, inputs, input_names, deps_files) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?) RETURNING id",
         (run_id, s.cell_name, s.cell_id, s.execution_count, s.key, s.code, s.code_hash, s.lineage, time.time(),
          s.reason, json.dumps(s.inputs), names(s.inputs), json.dumps(s.deps_files)),
-    )
-    return int(cur.lastrowid or 0)
+    ).fetchone()
+    return int(execution_id)
 
 
 def write_events(conn: sqlite3.Connection, execution_id: int, events: list[tuple[str, Any]]) -> None:

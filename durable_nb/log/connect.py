@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import CorruptLogError, LogError, LogNotWritableError, NewerLogError, NotALogError
-from . import background
+from . import background, pg_connect
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 Durability = Literal["normal", "full"]
@@ -68,6 +68,11 @@ def _damage(exc: sqlite3.DatabaseError | UnicodeDecodeError, conn: sqlite3.Conne
     return CorruptLogError(f"durable log {path} is damaged ({exc}). It was left as it is: keep a copy, restore it "
                            "from its replica (durable-nb restore URL -o FILE), or salvage what SQLite can read "
                            "with `sqlite3 FILE .recover`.")
+
+
+def is_postgres(conn: sqlite3.Connection) -> bool:
+    """A log on PostgreSQL (log.pg_connect.PgConnection): the few queries SQL cannot say portably ask."""
+    return not isinstance(conn, sqlite3.Connection)
 
 
 def stored_json(conn: sqlite3.Connection, text: Any) -> Any:
@@ -181,6 +186,8 @@ def _classify(exc: sqlite3.DatabaseError, path: Path) -> LogError:
 
 
 def applied_version(conn: sqlite3.Connection) -> int:
+    if is_postgres(conn):
+        return pg_connect.applied_version(conn)  # type: ignore[arg-type]
     has_table = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migration'").fetchone()
     if not has_table:
@@ -285,7 +292,12 @@ def _checkpoint(path: Path) -> None:
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection, path: str | Path) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE (so two kernels never deadlock on a lock upgrade), retrying while another writer
-    holds the log, then COMMIT; ROLLBACK on any error. Disk-full and read-only errors become clear ones."""
+    holds the log, then COMMIT; ROLLBACK on any error. Disk-full and read-only errors become clear ones.
+    A PostgreSQL log's connection (log.pg_connect.PgConnection) brings its own."""
+    if is_postgres(conn):
+        with conn.write_transaction():  # type: ignore[attr-defined]
+            yield conn
+        return
     deadline = time.monotonic() + WRITE_WAIT_SECONDS
     while True:
         try:

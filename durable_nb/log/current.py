@@ -2,7 +2,8 @@
 
 Rules, first match wins: the configured path (open_log(path) / %config DurableMagics.db / --db), the
 DURABLE_NB_DB environment variable, `<notebook stem>.durable.db` beside the notebook (IPython's `__session__`
-or the JPY_SESSION_NAME variable), else `durable.db` in the working directory. `durable_nb.session` opens the
+or the JPY_SESSION_NAME variable), else `durable.db` in the working directory. A configured path or
+DURABLE_NB_DB may be a `postgresql://` URL: a log on PostgreSQL (LogStore opens either). `durable_nb.session` opens the
 log these rules name; the history views and the activities read the same answer from here.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..pg_url import is_postgres_url
 from .connect import Durability
 
 if TYPE_CHECKING:
@@ -27,7 +29,7 @@ LOG_SUFFIX = ".durable.db"
 class Settings:
     """How the current log is opened: set by the magics' traits, `open_log(...)` or `durable-nb run`."""
 
-    path: Path | None = None
+    path: Path | str | None = None  # a str only for a PostgreSQL URL
     durability: Durability = "normal"
     from_scratch: bool = False
 
@@ -57,14 +59,19 @@ def notebook_path() -> Path | None:
     return None
 
 
-def configured_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """The path the rules above choose; `path`, when given, is the first rule."""
+def location(path: str | os.PathLike[str]) -> Path | str:
+    """A configured log as LogStore opens it: a PostgreSQL URL as typed, else a path."""
+    return path if isinstance(path, str) and is_postgres_url(path) else Path(path).expanduser()
+
+
+def configured_path(path: str | os.PathLike[str] | None = None) -> Path | str:
+    """The path (or PostgreSQL URL) the rules above choose; `path`, when given, is the first rule."""
     chosen = path if path is not None else _settings.path
     if chosen is not None:
-        return Path(chosen).expanduser()
+        return location(chosen)
     env = os.environ.get("DURABLE_NB_DB")
     if env:
-        return Path(env).expanduser()
+        return location(env)
     nb = notebook_path()
     return log_path_for(nb) if nb is not None else Path("durable.db")
 
@@ -87,7 +94,9 @@ def configure(new: Settings) -> LogStore | None:
 
 
 def matches(log: LogStore, wanted: Settings) -> bool:
-    return (log.path == configured_path(wanted.path).resolve() and log.durability == wanted.durability
+    chosen = configured_path(wanted.path)
+    return (log.location == (chosen if isinstance(chosen, str) else str(chosen.resolve()))
+            and log.durability == wanted.durability
             and log.from_scratch == wanted.from_scratch)
 
 

@@ -28,8 +28,8 @@ INLINE_AT = COLUMNS.index("inline")
 UPSERT_MANY = (f"INSERT INTO activity_call ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
                 "ON CONFLICT(uid) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[8:]))
 UPSERT = UPSERT_MANY + " RETURNING id"
-FAILURE_ROW = ("INSERT OR IGNORE INTO attempt (call_id, n, state, started_at, finished_at, delay, "
-                "error_type, error_message, traceback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+FAILURE_ROW = ("INSERT INTO attempt (call_id, n, state, started_at, finished_at, delay, "
+                "error_type, error_message, traceback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 
 
 class Journal:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import NotRecordedError
 from ..vocabulary import STATES, ago, fmt_duration, human_bytes
-from .connect import applied_version, stored_json
+from .connect import applied_version, is_postgres, stored_json
 
 # The states whose variables a later cell saw: a replay restores its source's outputs.
 _COMPLETED = "('recorded', 'replayed')"
@@ -112,9 +112,10 @@ def _span(ids: list[int]) -> str:
 
 
 def outputs(conn: sqlite3.Connection, execution_id: int) -> list[OutputRecord]:
+    hashes = ("coalesce(json_agg(b.hash)::text, '[]')" if is_postgres(conn) else "json_group_array(b.hash)")
     rows = conn.execute(
         "SELECT o.execution_id, o.name, o.kind, o.codec, o.codec_version, o.type, o.meta, o.size, o.target, "
-        "o.signature, (SELECT json_group_array(b.hash) FROM (SELECT bl.hash FROM output_blob ob "
+        f"o.signature, (SELECT {hashes} FROM (SELECT bl.hash FROM output_blob ob "
         "JOIN blob bl ON bl.id = ob.blob_id WHERE ob.execution_id = o.execution_id AND ob.name = o.name "
         "ORDER BY ob.seq) b) FROM output o WHERE o.execution_id = ? ORDER BY o.rowid", (execution_id,))
     return [OutputRecord(r[0], r[1], r[2], r[3], r[4], r[5], stored_json(conn, r[6]), r[7], r[8], r[9],
@@ -171,7 +172,7 @@ def _never_recorded(conn: sqlite3.Connection, name: str, path: Path, execution: 
 
 @dataclass
 class LogStatus:
-    path: Path
+    path: Path | str  # a str: a PostgreSQL log's password-free URL
     file_bytes: int
     wal_bytes: int
     free_bytes: int
@@ -222,20 +223,18 @@ def _counts(by_state: dict[str, int]) -> str:
 
 def status(conn: sqlite3.Connection, path: Path, current_run: int | None = None) -> LogStatus:
     """Sizes and counts: cheap aggregates over indexed tables, no blob bytes."""
-    page_size, free_pages = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "freelist_count"))
-    wal = path.with_name(path.name + "-wal")
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    shown, sizes = _pg_sizes(conn) if is_postgres(conn) else (path, _file_sizes(conn, path))
     acts: dict[str, int] = {}
-    if "activity_call" in tables:
+    if "activity_call" in _tables(conn):
         acts = dict(conn.execute("SELECT state, count(*) FROM activity_call GROUP BY state").fetchall())
     if current_run is None:
         latest = conn.execute("SELECT max(id) FROM run WHERE ended_at IS NULL").fetchone()[0]
         current_run = None if latest is None else int(latest)
     return LogStatus(
-        path=path,
-        file_bytes=path.stat().st_size if path.exists() else 0,
-        wal_bytes=wal.stat().st_size if wal.exists() else 0,
-        free_bytes=int(page_size) * int(free_pages),
+        path=shown,
+        file_bytes=sizes[0],
+        wal_bytes=sizes[1],
+        free_bytes=sizes[2],
         schema_version=applied_version(conn),
         runs=int(conn.execute("SELECT count(*) FROM run").fetchone()[0]),
         current_run=current_run,
@@ -247,7 +246,34 @@ def status(conn: sqlite3.Connection, path: Path, current_run: int | None = None)
     )
 
 
+def _file_sizes(conn: sqlite3.Connection, path: Path) -> tuple[int, int, int]:
+    """The log file's bytes, its WAL's, and its free pages'."""
+    page_size, free_pages = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "freelist_count"))
+    wal = path.with_name(path.name + "-wal")
+    return (path.stat().st_size if path.exists() else 0, wal.stat().st_size if wal.exists() else 0,
+            int(page_size) * int(free_pages))
+
+
+def _pg_sizes(conn: sqlite3.Connection) -> tuple[str, tuple[int, int, int]]:
+    """A PostgreSQL log's URL, and the bytes of its schema's tables (its blobs are the database's, shared)."""
+    (size,) = conn.execute(
+        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+    ).fetchone()
+    return str(conn.target), (int(size), 0, 0)  # type: ignore[attr-defined]
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    if is_postgres(conn):
+        return {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables "
+                                           "WHERE table_schema = current_schema()")}
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def _files_read(conn: sqlite3.Connection) -> int:
+    if is_postgres(conn):  # every PostgreSQL log has read_files (version 5 and later only)
+        return int(conn.execute("SELECT count(DISTINCT j.k) FROM execution e, json_object_keys(e.read_files::json) "
+                                "AS j(k) WHERE e.read_files != '{}'").fetchone()[0])
     columns = {r[1] for r in conn.execute("PRAGMA table_info(execution)")}
     if "read_files" not in columns:  # a log of an older schema, opened read-only
         return 0

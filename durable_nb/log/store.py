@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from ..errors import LogError
-from . import cells, journal, queries
+from ..pg_url import is_postgres_url
+from . import cells, journal, pg_store, queries
 from .blobs import BlobStore
 from .cells import ExecutionStart, Recorded, StoredOutput
 
@@ -46,13 +47,20 @@ class LogStore:
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = True,
                  durability: Durability = "normal", notebook: str | None = None,
                  from_scratch: bool = False) -> None:
-        self.path = Path(path).expanduser().resolve()
+        # A PostgreSQL URL opens a log on PostgreSQL (log.pg_store): `path` is then this machine's folder for it.
+        self._pg = pg_store.PgBackend(str(path), readonly=readonly) if is_postgres_url(path) else None
+        self.path = self._pg.path if self._pg else Path(path).expanduser().resolve()
+        # What the log was opened as, to compare with what the settings ask for (a URL may hold a password:
+        # kept in memory for that, never shown; repr shows the password-free form).
+        self.location = str(path) if self._pg else str(self.path)
         self.readonly = readonly
         # Records of earlier runs are not replayed (cells and activity calls run, and are recorded, again).
         self.from_scratch = from_scratch
         self.durability: Durability = durability
         self.notebook = notebook
-        self.conn: sqlite3.Connection = connect(self.path, readonly=readonly, durability=durability)
+        # PgConnection runs the same SQL as a sqlite3.Connection (the subset the storage layer uses).
+        self.conn: sqlite3.Connection = (cast(sqlite3.Connection, self._pg.conn) if self._pg
+                                         else connect(self.path, readonly=readonly, durability=durability))
         self._run_id: int | None = None
         # One connection, used from the kernel thread and from background flushes: one transaction at a time.
         self._lock = threading.RLock()
@@ -67,7 +75,11 @@ class LogStore:
                 journal.recover(self.conn, self.path, set(self.dead_run_ids()))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}{', readonly=True' if self.readonly else ''})"
+        return f"{type(self).__name__}({str(self)!r}{', readonly=True' if self.readonly else ''})"
+
+    def __str__(self) -> str:
+        """The log as shown to users: its path, or its PostgreSQL URL without any password."""
+        return str(self._pg.target) if self._pg else str(self.path)
 
     def __enter__(self) -> Self:
         return self
@@ -77,8 +89,16 @@ class LogStore:
 
     @cached_property
     def blobs(self) -> BlobStore:
+        return self.blob_store(self.conn)
 
-        return BlobStore(self.conn)
+    def blob_store(self, conn: sqlite3.Connection) -> BlobStore:
+        """The blobs as seen through `conn` (the log's own connection, or a recorder's)."""
+        return self._pg.blob_store(conn) if self._pg else BlobStore(conn)
+
+    def connect_writer(self) -> sqlite3.Connection:
+        """A new writable connection to this log (the activity recorder writes through its own)."""
+        return cast(sqlite3.Connection, self._pg.connect_writer()) if self._pg else connect(
+            self.path, durability=self.durability)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -154,6 +174,8 @@ class LogStore:
 
     def note_package(self, package: str, version: str) -> None:
         """Inside the caller's write transaction: this run used `package` at `version` (kept if already listed)."""
+        if self._pg:
+            return self._pg.note_package(self.conn, self.run_id, package, version)
         self.conn.execute("UPDATE run SET packages = json_set(packages, '$.' || ?, ?) WHERE id = ? AND "
                           "json_extract(packages, '$.' || ?) IS NULL", (package, version, self.run_id, package))
 
@@ -194,13 +216,17 @@ class LogStore:
     def _start_run(self) -> int:
         me = _process_identity()
         with self.transaction() as conn:
-            cur = conn.execute(
+            (run_id,) = conn.execute(
                 "INSERT INTO run (uuid, started_at, host, pid, pid_started_at, notebook, python, platform, "
-                "packages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "packages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (uuid.uuid4().hex, time.time(), me[0], me[1], me[2], self.notebook,
                  sys.version.split()[0], platform.platform(), json.dumps(package_versions())),
-            )
-            return int(cur.lastrowid or 0)
+            ).fetchone()
+            if self._pg:
+                self._pg.register(conn, int(run_id))
+        if self._pg:
+            self._pg.started(int(run_id))
+        return int(run_id)
 
     def end_run(self) -> None:
         if self._run_id is not None and not self.readonly:
@@ -216,13 +242,19 @@ class LogStore:
             with contextlib.suppress(LogError):  # a log that cannot be written keeps its run open, as a crash
                 self.end_run()
         finally:
-            if not self.readonly:
-                settle_checkpoints(self.path)
-            self.conn.close()
+            if self._pg:
+                self._pg.close()
+            else:
+                if not self.readonly:
+                    settle_checkpoints(self.path)
+                self.conn.close()
 
     def dead_run_ids(self) -> list[int]:
-        """Runs that ended or whose process is gone (another host's process cannot write this local file)."""
+        """Runs that ended or whose process is gone (another host's process cannot write this local file; on
+        PostgreSQL another host's run is gone when its lease expired)."""
         me = _process_identity()
+        if self._pg:
+            return self._pg.dead_run_ids(self.conn, me[0], _alive)
         dead = []
         rows = self.conn.execute("SELECT id, host, pid, pid_started_at, ended_at FROM run").fetchall()
         for run_id, host, pid, pid_started, ended in rows:
@@ -242,7 +274,8 @@ class LogStore:
 
 def _process_identity() -> tuple[str, int, float | None]:
     pid = os.getpid()
-    return socket.gethostname(), pid, _start_time(pid)
+    # DURABLE_NB_HOST names this machine instead of its hostname (tests play several hosts on one machine).
+    return os.environ.get("DURABLE_NB_HOST") or socket.gethostname(), pid, _start_time(pid)
 
 
 def _start_time(pid: int) -> float | None:
