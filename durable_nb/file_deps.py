@@ -12,6 +12,7 @@ Not dependencies: files the cell wrote, temporary files, files of the Python ins
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import sys
@@ -186,6 +187,7 @@ def _incidental(path: str, skip: tuple[str, ...]) -> bool:
 _TEMP = os.path.realpath(tempfile.gettempdir())
 
 
+@functools.cache  # a stat per folder and sysconfig's expansion, fixed for the process: not once per cell
 def _excluded_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib", "data", "include") if k in paths}
