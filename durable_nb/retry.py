@@ -7,10 +7,13 @@ nominal 4 s wait becomes a uniform draw in [2 s, 4 s].
 
 from __future__ import annotations
 
-import random
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    import random
 
 RetryOn: TypeAlias = "type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]"
 
@@ -39,7 +42,7 @@ class RetryPolicy:
     max_delay: float = 60.0
     jitter: float = 0.5
     retry_on: RetryOn = Exception
-    rng: random.Random = field(default_factory=random.Random, compare=False)
+    rng: random.Random | None = field(default=None, compare=False)  # None: one generator for the process
 
     def __post_init__(self) -> None:
         if self.retries < 0 or self.delay < 0 or self.backoff < 1 or self.max_delay < 0:
@@ -65,7 +68,15 @@ class RetryPolicy:
     def wait_before(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1 = the second attempt)."""
         nominal = min(self.max_delay, self.delay * self.backoff ** (retry - 1))
-        return nominal * (1 - self.jitter * self.rng.random())
+        return nominal * (1 - self.jitter * (self.rng or _process_rng()).random())
+
+
+@functools.cache
+def _process_rng() -> random.Random:
+    # Seeded on first use: creating a Random per policy read 2.5 KB from os.urandom on every activity's creation.
+    import random  # deferred for start-up speed: a script's first activity call need not pay for it
+
+    return random.Random()
 
 
 def _is_error_class(obj: object) -> bool:

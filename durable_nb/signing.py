@@ -9,11 +9,8 @@ Reviewing and trusting whole logs is `durable_nb.trust`; this module only signs 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
-import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,7 +31,7 @@ def _secret(path: Path) -> bytes:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
+            fh.write(os.urandom(32).hex())
     return bytes.fromhex(path.read_text().strip())
 
 
@@ -53,8 +50,12 @@ def payload(codec: str, version: int, meta: dict[str, Any], blob_hashes: list[st
 
 
 def sign(data: bytes) -> str:
-    return hmac.new(user_secret(), data, hashlib.sha256).hexdigest()
+    import hmac  # deferred for start-up speed: hashlib loads OpenSSL (~3 ms), and values of safe codecs never sign
+
+    return hmac.new(user_secret(), data, "sha256").hexdigest()
 
 
 def verify(data: bytes, signature: str | None) -> bool:
+    import hmac  # deferred for start-up speed (see sign)
+
     return bool(signature) and hmac.compare_digest(sign(data), str(signature))

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import gantt
 from .errors import CorruptLogError, DecodeError, NotRecordedError, UntrustedError
 from .log import background, current, journal, queries
 from .log.queries import ExecutionRecord
@@ -427,6 +426,8 @@ def timeline(log: LogStore | str | os.PathLike[str] | None = None, *, run: int |
         if with_activities and len(executions):
             calls = activities(lg, run=run)
             calls = calls[calls["started_at"] >= executions["started_at"].min()]
+        from . import gantt  # deferred for start-up speed: activities open the log, only timelines draw
+
         return gantt.draw(executions, calls, lg.path.name)
 
 

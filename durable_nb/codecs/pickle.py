@@ -16,7 +16,6 @@ something else (cloudpickle would make them StringIO copies).
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import os
 import pickle
@@ -177,4 +176,6 @@ _REDUCERS: dict[type, Any] = {
 
 
 def _digest(data: bytes | bytearray | memoryview) -> str:
+    import hashlib  # deferred for start-up speed: OpenSSL loads in ~3 ms, and only pickled values need it
+
     return hashlib.blake2b(data, digest_size=32).hexdigest()

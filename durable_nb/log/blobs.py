@@ -12,16 +12,16 @@ import pickle
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import xxhash
-import zstandard
 
 from ..errors import DecodeError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 T = TypeVar("T")
 
@@ -109,6 +109,8 @@ class _ChunkWriter:
         self.blob_id = blob_id
         self.seq = 0
         self.stored = 0
+        import zstandard  # deferred for start-up speed: small values are stored inline, never compressed
+
         self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
 
     def write(self, data: memoryview) -> None:
@@ -216,7 +218,7 @@ class BlobWriter:
         self._buffer = bytearray(sink.chunk_size)
         self._filled = 0
         self._size = 0
-        self._provisional = sink._insert_blob(f"pending:{uuid.uuid4().hex}", 0)
+        self._provisional = sink._insert_blob(f"pending:{os.urandom(16).hex()}", 0)
         self._chunks = sink.chunk_writer(sink.conn, self._provisional)
         self._blob_id: int | None = None
         self.closed = False
@@ -393,6 +395,8 @@ class BlobSource:
 
     def _decompress(self, conn: sqlite3.Connection, rowid: int, part: memoryview) -> None:
         (data,) = conn.execute("SELECT data FROM chunk WHERE id = ?", (rowid,)).fetchone()
+        import zstandard  # deferred for start-up speed (see _ChunkWriter)
+
         # Straight into the caller's buffer: a fresh chunk-sized `bytes` per chunk would fault in new pages.
         try:
             with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as reader:
@@ -427,6 +431,8 @@ class _Readers:
         self._uri = f"{path.as_uri()}?mode=ro"
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
+        from concurrent.futures import ThreadPoolExecutor  # deferred for start-up speed: only big reads use it
+
         self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="durable_nb-read")
 
     def submit(self, fill: Callable[..., T], *args: Any) -> Future[T]:

@@ -29,7 +29,6 @@ import sqlite3
 import sys
 import threading
 import time
-import traceback
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -228,6 +227,8 @@ class _Row:
 MISS = object()
 
 def failure(call: Call, exc: BaseException, state: str) -> _Failure:
+    import traceback  # deferred for start-up speed: only failed calls format one
+
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return _Failure(call.attempt, state, call.attempt_started_at, time.time(), None,
                     f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),

@@ -7,7 +7,7 @@ whoever opens the log for writing next imports the journals that dead runs left 
 
 from __future__ import annotations
 
-import base64
+import binascii
 import contextlib
 import errno
 import json
@@ -96,7 +96,7 @@ _JOURNAL_JSON = json.JSONEncoder(separators=(",", ":"))
 def journal_line(params: tuple[Any, ...], failures: list[tuple[Any, ...]]) -> bytes:
     row = list(params)
     if row[INLINE_AT] is not None:
-        row[INLINE_AT] = base64.b64encode(row[INLINE_AT]).decode()
+        row[INLINE_AT] = binascii.b2a_base64(row[INLINE_AT], newline=False).decode()
     return (_JOURNAL_JSON.encode([row, failures]) + "\n").encode()
 
 
@@ -106,7 +106,7 @@ def parse_line(line: bytes) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]] | N
     except ValueError:
         return None  # a torn last line (power loss during the append): that call never returned
     if row[INLINE_AT] is not None:
-        row[INLINE_AT] = base64.b64decode(row[INLINE_AT])
+        row[INLINE_AT] = binascii.a2b_base64(row[INLINE_AT])
     return tuple(row), [tuple(f) for f in failures]
 
 

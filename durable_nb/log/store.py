@@ -10,13 +10,10 @@ import contextlib
 import functools
 import json
 import os
-import platform
-import socket
 import sqlite3
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -25,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Self, cast
 
 from ..errors import LogError
 from ..pg_url import is_postgres_url
-from . import cells, journal, pg_store, queries
+from . import cells, journal, queries
 from .blobs import BlobStore
 from .cells import ExecutionStart, Recorded, StoredOutput
 
 if TYPE_CHECKING:
+    from . import pg_store
     from .calls import Recorder
 from .connect import Durability, connect, settle_checkpoints, write_transaction
 
@@ -48,7 +46,7 @@ class LogStore:
                  durability: Durability = "normal", notebook: str | None = None,
                  from_scratch: bool = False) -> None:
         # A PostgreSQL URL opens a log on PostgreSQL (log.pg_store): `path` is then this machine's folder for it.
-        self._pg = pg_store.PgBackend(str(path), readonly=readonly) if is_postgres_url(path) else None
+        self._pg = _pg_backend(str(path), readonly) if is_postgres_url(path) else None
         self.path = self._pg.path if self._pg else Path(path).expanduser().resolve()
         # What the log was opened as, to compare with what the settings ask for (a URL may hold a password:
         # kept in memory for that, never shown; repr shows the password-free form).
@@ -219,8 +217,8 @@ class LogStore:
             (run_id,) = conn.execute(
                 "INSERT INTO run (uuid, started_at, host, pid, pid_started_at, notebook, python, platform, "
                 "packages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (uuid.uuid4().hex, time.time(), me[0], me[1], me[2], self.notebook,
-                 sys.version.split()[0], platform.platform(), json.dumps(package_versions())),
+                (os.urandom(16).hex(), time.time(), me[0], me[1], me[2], self.notebook,
+                 sys.version.split()[0], _platform(), json.dumps(package_versions())),
             ).fetchone()
             if self._pg:
                 self._pg.register(conn, int(run_id))
@@ -272,25 +270,64 @@ class LogStore:
             return queries.mark_crashed(conn, "execution", dead)
 
 
+def _pg_backend(url: str, readonly: bool) -> pg_store.PgBackend:
+    from . import pg_store  # deferred for start-up speed: only PostgreSQL logs need it
+
+    return pg_store.PgBackend(url, readonly=readonly)
+
+
 def _process_identity() -> tuple[str, int, float | None]:
     pid = os.getpid()
     # DURABLE_NB_HOST names this machine instead of its hostname (tests play several hosts on one machine).
-    return os.environ.get("DURABLE_NB_HOST") or socket.gethostname(), pid, _start_time(pid)
+    return os.environ.get("DURABLE_NB_HOST") or _hostname(), pid, _start_time(pid)
+
+
+@functools.cache
+def _hostname() -> str:
+    # os.uname's node name is gethostname(2); the socket module would cost a script's first call ~3 ms.
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket  # deferred for start-up speed: only where os.uname is missing (Windows)
+
+    return socket.gethostname()
+
+
+@functools.cache
+def _platform() -> str:
+    """The run's platform, as `Linux-6.1.0-x86_64`: platform.platform() spawns `uname -p` (a subprocess, tens
+    of ms on a script's first call) and scans the interpreter binary for its libc version."""
+    if hasattr(os, "uname"):
+        u = os.uname()
+        return f"{u.sysname}-{u.release}-{u.machine}"
+    import platform  # deferred for start-up speed: only where os.uname is missing (Windows)
+
+    return platform.platform()
 
 
 def _start_time(pid: int) -> float | None:
-    """When the process started, as psutil computes it on Linux (boot time + start ticks), read from /proc
-    directly: importing psutil costs ~10 ms, which a script's first activity call would pay."""
-    try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
-        return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        pass
+    """When the process started, as psutil computes it on Linux (boot time + start ticks); None if it is gone."""
+    if _HAS_PROC:
+        found = _proc_stat(pid)
+        return found[1] if found else None
     import psutil  # deferred for start-up speed: only where /proc cannot answer
 
     try:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
+        return None
+
+
+# Linux answers from /proc directly: importing psutil costs ~10 ms, which a script's first activity call would
+# pay as soon as the log holds another process's run.
+_HAS_PROC = os.path.isdir("/proc/self")
+
+
+def _proc_stat(pid: int) -> tuple[bytes, float] | None:
+    """(state letter, start time) of `pid` from /proc/PID/stat; None when there is no such process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        return fields[0], _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -303,16 +340,21 @@ def _boot_time() -> float:
 
 
 def _alive(pid: int, started: float | None) -> bool:
-    import psutil
+    if _HAS_PROC:
+        found = _proc_stat(pid)
+        # A zombie was killed, not yet reaped by its parent: it will never write again.
+        if found is None or found[0] == b"Z":
+            return False
+        now_started = found[1]
+    else:
+        import psutil  # deferred for start-up speed: only where /proc cannot answer
 
-    try:
-        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            return False  # killed, not yet reaped by its parent: it will never write again
-    except psutil.Error:
-        return False
-    now_started = _start_time(pid)
-    if now_started is None:
-        return False
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return False
+            now_started = float(psutil.Process(pid).create_time())
+        except psutil.Error:
+            return False
     # A reused pid belongs to a process that started later than the one that wrote the run.
     return started is None or abs(now_started - started) < 1.0
 
