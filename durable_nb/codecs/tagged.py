@@ -20,18 +20,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
-import decimal
 import enum
-import fractions
 import importlib
 import json
 import pathlib
 import sys
-import uuid
-import zoneinfo
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import DecodeError
 
@@ -45,7 +41,7 @@ _PATHS = {c.__name__: c for c in (pathlib.PurePosixPath, pathlib.PureWindowsPath
                                   pathlib.WindowsPath)}
 _FACTORIES = {f.__name__: f for f in (list, dict, set, frozenset, tuple, int, float, str, bytes, bytearray, bool)}
 _TYPES = (tuple, set, frozenset, dict, list, bytes, bytearray, complex, range, dt.datetime, dt.date, dt.time,
-          dt.timedelta, decimal.Decimal, fractions.Fraction, uuid.UUID, OrderedDict, defaultdict, *_PATHS.values())
+          dt.timedelta, OrderedDict, defaultdict, *_PATHS.values())
 
 
 class _Registry:
@@ -71,8 +67,8 @@ class TaggedCodec:
 
     def accepts(self, value: Any) -> bool:
         t = type(value)
-        return (t in _TYPES or isinstance(value, (enum.Enum, tuple)) or dataclasses.is_dataclass(t)
-                or _object_array(value) or _numpy_dtype(value))
+        return (t in _TYPES or _by_name(t) is not None or isinstance(value, (enum.Enum, tuple))
+                or dataclasses.is_dataclass(t) or _object_array(value) or _numpy_dtype(value))
 
     def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         return encode_tree(value, sink)
@@ -140,7 +136,7 @@ class _Encoder:
             if id(v) in self.open:
                 raise ValueError("a container holds itself (a cycle)")
             return ["@", ref]
-        simple = _SIMPLE.get(t)
+        simple = _SIMPLE.get(t) or _by_name(t)
         if simple is not None:
             return simple(self, v)
         if isinstance(v, enum.Enum):
@@ -236,8 +232,10 @@ def _zone(tz: dt.tzinfo | None) -> Any:
         name = tz.tzname(None)
         default = dt.timezone(offset).tzname(None)
         return ["tzf", offset.days, offset.seconds, offset.microseconds, None if name == default else name]
-    if type(tz) is zoneinfo.ZoneInfo:
-        key = tz.key
+    if _is_class(type(tz), "zoneinfo", "ZoneInfo"):
+        import zoneinfo  # imported already: `tz` is one of its objects
+
+        key = cast("zoneinfo.ZoneInfo", tz).key
         if key is None or zoneinfo.ZoneInfo(key) is not tz:
             raise ValueError("a ZoneInfo not loaded by key (from_file / no_cache)")
         return ["tzz", key]
@@ -250,10 +248,6 @@ def _datetime(_: _Encoder, v: dt.datetime) -> list[Any]:
 
 def _time(_: _Encoder, v: dt.time) -> list[Any]:
     return ["ti", v.hour, v.minute, v.second, v.microsecond, v.fold, _zone(v.tzinfo)]
-
-
-def _uuid(_: _Encoder, v: uuid.UUID) -> list[Any]:
-    return ["u", v.hex, v.is_safe.value]
 
 
 _SIMPLE: dict[type, Callable[[_Encoder, Any], Any]] = {
@@ -271,11 +265,26 @@ _SIMPLE: dict[type, Callable[[_Encoder, Any], Any]] = {
     dt.date: lambda e, v: ["da", v.year, v.month, v.day],
     dt.time: _time,
     dt.timedelta: lambda e, v: ["td", v.days, v.seconds, v.microseconds],
-    decimal.Decimal: lambda e, v: ["de", str(v)],
-    fractions.Fraction: lambda e, v: ["fr", v.numerator, v.denominator],
-    uuid.UUID: _uuid,
     **{cls: (lambda e, v: ["p", type(v).__name__, str(v)]) for cls in _PATHS.values()},
 }
+
+# Classes of standard modules a process may never import, looked up by name: a value of one exists only once its
+# module is imported, and importing decimal, fractions, uuid and zoneinfo here cost a script's first call ~6 ms.
+_BY_NAME: dict[tuple[str, str], Callable[[_Encoder, Any], Any]] = {
+    ("decimal", "Decimal"): lambda e, v: ["de", str(v)],
+    ("fractions", "Fraction"): lambda e, v: ["fr", v.numerator, v.denominator],
+    ("uuid", "UUID"): lambda e, v: ["u", v.hex, v.is_safe.value],
+}
+
+
+def _by_name(t: type) -> Callable[[_Encoder, Any], Any] | None:
+    name = (t.__module__, t.__qualname__)
+    return _BY_NAME[name] if name in _BY_NAME and _is_class(t, *name) else None
+
+
+def _is_class(t: type, module: str, qualname: str) -> bool:
+    """`t` is exactly module.qualname (not a subclass, nor a class of the same name elsewhere)."""
+    return getattr(sys.modules.get(module), qualname, None) is t
 
 
 def _class_name(t: type) -> tuple[str, str]:
@@ -421,6 +430,8 @@ def _tz(n: Any) -> dt.tzinfo | None:
         offset = dt.timedelta(n[1], n[2], n[3])
         return dt.timezone(offset) if n[4] is None else dt.timezone(offset, n[4])
     if n[0] == "tzz":
+        import zoneinfo  # deferred for start-up speed (see _BY_NAME)
+
         return zoneinfo.ZoneInfo(n[1])
     raise DecodeError(f"unknown time zone node {n[0]!r}")
 
@@ -447,6 +458,11 @@ def _numpy() -> Any:
 
     return numpy
 
+
+
+def _stdlib(name: str) -> Any:
+    """A standard module, imported when a value of it is decoded (see _BY_NAME)."""
+    return sys.modules.get(name) or importlib.import_module(name)
 
 def _find_class(module: str, qualname: str) -> Any:
     """A class by name: attribute lookups only. The module is imported if needed (installed or local code, as
@@ -479,9 +495,9 @@ _DECODERS: dict[str, Callable[[_Decoder, list[Any]], Any]] = {
     "da": lambda d, r: dt.date(*r),
     "ti": lambda d, r: dt.time(r[0], r[1], r[2], r[3], fold=r[4], tzinfo=_tz(r[5])),
     "td": lambda d, r: dt.timedelta(r[0], r[1], r[2]),
-    "de": lambda d, r: decimal.Decimal(r[0]),
-    "fr": lambda d, r: fractions.Fraction(r[0], r[1]),
-    "u": lambda d, r: uuid.UUID(hex=r[0], is_safe=uuid.SafeUUID(r[1])),
+    "de": lambda d, r: _stdlib("decimal").Decimal(r[0]),
+    "fr": lambda d, r: _stdlib("fractions").Fraction(r[0], r[1]),
+    "u": lambda d, r: _stdlib("uuid").UUID(hex=r[0], is_safe=_stdlib("uuid").SafeUUID(r[1])),
     "p": lambda d, r: _PATHS[r[0]](r[1]),
     "e": _enum,
     "nt": _namedtuple,
