@@ -283,7 +283,7 @@ class DurableCell:
         ns = self.shell.user_ns
         before = dict(ns)  # a C-level copy: holding the old objects also keeps their ids unique
         captured = capture.Capture(self.shell)
-        settings_before = settings.snapshot() if settings.may_change(self.code) else None
+        settings_before = settings.snapshot(self.code)
         t0 = time.perf_counter()
         try:
             watch = file_deps.watching() if self.opts.auto_deps else contextlib.nullcontext(file_deps.Reads())
@@ -298,7 +298,7 @@ class DurableCell:
             self.status.show(self._payload("failed", reason=start.reason, duration=duration,
                                            error=f"{type(exc).__name__}: {exc}", execution_id=execution_id))
             raise
-        changed_settings = {} if settings_before is None else settings.changed(settings_before, settings.snapshot())
+        changed_settings = settings.changed(settings_before, settings.snapshot(self.code))
         read_files = self._files_read(reads, analysis, start) if self.opts.auto_deps else {}
         problems = self._record(execution_id, analysis, start, before, result, captured.events, duration,
                                 changed_settings, read_files)

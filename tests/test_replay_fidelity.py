@@ -116,6 +116,37 @@ def test_print_options_set_by_a_replayed_cell_are_set_again(new_shell: Callable[
         np.set_printoptions(**saved)
 
 
+
+def test_random_generators_and_plot_style_continue_after_a_replay_as_after_a_run(
+        new_shell: Callable[[], Shell]) -> None:
+    """A seeded notebook's next new cell draws the same numbers and styles plots the same whether the cells
+    before it ran or replayed (a tutorial's `np.random.seed(42)` / `plt.style.use("ggplot")` cell)."""
+    import random
+
+    import matplotlib as mpl
+
+    cells = ["import numpy as np, random\nimport matplotlib.pyplot as plt\n"
+             "np.random.seed(42)\nrandom.seed(7)\nplt.style.use('ggplot')",
+             "noise = np.random.randn(5)\npick = random.choice(range(100))"]
+    probe = "(list(np.random.rand(3)), random.random(), plt.rcParams['axes.facecolor'], " \
+            "plt.rcParams['axes.prop_cycle'].by_key()['color'][0])"
+    saved_rc = dict(mpl.rcParams)
+    try:
+        first = new_shell()
+        for cell in cells:
+            first.durable(cell)
+        expected = first.run(probe)
+        np.random.seed(0)
+        random.seed(0)
+        mpl.rcdefaults()
+        second = new_shell()
+        assert replayed_all(second, cells) == ["replayed", "replayed"]
+        assert second.run(probe) == expected
+        assert expected[2] != mpl.rcParamsDefault["axes.facecolor"]  # the style did change something
+    finally:
+        mpl.rcParams.update(saved_rc)
+
+
 # One kind of value per line: bound by a recording cell, read by the next. In a new process the reader must
 # replay, which it does only if the restored value leads to the same key as the original did.
 KINDS = {
