@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.core.magic_arguments import parse_argstring as _parse_argstring
 from traitlets import Bool, CaselessStrEnum, Unicode, observe
 
 from . import session
@@ -40,6 +41,22 @@ from .views import DurableLog
 
 if TYPE_CHECKING:
     from .cell import Steps
+
+
+def parse_argstring(magic: Any, line: str) -> Any:
+    """IPython's parse, with one pair of quotes around a value taken off: it splits like a shell but keeps the
+    quotes (`--name "load data"` would name the cell `"load data"`, quotes included)."""
+    args = _parse_argstring(magic, line)
+    for key, value in vars(args).items():
+        if isinstance(value, str):
+            setattr(args, key, _unquoted(value))
+        elif isinstance(value, list):
+            setattr(args, key, [_unquoted(v) if isinstance(v, str) else v for v in value])
+    return args
+
+
+def _unquoted(text: str) -> str:
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
 
 
 def _names(text: str | None) -> list[str]:

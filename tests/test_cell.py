@@ -15,6 +15,8 @@ from backends import is_postgres, sql
 from IPython.core.error import UsageError
 from shells import Shell
 
+from durable_nb import session
+
 BOTH_BACKENDS = True
 
 COUNT = "__import__('pathlib').Path('runs.log').open('a').write('{}\\n')\n"
@@ -292,3 +294,10 @@ def test_ipython_syntax_inside_a_durable_cell(new_shell: Callable[[], Shell]) ->
 def test_an_indented_cell_body_runs(shell: Shell) -> None:
     shell.durable("\n    first = 1\n    second = first + 1")
     assert shell.ns["second"] == 2
+
+
+@pytest.mark.parametrize("quoted", ['"load the data"', "'load the data'"])
+def test_a_quoted_name_is_the_words_without_their_quotes(shell: Shell, quoted: str) -> None:
+    shell.durable("x = 1", f"--name {quoted}")
+    names = session.current_log().history()["cell_name"].tolist()
+    assert names == ["load the data"]
