@@ -1,12 +1,15 @@
 """The first activity call of a plain script, beyond `import durable_nb` (issue 15: ≤ 30 ms).
 
 A script pays for what its first call imports and for creating the log; it must not pay for IPython (asked only
-when already imported) or asyncio. Both figures come from fresh processes in the same run, each median of 7.
+when already imported) or asyncio. Both figures come from fresh processes in the same run, each median of 7. Where valgrind is installed, the
+instructions the first call executes are counted too: a figure a busy machine cannot blur (callgrind, one run).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,6 +54,26 @@ def _once(folder: Path, *, fresh: bool = True) -> tuple[float, float]:
 _ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
+def _instructions(folder: Path, script: str) -> int:
+    run = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c",
+                          script], cwd=folder, capture_output=True, text=True, check=True, env=_ENV)
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    if found is None:
+        raise RuntimeError(f"valgrind printed no instruction count: {run.stderr[-300:]}")
+    return int(found.group(1))
+
+
+def _count_instructions() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        _once(Path(tmp))  # bytecode caches
+        imported = _instructions(Path(tmp), "import durable_nb")
+        for leftover in Path(tmp).glob("durable.db*"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        whole = _instructions(Path(tmp), _SCRIPT)
+    report("instructions of the first call, new log (callgrind)", (whole - imported) / 1e6, imported / 1e6,
+           baseline_name="python + import durable_nb", unit="M")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         _once(Path(tmp))  # writes the bytecode caches
@@ -62,3 +85,7 @@ def main() -> None:
     report("first activity call of a script, log exists (beyond the import)",
            statistics.median(r[1] for r in again), limit=0.030, unit="s", limit_kind="abs")
     print(f"    median of {RUNS} fresh processes each")
+    if shutil.which("valgrind"):
+        _count_instructions()
+    else:
+        print("    (valgrind is not installed: the instruction count is not measured)")
