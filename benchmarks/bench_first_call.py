@@ -1,8 +1,9 @@
 """The first activity call of a plain script, beyond `import durable_nb` (issue 15: ≤ 30 ms).
 
 A script pays for what its first call imports and for creating the log; it must not pay for IPython (asked only
-when already imported) or asyncio. Both figures come from fresh processes in the same run, each median of 7. Where valgrind is installed, the
-instructions the first call executes are counted too: a figure a busy machine cannot blur (callgrind, one run).
+when already imported) or asyncio. Both figures come from fresh processes in the same run, each median of 7.
+Where valgrind is installed, the instructions the first call executes are counted too: a figure a busy machine
+cannot blur (callgrind, one run).
 """
 
 from __future__ import annotations
