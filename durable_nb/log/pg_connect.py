@@ -14,6 +14,7 @@ opened, never by `import durable_nb`.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,8 @@ CONNECT_TIMEOUT = 10
 # at once must not both create it.
 _MIGRATION_LOCK = 0x64757261626c65  # "durable"
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 _translated: dict[str, str] = {}
 
 
@@ -43,6 +46,45 @@ def translate(sql: str) -> str:
     if found is None:
         found = _translated[sql] = sql.replace("%", "%%").replace("?", "%s")
     return found
+
+
+def user_sql(sql: str, params: Sequence[Any] | dict[str, Any]) -> str:
+    """A user's SQL written for SQLite (`?` and `:name` placeholders) in psycopg's (`%s`, `%(name)s`, a literal
+    `%` doubled), leaving string literals, quoted names, comments and `::` casts as they are."""
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"":
+            end = sql.find(c, i + 1)
+            while end != -1 and sql[end + 1:end + 2] == c:  # a doubled quote inside the literal
+                end = sql.find(c, end + 2)
+            end = n if end == -1 else end + 1
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+        elif sql.startswith("--", i) or sql.startswith("/*", i):
+            end = sql.find("\n" if c == "-" else "*/", i)
+            end = n if end == -1 else end + (1 if c == "-" else 2)
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+        elif c == "%":
+            out.append("%%")
+            i += 1
+        elif c == "?" and not isinstance(params, dict):
+            out.append("%s")
+            i += 1
+        elif c == ":" and sql.startswith("::", i):
+            out.append("::")
+            i += 2
+        elif c == ":" and isinstance(params, dict) and _NAME.match(sql, i + 1):
+            name = _NAME.match(sql, i + 1)
+            assert name is not None
+            out.append(f"%({name.group()})s")
+            i = name.end()
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 def quote_ident(name: str) -> str:
@@ -95,6 +137,13 @@ class PgConnection:
                 self._conn.cursor(binary=True).executemany(translate(sql), rows)
             except psycopg.Error as exc:
                 raise self.error(exc) from exc
+
+    def read_only(self, sql: str, parameters: Sequence[Any] | dict[str, Any]) -> psycopg.Cursor[Any]:
+        """A user's statement (psycopg's placeholders) in a READ ONLY transaction, which the server keeps from
+        writing; the transaction stays open until the connection closes. The extended protocol (always used for
+        binary results) takes one statement, so no `COMMIT; DELETE ...` can follow it."""
+        self._conn.execute("BEGIN READ ONLY")
+        return self._conn.cursor(binary=True).execute(sql, parameters)
 
     def copy(self, statement: str) -> contextlib.AbstractContextManager[psycopg.Copy]:
         """COPY ... FROM STDIN (binary rows in bulk, the cheapest way into PostgreSQL)."""
