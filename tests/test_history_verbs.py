@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from backends import only, sql
+from backends import SCHEMA, columns, only, sql
 from cli_runs import run
+from pg_server import PostgresServer
 from shells import Shell
 from test_history import fingerprint, story  # noqa: F401  (story: the fixture, two kernels on one log)
 
@@ -135,3 +136,19 @@ def test_gc_keeps_blobs_another_log_or_a_writer_still_uses(new_shell: Callable[[
     finally:
         writer.close()
     assert sql(other, "SELECT count(*) FROM blob WHERE id = ?", (shared,)) == [(0,)]
+
+
+def test_both_backends_expose_the_same_views_with_the_same_columns(tmp_path: Path, postgres: PostgresServer,
+                                                                   pg_database: str) -> None:
+    """The views' SQL is written once (log/schema.py); what each backend makes of it must agree, name for name
+    and column for column, in order (docs/schema.md lists them; test_history checks the list)."""
+    sqlite_log = tmp_path / "t.durable.db"
+    pg_log = postgres.url(pg_database, query=f"schema={SCHEMA}")
+    for location in (sqlite_log, pg_log):
+        durable_nb.DurableLog(location, readonly=False).close()
+    sqlite_views = [r[0] for r in sql(sqlite_log, "SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY 1")]
+    pg_views = [r[0] for r in sql(pg_log, "SELECT table_name::text FROM information_schema.views "
+                                          "WHERE table_schema = ? ORDER BY 1", (SCHEMA,))]
+    assert sqlite_views == pg_views == ["activities", "attempts", "executions", "outputs", "runs"]
+    for view in sqlite_views:
+        assert columns(sqlite_log, view) == columns(pg_log, view), view
