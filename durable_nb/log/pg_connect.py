@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LogError, LogNotWritableError, NewerLogError, NotALogError
+from ..errors import LogError, LogNotWritableError, LogTransactionLost, NewerLogError, NotALogError
 from ..pg_url import PostgresTarget
 from .pg_schema import BLOB_SCHEMA, MIGRATIONS, SCHEMA_VERSION
 
@@ -118,8 +118,8 @@ class PgConnection:
             except psycopg.OperationalError as exc:
                 if self._depth or not self._conn.broken:
                     raise self.error(exc) from exc
-            self._reopen()  # outside a transaction a statement is safely sent again on a new connection
             try:
+                self._reopen()  # outside a transaction a statement is safely sent again on a new connection
                 return self._conn.cursor(binary=True).execute(translate(sql), parameters)
             except psycopg.Error as exc:
                 raise self.error(exc) from exc
@@ -196,7 +196,7 @@ class PgConnection:
                     self._reopen()
                 self._conn.execute("BEGIN")
                 return
-            except psycopg.OperationalError as exc:
+            except psycopg.OperationalError as exc:  # a server restarting refuses connections for a while
                 if time.monotonic() > deadline:
                     raise self.error(exc) from exc
                 time.sleep(0.2)
@@ -204,24 +204,38 @@ class PgConnection:
     def _reopen(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()
-        self._conn = self._open()
+        self._conn = self._connect()
 
     def _open(self) -> psycopg.Connection[Any]:
         import psycopg
 
         try:
-            conn = psycopg.connect(self.target.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                                   application_name="durable_nb")
+            return self._connect()
         except psycopg.Error as exc:
             raise LogError(f"cannot connect to the PostgreSQL log {self.target}: {self.target.scrub(str(exc))}. "
                            "Check that the server runs and the URL (user, host, port, dbname; a password "
                            "in PGPASSWORD or ~/.pgpass).") from None
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        conn = psycopg.connect(self.target.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                               application_name="durable_nb")
         conn.execute(f"SET search_path TO {quote_ident(self.schema)}, {BLOB_SCHEMA}")
         return conn
 
     def error(self, exc: BaseException) -> LogError:
-        """What a user reads: the server's message (without secrets), naming the log."""
-        return LogError(f"PostgreSQL log {self.target}: {self.target.scrub(str(exc)).strip()}")
+        """What a user reads: the server's message (without secrets), naming the log; LogTransactionLost when
+        the connection is gone or the server aborted the transaction to break a deadlock (what it held was not
+        committed, and may be written again)."""
+        import psycopg
+
+        lost = self._conn.broken or self._conn.closed
+        victim = isinstance(exc, psycopg.errors.DeadlockDetected)
+        note = (" (the connection was lost; nothing of this transaction was committed)" if lost
+                else " (nothing of this transaction was committed)" if victim else "")
+        return (LogTransactionLost if lost or victim else LogError)(
+            f"PostgreSQL log {self.target}: {self.target.scrub(str(exc)).strip()}{note}")
 
 
 def applied_version(conn: PgConnection) -> int:
