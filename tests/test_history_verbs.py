@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from backends import SCHEMA, columns, only, sql
+from backends import SCHEMA, columns, is_postgres, only, sql
 from cli_runs import run
 from pg_server import PostgresServer
 from shells import Shell
@@ -45,6 +45,8 @@ def test_every_history_verb_answers_from_either_backend(story: Path, tmp_path: P
     assert code == 0 and "cleanup: only in run 3" in out
     code, out, _ = run(capsys, "status", log, "--json")
     assert code == 0 and json.loads(out)["executions"]["recorded"] == 4
+    code, out, _ = run(capsys, "status", log)
+    assert code == 0 and ("free pages" in out) != is_postgres(story), "a PostgreSQL schema has no free pages"
     code, out, _ = run(capsys, "query", log, "SELECT count(*) AS n FROM executions WHERE state = :s", "-p", "s",
                        "recorded")
     assert code == 0 and json.loads(out) == [{"n": 4}]

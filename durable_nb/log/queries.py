@@ -195,9 +195,11 @@ class LogStatus:
 
     def __str__(self) -> str:
         """The lines of `durable-nb status` and %durable_status."""
-        lines = [f"log:        {self.path} ({human_bytes(self.file_bytes)}"
-                 f"{f' + {human_bytes(self.wal_bytes)} WAL' if self.wal_bytes else ''}; "
-                 f"{human_bytes(self.free_bytes)} free pages)",
+        # A PostgreSQL schema's size is its tables' (its blobs are the database's); it has no WAL or free pages.
+        size = (f"{human_bytes(self.file_bytes)} in its tables" if isinstance(self.path, str) else
+                f"{human_bytes(self.file_bytes)}{f' + {human_bytes(self.wal_bytes)} WAL' if self.wal_bytes else ''}; "
+                f"{human_bytes(self.free_bytes)} free pages")
+        lines = [f"log:        {self.path} ({size})",
                  f"schema:     version {self.schema_version}",
                  f"runs:       {self.runs}" + (f" (current: run {self.current_run})" if self.current_run else ""),
                  f"executions: {_counts(self.executions)}",
