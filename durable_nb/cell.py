@@ -29,7 +29,7 @@ from .analysis import CellAnalysis, analyze
 from .calls import execution_scope
 from .cell_log import CellLog
 from .codecs import CODEC_VERSIONS
-from .errors import DecodeError, DurableError, LogError, Unfingerprintable, UntrustedError
+from .errors import DecodeError, DurableError, LogError, LogTransactionLost, Unfingerprintable, UntrustedError
 from .fingerprint import fingerprint, fingerprint_file, referenced_globals
 from .log import background
 from .log.cells import ExecutionStart, Recorded, saved_seconds
@@ -41,6 +41,8 @@ ENV_PREFIX = "$"  # environment variables among a key's inputs: "$MODEL"
 NOT_SET = "\0unset"
 _IPYTHON_CACHE = re.compile(r"^(_+\d*|_i+\d*|_[ido]h)$")
 _IPYTHON_SYNTAX = re.compile(r"[%!?]|^\s*(>>>|\.\.\.|In \[)|\A\s", re.MULTILINE)
+# A record whose transaction was lost (errors.LogTransactionLost) is written this many times in all.
+RECORD_ATTEMPTS = 2
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect
 
 # A cell run as a generator: it yields the awaitables of an async body and gets back their values.
@@ -332,25 +334,36 @@ class DurableCell:
         visible = functools.partial(is_visible, self.shell)
         shared = sharing.arrays(self.shell.user_ns, visible)
         changed, deleted = self._changed_names(analysis, start, before, shared)
-        writer = cell_outputs.Writer(self.log, execution_id, self.shell.user_ns, before, start.inputs, visible,
-                                self.shell.display_formatter)
-        try:
-            with self.log.transaction():
-                writer.write(changed, deleted, result, shared, changed_settings)
-                self.log.write_events(execution_id, events)
-                self.log.finish_execution(execution_id, state="recorded", duration=duration, read_files=read_files,
-                             replayable=not writer.problems, problems=writer.problems, bytes_stored=writer.stored,
-                             output_names=writer.written)
-        except DurableError as exc:
-            kept = ", ".join(changed) or "its variables"
-            problem = (f"{NOT_WRITTEN}: {exc} {kept} stay{'s' if len(changed) == 1 else ''} in the kernel; "
-                       "the cell runs again next time")
-            # The execution must not stay `running`: a tiny write often fits where the value did not.
-            with contextlib.suppress(DurableError), self.log.transaction():
-                self.log.finish_execution(execution_id, state="recorded", duration=duration, replayable=False,
-                             problems=[problem])
-            return [problem]
-        return writer.problems
+        for attempt in range(RECORD_ATTEMPTS):
+            writer = cell_outputs.Writer(self.log, execution_id, self.shell.user_ns, before, start.inputs, visible,
+                                         self.shell.display_formatter)
+            try:
+                with self.log.transaction():
+                    writer.write(changed, deleted, result, shared, changed_settings)
+                    self.log.write_events(execution_id, events)
+                    self.log.finish_execution(execution_id, state="recorded", duration=duration,
+                                              read_files=read_files, replayable=not writer.problems,
+                                              problems=writer.problems, bytes_stored=writer.stored,
+                                              output_names=writer.written)
+                return writer.problems
+            except LogTransactionLost as exc:
+                # The server went away mid-write (a restart, a network cut) or broke a deadlock between two
+                # kernels' blob locks by aborting this one: nothing was committed, and the next BEGIN waits for
+                # the server to come back. Written again, once.
+                failure: DurableError = exc
+                if attempt + 1 < RECORD_ATTEMPTS:
+                    continue
+            except DurableError as exc:
+                failure = exc
+            break
+        kept = ", ".join(changed) or "its variables"
+        problem = (f"{NOT_WRITTEN}: {failure} {kept} stay{'s' if len(changed) == 1 else ''} in the kernel; "
+                   "the cell runs again next time")
+        # The execution must not stay `running`: a tiny write often fits where the value did not.
+        with contextlib.suppress(DurableError), self.log.transaction():
+            self.log.finish_execution(execution_id, state="recorded", duration=duration, replayable=False,
+                                      problems=[problem])
+        return [problem]
 
     def _changed_names(self, analysis: CellAnalysis, start: ExecutionStart, before: dict[str, Any],
                        shared: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -23,6 +23,12 @@ class NewerLogError(LogError):
     """The log was written by a newer durable_nb; this version must not write it."""
 
 
+class LogTransactionLost(LogError):
+    """A transaction on a server's log was lost through no fault of its own (the connection dropped, or the
+    server chose it as a deadlock's victim): nothing of it was committed, and written again it may succeed (the
+    next BEGIN reconnects)."""
+
+
 class LogNotWritableError(LogError):
     """The log (or its folder) cannot be written: read-only location, full disk, permissions."""
 

@@ -7,11 +7,17 @@ authentication and authorization (resource "contents", action "read"):
 Only files under the server's root directory are read (symlinks resolved before the check; hidden paths
 refused unless the contents manager allows them), opened read-only, and only through the documented views
 `runs` and `executions`: never blob bytes, never code.
+
+A team log on PostgreSQL: when the server runs with DURABLE_NB_DB=postgresql://... (what its kernels inherit
+and record into), a request without ?log= reads that log, read-only, limited to the runs of the requested
+notebook (a team schema holds many notebooks); "log" is the URL without its password. A request can never name
+a URL itself: the browser does not choose which servers the Jupyter server connects to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -22,9 +28,11 @@ from jupyter_server.serverapp import ServerApp
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from .errors import LogError, NewerLogError
+from .errors import LogError, NewerLogError, NotALogError
 from .log.connect import connect
 from .log.current import log_path_for
+from .log.pg_connect import PgConnection
+from .pg_url import is_postgres_url, parse
 
 ENDPOINT = "durable-nb/api/log"
 # Enough for a long session; the panel shows the newest first and needs no paging.
@@ -38,10 +46,19 @@ EXECUTION_COLUMNS = (
 )
 
 
-RUN_QUERY = f"SELECT {RUN_COLUMNS} FROM runs ORDER BY run_id DESC LIMIT {MAX_RUNS}"
-# The newest executions, returned oldest first so each run lists its cells in the order they ran.
-EXEC_QUERY = (f"SELECT * FROM (SELECT {EXECUTION_COLUMNS} FROM executions ORDER BY execution_id DESC "
-              f"LIMIT {MAX_EXECUTIONS}) AS newest ORDER BY execution_id")
+def _queries(where: str = "") -> tuple[str, str]:
+    """The runs, and the newest executions oldest first (each run lists its cells in the order they ran);
+    `where` (on run_id) narrows both."""
+    runs = f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY run_id DESC LIMIT {MAX_RUNS}"
+    executions = (f"SELECT * FROM (SELECT {EXECUTION_COLUMNS} FROM executions {where} ORDER BY execution_id "
+                  f"DESC LIMIT {MAX_EXECUTIONS}) AS newest ORDER BY execution_id")
+    return runs, executions
+
+
+RUN_QUERY, EXEC_QUERY = _queries()
+# A notebook's runs in a shared PostgreSQL log: the notebook as its kernel named it (relative to the server's
+# root, or absolute).
+_NOTEBOOK_RUNS = "WHERE run_id IN (SELECT id FROM run WHERE notebook IN (?, ?))"
 
 
 class LogRequestError(Exception):
@@ -73,6 +90,12 @@ def read_log(root: Path, notebook: str, log: str | None, *, allow_hidden: bool =
     if not notebook and not log:
         raise LogRequestError(400, "missing query parameter: give ?notebook=PATH (relative to the server "
                                    "root) or ?log=PATH.")
+    if log is not None and is_postgres_url(log):
+        raise LogRequestError(403, "?log= names a file under the Jupyter server root; a PostgreSQL log is the "
+                                   "server's own DURABLE_NB_DB, never one a request chooses.")
+    team = os.environ.get("DURABLE_NB_DB", "")
+    if log is None and is_postgres_url(team):
+        return _read_postgres(team, root, notebook)
     path = resolve_under_root(root, log or str(log_path_for(notebook)), allow_hidden=allow_hidden)
     shown = str(path.relative_to(root.resolve()))
     if not path.is_file():
@@ -93,8 +116,28 @@ def read_log(root: Path, notebook: str, log: str | None, *, allow_hidden: bool =
 
 
 
-def _rows(conn: sqlite3.Connection, query: str) -> list[dict[str, Any]]:
-    cursor = conn.execute(query)
+def _read_postgres(url: str, root: Path, notebook: str) -> dict[str, Any]:
+    target = parse(url)
+    absolute = str((root / notebook).resolve())
+    try:
+        conn = PgConnection(target, readonly=True)
+    except NotALogError:  # nothing recorded into the schema yet
+        return {"log": str(target), "exists": False, "runs": [], "executions": []}
+    except NewerLogError as exc:
+        raise LogRequestError(409, str(exc)) from exc
+    except LogError as exc:
+        raise LogRequestError(502, str(exc)) from exc
+    try:
+        runs, executions = (_rows(conn, query, (notebook, absolute)) for query in _queries(_NOTEBOOK_RUNS))
+    except LogError as exc:
+        raise LogRequestError(502, str(exc)) from exc
+    finally:
+        conn.close()
+    return {"log": str(target), "exists": True, "runs": runs, "executions": executions}
+
+
+def _rows(conn: Any, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    cursor = conn.execute(query, params)
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 

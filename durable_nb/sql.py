@@ -1,8 +1,9 @@
 """Read-only SQL over a log's documented views: `durable_nb.query(sql)` and `durable-nb query LOG SQL`.
 
-The SQL runs on a connection of its own that cannot write, three times over: the file is opened read-only
-(`mode=ro`), `PRAGMA query_only` is on, and an authorizer allows reading only (SELECT, WITH, reading PRAGMAs),
-so a write, an ATTACH or a PRAGMA that changes a setting is refused before it runs, with a clear error.
+The SQL runs on a connection of its own that cannot write. On SQLite three times over: the file is opened
+read-only (`mode=ro`), `PRAGMA query_only` is on, and an authorizer allows reading only (SELECT, WITH, reading
+PRAGMAs), so a write, an ATTACH or a PRAGMA that changes a setting is refused before it runs, with a clear error.
+On PostgreSQL the statement runs alone in a READ ONLY transaction that is never committed.
 
 (Not called `query.py`: a submodule of that name would shadow the `durable_nb.query` function once imported.)
 """
@@ -18,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import DurableError
 from .log.connect import connect
+from .pg_url import is_postgres_url
 from .views import opened
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from .log.store import LogStore
+    from .pg_url import PostgresTarget
 
 Params = Mapping[str, Any] | Sequence[Any] | None
 
@@ -58,18 +61,26 @@ def _authorize(action: int, arg1: str | None, _arg2: str | None, _db: str | None
     return sqlite3.SQLITE_DENY
 
 
-def _path(log: LogStore | str | os.PathLike[str] | None) -> Path:
+def _location(log: LogStore | str | os.PathLike[str] | None) -> Path | str:
+    """The log's path, or its postgresql:// URL."""
+    if isinstance(log, str) and is_postgres_url(log):
+        return log
     if isinstance(log, str | os.PathLike):
         return Path(log)
     with opened(log) as found:  # the current log, flushed: the SQL sees what this process deferred
-        return found.path
+        return found.location if is_postgres_url(found.location) else found.path
 
 
 @contextmanager
 def results(sql: str, params: Params = None, *,
             log: LogStore | str | os.PathLike[str] | None = None) -> Iterator[tuple[list[str], Iterator[Any]]]:
     """The column names and a row iterator of one read-only statement; the log stays open inside the block."""
-    path = _path(log)
+    location = _location(log)
+    if isinstance(location, str):
+        with _pg_results(sql, params, location) as found:
+            yield found
+        return
+    path = location
     conn = connect(path, readonly=True)
     # The user's SQL: "no such table" is a typo of theirs, not a sign of a damaged file (connect's reading).
     vars(conn).pop("log_path", None)
@@ -78,9 +89,7 @@ def results(sql: str, params: Params = None, *,
         conn.set_authorizer(_authorize)
         with _explained(sql, path):
             cursor = conn.execute(sql, params if params is not None else ())
-        if cursor.description is None:
-            raise QueryError(f"the SQL returned no rows to show: {_short(sql)!r}. durable-nb query runs one "
-                             f"SELECT over {path}'s views ({', '.join(VIEWS)}; docs/schema.md).")
+        _check_rows(cursor.description, sql, path)
         rows = _rows(cursor, sql, path)
         try:
             yield [d[0] for d in cursor.description], rows
@@ -88,6 +97,52 @@ def results(sql: str, params: Params = None, *,
             rows.close()  # before the connection: a generator left open would fetch from a closed one
     finally:
         conn.close()
+
+
+@contextmanager
+def _pg_results(sql: str, params: Params, url: str) -> Iterator[tuple[list[str], Iterator[Any]]]:
+    """The PostgreSQL side: a connection of its own, the statement in a READ ONLY transaction (the server
+    refuses any write), rolled back when the connection closes."""
+    import psycopg
+
+    from .log.pg_connect import PgConnection, user_sql
+    from .pg_url import parse
+
+    target = parse(url)
+    values: Sequence[Any] | dict[str, Any] = (dict(params) if isinstance(params, Mapping)
+                                              else list(params) if params is not None else [])
+    conn = PgConnection(target, readonly=True)
+    try:
+        try:
+            cursor = conn.read_only(user_sql(sql, values), values)
+            _check_rows(cursor.description, sql, target)
+            rows = list(cursor)
+        except psycopg.Error as exc:
+            raise QueryError(_explain_pg(exc, sql, target)) from None
+        yield [d[0] for d in cursor.description or ()], iter(rows)
+    finally:
+        conn.close()
+
+
+def _check_rows(description: Any, sql: str, log: object) -> None:
+    if description is None:
+        raise QueryError(f"the SQL returned no rows to show: {_short(sql)!r}. durable-nb query runs one "
+                         f"SELECT over {log}'s views ({', '.join(VIEWS)}; docs/schema.md).")
+
+
+def _explain_pg(exc: Exception, sql: str, target: PostgresTarget) -> str:
+    import psycopg
+
+    text = target.scrub(str(exc)).strip().splitlines()[0].rstrip(".")
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction | psycopg.errors.InsufficientPrivilege):
+        return (f"{_keyword(sql)} refused: queries of {target} are read-only (SELECT, WITH ... SELECT); the log "
+                "was not changed.")
+    if "multiple commands" in text:
+        return f"one SQL statement at a time, please: {_short(sql)!r} holds several. Nothing was run."
+    if isinstance(exc, psycopg.ProgrammingError) and ("parameter" in text or "placeholder" in text
+                                                       or "query has" in text):
+        return f"{text}: give each :name of the SQL a value (--param NAME VALUE; params= in Python)."
+    return f"SQL error in {_short(sql)!r}: {text}. The views of {target} are {', '.join(VIEWS)} (docs/schema.md)."
 
 
 def _rows(cursor: sqlite3.Cursor, sql: str, path: Path) -> Generator[Any, None, None]:

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_runs import run
 from shells import Shell
 from test_history import fingerprint
 
 from durable_nb import session
-from durable_nb.cli import build_parser, commands, main
+from durable_nb.cli import build_parser, commands
 
 DOCS = Path(__file__).parents[1] / "docs" / "cli.md"
 
@@ -38,12 +39,6 @@ def log(new_shell: Callable[[], Shell], tmp_path: Path) -> Path:
                "df = pd.DataFrame({'a': [1, 2]})\nconfig = {'lr': 0.1}\nprint('built')", "--name build")
     session.close_log()
     return tmp_path / "t.durable.db"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_history_table_json_csv(log: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from cli_runs import run
 from s3server import S3Server, wait_for
 from shells import Shell
 from test_history import fingerprint
@@ -48,12 +49,6 @@ def log(new_shell: Callable[[], Shell], tmp_path: Path) -> Path:
     sh.durable("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]})\nprint('built')", "--name build,v1")
     session.close_log()
     return tmp_path / "t.durable.db"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_each_format_parses_back_with_the_same_rows(log: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -278,7 +278,6 @@ def test_timeline_reads_well_with_5000_executions(tmp_path: Path) -> None:
     assert elapsed < 20, f"the timeline took {elapsed:.1f} s"
 
 
-@only("sqlite", reason="export and gc work on SQLite logs only so far (issue 16: not built for PostgreSQL yet)")
 def test_export_copies_what_is_needed_and_never_writes_the_source(story: Path, tmp_path: Path) -> None:
     before = fingerprint(story)
     full = export(story, tmp_path / "full.db")
@@ -298,11 +297,11 @@ def test_export_copies_what_is_needed_and_never_writes_the_source(story: Path, t
     with pytest.raises(Exception, match="already exists"):
         export(story, tmp_path / "small.db")
     assert "saved" in latest.summary()
+    assert export(story, tmp_path / "small.db", force=True).executions == 7
 
 
-@only("sqlite", reason="export and gc work on SQLite logs only so far (issue 16: not built for PostgreSQL yet)")
 def test_gc_drops_superseded_executions_and_blobs_and_keeps_replays(new_shell: Callable[[], Shell],
-                                                                   tmp_path: Path) -> None:
+                                                                   log_location: Path) -> None:
     import numpy as np
 
     sh = new_shell()
@@ -311,14 +310,18 @@ def test_gc_drops_superseded_executions_and_blobs_and_keeps_replays(new_shell: C
         sh.durable("import numpy as np\narr = np.random.default_rng(seed).random(300_000)", "--name sample")
     sh.durable("keep = 1", "--name other")
     session.close_log()
-    db = tmp_path / "t.durable.db"
+    db = log_location
     result = gc(db, keep_last=1)
     assert result.executions == 3 and result.blobs == 3 and result.freed_bytes >= 3 * 2_000_000
     assert list(views.history(db)["execution_id"]) == [4, 5]
-    assert "sqlite3" in result.summary() and "VACUUM" in result.summary()
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    conn.close()
+    if is_postgres(db):
+        assert "autovacuum" in result.summary() and "password" not in result.summary()
+        assert sql(db, "SELECT count(*) FROM chunk WHERE blob_id NOT IN (SELECT id FROM blob)") == [(0,)]
+    else:
+        assert "sqlite3" in result.summary() and "VACUUM" in result.summary()
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        conn.close()
     sh = new_shell()
     sh.run("seed = 3")
     sh.durable("import numpy as np\narr = np.random.default_rng(seed).random(300_000)", "--name sample")

@@ -14,7 +14,7 @@ from pg_server import PASSWORD_ROLE, PostgresServer
 from shells import Shell
 
 from durable_nb import DurableLog, session
-from durable_nb.errors import LogError, NewerLogError, NotALogError
+from durable_nb.errors import LogError, LogTransactionLost, NewerLogError, NotALogError
 from durable_nb.log import current, pg_schema, schema
 from durable_nb.log.cells import ExecutionStart
 
@@ -75,6 +75,48 @@ def test_kernels_storing_the_same_bytes_at_once_store_them_once(postgres: Postgr
         log.close()
     assert len(found) == 4 and len(set(found)) == 1
     assert sql(url(postgres, database, "k0"), "SELECT count(*) FROM blob") == [(1,)]
+
+
+def test_two_kernels_locking_two_blobs_in_opposite_orders_lose_one_transaction_to_retry(
+        postgres: PostgresServer, database: str) -> None:
+    """The riskiest lock pattern of the backend: a blob is claimed under its hash's advisory lock until commit,
+    and two cells may store the same two values in opposite orders. The server breaks the deadlock by aborting
+    one transaction: that one is LogTransactionLost (what the cell runtime writes again), the other commits,
+    and the retry stores nothing twice."""
+    first, second = (np.random.default_rng(seed).bytes(1_000_000) for seed in (3, 4))
+    logs = [DurableLog(url(postgres, database, f"k{i}"), readonly=False) for i in range(2)]
+    barrier = threading.Barrier(2)
+    outcomes: dict[int, object] = {}
+
+    def store(n: int, values: tuple[bytes, bytes]) -> None:
+        try:
+            with logs[n].transaction():
+                sink = logs[n].blobs.sink()
+                sink.put(values[0])
+                barrier.wait()
+                sink.put(values[1])  # waits for the other's lock: a deadlock, until the server breaks it
+            outcomes[n] = "committed"
+        except LogTransactionLost as exc:
+            outcomes[n] = exc
+
+    threads = [threading.Thread(target=store, args=(0, (first, second))),
+               threading.Thread(target=store, args=(1, (second, first)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    try:
+        assert sorted(map(str, outcomes.values())).count("committed") == 1, outcomes
+        (victim,) = [n for n, outcome in outcomes.items() if outcome != "committed"]
+        assert "deadlock" in str(outcomes[victim]) and "nothing of this transaction was committed" in str(
+            outcomes[victim])
+        with logs[victim].transaction():  # written again, as the cell runtime does
+            sink = logs[victim].blobs.sink()
+            assert [sink.put(first), sink.put(second)] == [sink.put(first), sink.put(second)]
+    finally:
+        for log in logs:
+            log.close()
+    assert sql(url(postgres, database, "k0"), "SELECT count(*) FROM blob") == [(2,)]
 
 
 def test_a_newer_schema_is_refused_and_an_empty_one_is_not_a_log(postgres: PostgresServer, database: str) -> None:

@@ -6,32 +6,36 @@ import os
 import sqlite3
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jupyterproc import running_jupyter
+from pg_server import PostgresServer
 
-from durable_nb.log.connect import connect
+from durable_nb import DurableLog
 from durable_nb.log.current import log_path_for
 from durable_nb.server import LogRequestError, read_log, resolve_under_root
 
 SECRET_CODE = "token = 'do-not-leak'"
 
 
-def write_log(path: Path, cells: list[tuple[str, str | None, str]]) -> None:
-    """A log with one run and one execution per (cell_id, cell_name, state), written through the schema."""
-    conn = connect(path)
+def write_log(location: Path | str, cells: list[tuple[str, str | None, str]], notebook: str = "nb.ipynb") -> None:
+    """A log (a file or a postgresql:// URL) with one more run, of `notebook`, and one execution per (cell_id,
+    cell_name, state), written through the schema."""
     now = time.time()
-    conn.execute("INSERT INTO run (uuid, started_at, host, pid, notebook, python, platform) "
-                 "VALUES ('u1', ?, 'testhost', 1, 'nb.ipynb', '3.11', 'linux')", (now - 60,))
-    for n, (cell_id, name, state) in enumerate(cells):
-        conn.execute(
-            "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, "
-            "state, started_at, duration, saved_seconds, reason) "
-            "VALUES (1, ?, ?, ?, 'k', ?, 'h', ?, ?, 2.5, ?, ?)",
-            (name, cell_id, n + 1, SECRET_CODE, state, now - 50 + n, 2.5 if state == "replayed" else None,
-             "input df changed" if state == "recorded" and n else None))
-    conn.close()
+    with DurableLog(location, readonly=False) as log, log.transaction() as conn:
+        (run_id,) = conn.execute("INSERT INTO run (uuid, started_at, host, pid, notebook, python, platform) "
+                                 "VALUES (?, ?, 'testhost', 1, ?, '3.11', 'linux') RETURNING id",
+                                 (uuid.uuid4().hex, now - 60, notebook)).fetchone()
+        for n, (cell_id, name, state) in enumerate(cells):
+            conn.execute(
+                "INSERT INTO execution (run_id, cell_name, cell_id, execution_count, key, code, code_hash, "
+                "state, started_at, duration, saved_seconds, reason) "
+                "VALUES (?, ?, ?, ?, 'k', ?, 'h', ?, ?, 2.5, ?, ?)",
+                (run_id, name, cell_id, n + 1, SECRET_CODE, state, now - 50 + n,
+                 2.5 if state == "replayed" else None, "input df changed" if state == "recorded" and n else None))
 
 
 def test_default_log_path_sits_next_to_the_notebook() -> None:
@@ -142,3 +146,40 @@ def test_endpoint_in_a_real_jupyter_server(tmp_path: Path) -> None:
         status, data = jupyter.get(outside)
         assert status == 403
         assert "outside the Jupyter server root" in str(data["message"])
+
+
+@pytest.mark.integration
+def test_the_panel_reads_a_postgres_log_as_it_reads_a_file(tmp_path: Path, postgres: PostgresServer,
+                                                          pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server runs with DURABLE_NB_DB=postgresql://... (its kernels record there): the panel's endpoint
+    answers the same cell states as for the notebook's SQLite file, only this notebook's runs, no password."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # what this machine keeps for a team log
+    cells = [("c1", "prep", "recorded"), ("c2", None, "replayed"), ("c3", "fit", "failed")]
+    root = tmp_path / "root"
+    (root / "dir").mkdir(parents=True)
+    write_log(root / "dir" / "nb.durable.db", cells, notebook="dir/nb.ipynb")
+    # Trusted over 127.0.0.1, the superuser's password is never checked: it is here to be kept out of answers.
+    team = postgres.url(pg_database, password="pw-do-not-show", query="schema=team")
+    write_log(team, [("c9", "theirs", "recorded")], notebook="other.ipynb")  # a teammate's notebook, same schema
+    write_log(team, cells, notebook="dir/nb.ipynb")
+    monkeypatch.setenv("DURABLE_NB_DB", team)
+    with running_jupyter("server", root, tmp_path / "logs") as jupyter:
+        status, from_pg = jupyter.get("/durable-nb/api/log?" + urllib.parse.urlencode({"notebook": "dir/nb.ipynb"}))
+        assert status == 200, from_pg
+        status, from_file = jupyter.get("/durable-nb/api/log?" + urllib.parse.urlencode(
+            {"notebook": "dir/nb.ipynb", "log": "dir/nb.durable.db"}))
+        assert status == 200, from_file
+        status, refused = jupyter.get("/durable-nb/api/log?" + urllib.parse.urlencode(
+            {"notebook": "dir/nb.ipynb", "log": postgres.url(pg_database, query="schema=elsewhere")}))
+        assert status == 403 and "DURABLE_NB_DB" in str(refused["message"])
+        status, other = jupyter.get("/durable-nb/api/log?" + urllib.parse.urlencode({"notebook": "other.ipynb"}))
+        assert status == 200 and [e["cell_id"] for e in other["executions"]] == ["c9"]
+
+    def states(data: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return [(e["cell_id"], e["cell_name"], e["state"], e["saved_seconds"]) for e in data["executions"]]
+
+    assert from_pg["exists"] is True and states(from_pg) == states(from_file) and len(states(from_pg)) == 3
+    assert [r["executions"] for r in from_pg["runs"]] == [r["executions"] for r in from_file["runs"]] == [3]
+    assert set(from_pg["executions"][0]) == set(from_file["executions"][0])
+    assert from_pg["log"].endswith("?schema=team") and "pw-do-not-show" not in repr(from_pg)
+    assert SECRET_CODE not in repr(from_pg)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..pg_url import display_url
 from ..vocabulary import CALL_STATES, STATES, ago, fmt_duration, human_bytes
 from . import output
 from .output import Table
@@ -88,7 +89,8 @@ def register(sub: Any) -> None:
 
 
 def _log(p: argparse.ArgumentParser) -> None:
-    p.add_argument("log", metavar="LOG", help="a durable log file (opened read-only unless the verb changes it)")
+    p.add_argument("log", metavar="LOG",
+                   help="a durable log: a file or a postgresql:// URL (opened read-only unless the verb changes it)")
 
 
 # -- table rendering ------------------------------------------------------------------------------------------
@@ -109,7 +111,7 @@ def _text(value: Any) -> str:
 
 def _emit(frame: pd.DataFrame, args: argparse.Namespace, render: Any, what: str) -> int:
     headers, rows = output.frame_rows(frame)
-    return output.emit(args, headers, rows, lambda: render(frame), empty=f"no {what} in {args.log}")
+    return output.emit(args, headers, rows, lambda: render(frame), empty=f"no {what} in {display_url(args.log)}")
 
 
 def _tail(args: argparse.Namespace) -> int | None:
@@ -128,7 +130,7 @@ def _more(shown: int, total: int, what: str) -> str:
 def _history(args: argparse.Namespace) -> int:
     from ..views import history, opened
 
-    with opened(Path(args.log)) as log:
+    with opened(args.log) as log:
         frame = history(log, cell=args.cell, state=args.state, last=_tail(args))
         total = (int(log.conn.execute("SELECT count(*) FROM execution").fetchone()[0])
                  if args.cell is None and args.state is None else len(frame))
@@ -161,7 +163,7 @@ def _size(n: Any) -> str:
 def _runs(args: argparse.Namespace) -> int:
     from ..views import runs
 
-    frame = runs(Path(args.log))
+    frame = runs(args.log)
 
     def render(f: pd.DataFrame) -> Table:
         rows = [[str(r.run_id), ago(r.started_at), _seconds((r.ended_at - r.started_at).total_seconds())
@@ -177,7 +179,7 @@ def _runs(args: argparse.Namespace) -> int:
 def _activities(args: argparse.Namespace) -> int:
     from ..views import activities
 
-    frame = activities(Path(args.log), state=args.state)
+    frame = activities(args.log, state=args.state)
     total = len(frame)
     tail = _tail(args)
     if tail is not None:
@@ -197,7 +199,7 @@ def _show(args: argparse.Namespace) -> int:
     from ..log import queries
     from ..views import opened
 
-    with opened(Path(args.log)) as log:
+    with opened(args.log) as log:
         ex = queries.execution(log.conn, args.execution, log.path)
         outs = queries.outputs(log.conn, ex.source_id)
         events = queries.events(log.conn, ex.source_id)
@@ -259,7 +261,7 @@ def _load(args: argparse.Namespace) -> int:
         at = dt.datetime.fromisoformat(args.at) if args.at else None
     except ValueError as exc:
         raise DurableError(f"--at {args.at!r} is not an ISO 8601 time (e.g. 2026-11-26T14:03:00Z).") from exc
-    value = load(args.name, execution=args.execution, run=args.run, at=at, log=Path(args.log))
+    value = load(args.name, execution=args.execution, run=args.run, at=at, log=args.log)
     writer(value, target, args.name)
     print(f"wrote {args.name} ({type(value).__module__}.{type(value).__qualname__}) to {target} "
           f"({human_bytes(target.stat().st_size)})")
@@ -321,7 +323,7 @@ _WRITERS = {".parquet": _write_parquet, ".npy": _write_npy, ".json": _write_json
 def _diff(args: argparse.Namespace) -> int:
     from ..views import diff
 
-    print(diff(args.a, args.b, by="run" if args.runs else "execution", log=Path(args.log)))
+    print(diff(args.a, args.b, by="run" if args.runs else "execution", log=args.log))
     return 0
 
 
@@ -343,7 +345,7 @@ def _export(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from ..views import status
 
-    found = status(Path(args.log))
+    found = status(args.log)
     if args.json:
         print(json.dumps(found.as_dict()))
         return 0

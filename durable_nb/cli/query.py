@@ -10,7 +10,8 @@ from . import output
 
 def register(sub: Any) -> None:
     p = sub.add_parser("query", help="run read-only SQL over the log's views (executions, runs, activities, ...)")
-    p.add_argument("log", metavar="LOG", help="a durable log file (opened read-only; a write is refused)")
+    p.add_argument("log", metavar="LOG",
+                   help="a durable log: a file or a postgresql:// URL (read-only; a write is refused)")
     p.add_argument("sql", metavar="SQL", help="one SELECT (or WITH ... SELECT) statement; :name for parameters")
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="a value for :NAME in the SQL (text, as sqlite-utils passes it)")

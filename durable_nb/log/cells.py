@@ -58,6 +58,13 @@ class Recorded:
     inputs: dict[str, str]
     output_names: str | None
     read_files: dict[str, Any] = field(default_factory=dict)
+    python: str = ""  # of the run that recorded it
+    packages: str | None = None  # that run's package versions (JSON)
+
+    @property
+    def listed(self) -> list[str]:
+        """The names the execution lists as its outputs."""
+        return listed_names(self.output_names)
 
 
 def start(conn: sqlite3.Connection, run_id: int, s: ExecutionStart) -> int:
@@ -116,12 +123,14 @@ def names(items: Iterable[str]) -> str | None:
 
 def find_replayable(conn: sqlite3.Connection, key: str, *, only_run: int | None = None) -> Recorded | None:
     """The latest replayable record of `key` (with `only_run`: recorded by that run only, for from-scratch runs)."""
+    # The recording run's environment comes with the row: a replay compares it without another round trip.
     row = conn.execute(
-        "SELECT id, started_at, duration, inputs, output_names, read_files FROM execution "
-        "WHERE key = ? AND state = 'recorded' AND replayable = 1 AND (? OR run_id = ?) ORDER BY id DESC LIMIT 1",
+        "SELECT e.id, e.started_at, e.duration, e.inputs, e.output_names, e.read_files, r.python, r.packages "
+        "FROM execution e JOIN run r ON r.id = e.run_id WHERE e.key = ? AND e.state = 'recorded' AND "
+        "e.replayable = 1 AND (? OR e.run_id = ?) ORDER BY e.id DESC LIMIT 1",
         (key, only_run is None, only_run or 0)).fetchone()
     return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, stored_json(conn, row[3]), row[4],
-                                             stored_json(conn, row[5] or "{}"))
+                                             stored_json(conn, row[5] or "{}"), str(row[6]), row[7])
 
 
 def previous(conn: sqlite3.Connection, s: ExecutionStart) -> dict[str, Any] | None:
@@ -151,7 +160,11 @@ def outputs(conn: sqlite3.Connection, execution_id: int) -> list[StoredOutput]:
 
 def output_names(conn: sqlite3.Connection, execution_id: int) -> list[str]:
     row = conn.execute("SELECT output_names FROM execution WHERE id = ?", (execution_id,)).fetchone()
-    return str(row[0]).split(", ") if row is not None and row[0] else []
+    return listed_names(None if row is None else row[0])
+
+
+def listed_names(output_names: str | None) -> list[str]:
+    return str(output_names).split(", ") if output_names else []
 
 
 def saved_seconds(original: float, replay: float) -> float:

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CorruptLogError, LogError
+from ..pg_url import display_url, is_postgres_url
 from ..vocabulary import human_bytes
-from .connect import connect, migrate, write_transaction
+from . import pg_blobs, queries
+from .connect import connect, is_postgres, migrate, write_transaction
+from .queries import tables
 from .store import LogStore
+from .transfer import Selection, copy
 
 # Executions, calls and blobs are deleted / copied in batches this big (SQLite's bound-parameter limit is 32766).
 BATCH = 500
@@ -33,8 +37,8 @@ def file_bytes(path: Path) -> int:
 
 @dataclass
 class ExportResult:
-    source: Path
-    target: Path
+    source: str
+    target: str
     executions: int
     activities: int
     blobs: int
@@ -55,15 +59,20 @@ def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], latest_only
            force: bool = False, progress: bool = False) -> ExportResult:
     """Copy the log at `src` into a new log at `dst`: every execution (or, with `latest_only`, the latest
     replayable record of each key and the latest recorded activity call of each key and occurrence), with their
-    runs, outputs, events and only the blobs they use. `src` is opened read-only and never written."""
+    runs, outputs, events and only the blobs they use. `src` (a file or a postgresql:// URL) is opened read-only
+    and never written; `dst` is a new file."""
+    if is_postgres_url(dst):
+        raise LogError(f"export writes a new file, not {display_url(str(dst))}: to fill a PostgreSQL schema "
+                       "use durable-nb copy SRC URL.")
+    if is_postgres_url(src):
+        return _export_postgres(str(src), Path(dst).expanduser().resolve(), latest_only, force, progress)
     src_path, dst_path = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
     if src_path == dst_path:
         raise LogError(f"export {src_path}: the copy must go to another file (-o OTHER.durable.db).")
     if dst_path.exists() and not force:
         raise LogError(f"{dst_path} already exists; choose another -o path or pass --force to replace it.")
     connect(src_path, readonly=True).close()  # clear errors for a missing, foreign or newer file
-    for stale in (dst_path, dst_path.with_name(dst_path.name + "-wal"), dst_path.with_name(dst_path.name + "-shm")):
-        stale.unlink(missing_ok=True)
+    _remove_log(dst_path)
     conn = _new_log(dst_path)
     try:
         try:
@@ -79,8 +88,31 @@ def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], latest_only
         conn.execute("DETACH DATABASE src")
     finally:
         conn.close()
-    return ExportResult(src_path, dst_path, counts[0], counts[1], counts[2], file_bytes(src_path),
+    return ExportResult(str(src_path), str(dst_path), counts[0], counts[1], counts[2], file_bytes(src_path),
                         file_bytes(dst_path))
+
+
+def _export_postgres(src: str, dst_path: Path, latest_only: bool, force: bool, progress: bool) -> ExportResult:
+    """A PostgreSQL log's export: log.transfer's copy of the selected part into a new, compact file."""
+    if dst_path.exists() and not force:
+        raise LogError(f"{dst_path} already exists; choose another -o path or pass --force to replace it.")
+    with LogStore(src, readonly=True) as source:
+        conn = source.conn
+        executions = frozenset(r[0] for r in conn.execute(_LATEST_EXECUTIONS if latest_only
+                                                          else "SELECT id FROM execution"))
+        calls = frozenset(r[0] for r in conn.execute(_LATEST_CALLS if latest_only
+                                                     else "SELECT id FROM activity_call"))
+        source_bytes = queries.status(conn, source.path).file_bytes
+    _remove_log(dst_path)
+    _new_log(dst_path).close()
+    copied = copy(src, dst_path, progress=progress, selection=Selection(executions, calls))
+    return ExportResult(copied.source, str(dst_path), len(executions), len(calls), copied.blobs, source_bytes,
+                        file_bytes(dst_path))
+
+
+def _remove_log(path: Path) -> None:
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
 
 
 def _new_log(path: Path) -> sqlite3.Connection:
@@ -92,8 +124,8 @@ def _new_log(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _tables(conn: sqlite3.Connection, schema: str) -> set[str]:
-    return {r[0] for r in conn.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table'")}
+def _src_tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")}
 
 
 def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
@@ -108,16 +140,19 @@ def _copy_rows(conn: sqlite3.Connection, table: str, where: str) -> int:
     return cur.rowcount
 
 
+# What --latest-only keeps: the latest replayable record of each key, the latest recorded call of each key.
+_LATEST_EXECUTIONS = "SELECT max(id) FROM execution WHERE state = 'recorded' AND replayable = 1 GROUP BY key"
+_LATEST_CALLS = "SELECT max(id) FROM activity_call WHERE state = 'recorded' GROUP BY function, key, occurrence"
+
+
 def _copy(conn: sqlite3.Connection, latest_only: bool, progress: bool) -> tuple[int, int, int]:
-    has_activities = "activity_call" in _tables(conn, "src")
+    has_activities = "activity_call" in _src_tables(conn)
     conn.execute("CREATE TEMP TABLE keep_execution (id INTEGER PRIMARY KEY)")
     conn.execute("CREATE TEMP TABLE keep_call (id INTEGER PRIMARY KEY)")
     if latest_only:
-        conn.execute("INSERT INTO keep_execution SELECT max(id) FROM src.execution "
-                     "WHERE state = 'recorded' AND replayable = 1 GROUP BY key")
+        conn.execute(f"INSERT INTO keep_execution {_LATEST_EXECUTIONS.replace('FROM ', 'FROM src.')}")
         if has_activities:
-            conn.execute("INSERT INTO keep_call SELECT max(id) FROM src.activity_call WHERE state = 'recorded' "
-                         "GROUP BY function, key, occurrence")
+            conn.execute(f"INSERT INTO keep_call {_LATEST_CALLS.replace('FROM ', 'FROM src.')}")
     else:
         conn.execute("INSERT INTO keep_execution SELECT id FROM src.execution")
         if has_activities:
@@ -180,18 +215,23 @@ def _batches(ids: list[int]) -> Iterable[list[int]]:
 
 @dataclass
 class GcResult:
-    path: Path
+    log: str
     executions: int
     runs: int
     blobs: int
     freed_bytes: int
     free_bytes: int
+    postgres: bool = False
 
     def summary(self) -> str:
-        return (f"{self.path}: dropped {self.executions} superseded executions, {self.runs} empty runs and "
-                f"{self.blobs} unreferenced blobs; {human_bytes(self.freed_bytes)} of pages freed "
-                f"({human_bytes(self.free_bytes)} free in the file, reused by later writes). To give the space "
-                f"back to the disk, run `sqlite3 {self.path} VACUUM` while nothing uses the log.")
+        dropped = (f"{self.log}: dropped {self.executions} superseded executions, {self.runs} empty runs and "
+                   f"{self.blobs} unreferenced blobs")
+        if self.postgres:
+            return (f"{dropped}; {human_bytes(self.freed_bytes)} of blob chunks deleted. PostgreSQL's autovacuum "
+                    "makes their space reusable; VACUUM FULL on the blob tables gives it back to the disk.")
+        return (f"{dropped}; {human_bytes(self.freed_bytes)} of pages freed ({human_bytes(self.free_bytes)} free "
+                f"in the file, reused by later writes). To give the space back to the disk, run "
+                f"`sqlite3 {self.log} VACUUM` while nothing uses the log.")
 
 
 def gc(path: str | os.PathLike[str], *, keep_last: int = 1, progress: bool = False) -> GcResult:
@@ -206,21 +246,28 @@ def gc(path: str | os.PathLike[str], *, keep_last: int = 1, progress: bool = Fal
         raise LogError(f"gc {path}: --keep-last must be at least 1 (got {keep_last}).")
     with LogStore(path, readonly=False) as log:
         conn = log.conn
-        freed_before = _free_bytes(conn)
+        postgres = is_postgres(conn)
+        freed_before = 0 if postgres else _free_bytes(conn)
         doomed = _superseded(conn, keep_last)
         with log.transaction():
             for batch in tqdm(list(_batches(doomed)), desc="dropping executions", unit="batch",
                               disable=not progress or not doomed):
-                conn.execute(f"DELETE FROM execution WHERE id IN ({','.join('?' * len(batch))})", batch)
+                conn.execute(f"DELETE FROM execution WHERE id IN ({_marks(batch)})", batch)
         runs = _drop_empty_runs(log)
-        blobs = _drop_unreferenced_blobs(log, progress)
+        blobs, blob_bytes = _drop_unreferenced_blobs(log, progress)
+        if postgres:
+            return GcResult(str(log), len(doomed), runs, blobs, blob_bytes, 0, postgres=True)
         free = _free_bytes(conn)
-        return GcResult(log.path, len(doomed), runs, blobs, max(free - freed_before, 0), free)
+        return GcResult(str(log), len(doomed), runs, blobs, max(free - freed_before, 0), free)
 
 
 def _free_bytes(conn: sqlite3.Connection) -> int:
     page_size, free = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "freelist_count"))
     return int(page_size) * int(free)
+
+
+def _marks(batch: list[int]) -> str:
+    return ",".join("?" * len(batch))
 
 
 _CELL = "coalesce(cell_name, cell_id, code_hash)"
@@ -235,8 +282,9 @@ def _superseded(conn: sqlite3.Connection, keep_last: int) -> list[int]:
             UNION SELECT max(id) FROM execution WHERE state = 'recorded' AND replayable = 1 GROUP BY {_CELL}
             UNION SELECT id FROM execution WHERE state = 'running')
         SELECT id FROM execution
-        WHERE id NOT IN keep
-          AND id NOT IN (SELECT replayed_from FROM execution WHERE replayed_from IS NOT NULL AND id IN keep)
+        WHERE id NOT IN (SELECT id FROM keep)
+          AND id NOT IN (SELECT replayed_from FROM execution
+                         WHERE replayed_from IS NOT NULL AND id IN (SELECT id FROM keep))
         ORDER BY id""", (keep_last,)).fetchall()
     return [r[0] for r in rows]
 
@@ -246,29 +294,42 @@ def _drop_empty_runs(log: LogStore) -> int:
     dead = log.dead_run_ids()
     if not dead:
         return 0
-    has_calls = log.conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'activity_call'").fetchone() is not None
-    calls = "AND id NOT IN (SELECT run_id FROM activity_call)" if has_calls else ""
+    calls = "AND id NOT IN (SELECT run_id FROM activity_call)" if "activity_call" in tables(log.conn) else ""
     with log.transaction() as conn:
-        return conn.execute(
-            f"DELETE FROM run WHERE id IN (SELECT value FROM json_each(?)) "
-            f"AND id NOT IN (SELECT run_id FROM execution) {calls}", (_json_ids(dead),)).rowcount
+        return sum(conn.execute(f"DELETE FROM run WHERE id IN ({_marks(batch)}) "
+                                f"AND id NOT IN (SELECT run_id FROM execution) {calls}", batch).rowcount
+                   for batch in _batches(dead))
 
 
-def _drop_unreferenced_blobs(log: LogStore, progress: bool) -> int:
-    """Blobs no output and no activity result uses. A writer stores a blob and its reference in one
-    transaction, so inside ours every committed blob without a reference is garbage."""
+def _drop_unreferenced_blobs(log: LogStore, progress: bool) -> tuple[int, int]:
+    """Blobs no output and no activity result uses; returns how many and their stored bytes. A writer stores a
+    blob and its reference in one transaction, so inside ours every committed blob without a reference is
+    garbage. On PostgreSQL the blobs are the whole database's (every log schema's references count), and a
+    writer may be reusing one right now (pg_blobs): each is deleted only under its hash's lock."""
     from tqdm.auto import tqdm
 
-    has_calls = log.conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'activity_blob'").fetchone() is not None
-    calls = "AND id NOT IN (SELECT blob_id FROM activity_blob)" if has_calls else ""
-    with log.transaction() as conn:
-        orphans = [r[0] for r in conn.execute(
-            f"SELECT id FROM blob WHERE id NOT IN (SELECT blob_id FROM output_blob) {calls}")]
-        for batch in tqdm(list(_batches(orphans)), desc="dropping blobs", unit="batch",
-                          disable=not progress or not orphans):
-            marks = ",".join("?" * len(batch))
-            conn.execute(f"DELETE FROM chunk WHERE blob_id IN ({marks})", batch)
-            conn.execute(f"DELETE FROM blob WHERE id IN ({marks})", batch)
-    return len(orphans)
+    conn = log.conn
+    postgres = is_postgres(conn)
+    referenced = pg_blobs.referencing_sql(conn) if postgres else (
+        "SELECT blob_id FROM output_blob" + (" UNION SELECT blob_id FROM activity_blob"
+                                             if "activity_blob" in tables(conn) else ""))
+    unreferenced = f"id NOT IN ({referenced})"
+    orphans = [r[0] for r in conn.execute(f"SELECT id FROM blob WHERE {unreferenced} ORDER BY id")]
+    dropped = stored = 0
+    for batch in tqdm(list(_batches(orphans)), desc="dropping blobs", unit="batch",
+                      disable=not progress or not orphans):
+        with log.transaction():
+            if postgres:
+                batch = pg_blobs.lock_unclaimed(conn, batch)
+            if not batch:
+                continue
+            # Checked again inside the transaction (and, on PostgreSQL, under the locks): still unreferenced.
+            found = conn.execute(f"SELECT id, stored_size FROM blob WHERE id IN ({_marks(batch)}) AND "
+                                 f"{unreferenced}", batch).fetchall()
+            doomed = [r[0] for r in found]
+            if doomed:
+                conn.execute(f"DELETE FROM chunk WHERE blob_id IN ({_marks(doomed)})", doomed)
+                conn.execute(f"DELETE FROM blob WHERE id IN ({_marks(doomed)})", doomed)
+            dropped += len(doomed)
+            stored += sum(int(r[1]) for r in found)
+    return dropped, stored

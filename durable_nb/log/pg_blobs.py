@@ -12,11 +12,36 @@ from __future__ import annotations
 from typing import Any
 
 from .blobs import BlobSink, BlobSource, BlobStore, _ChunkWriter, _leaves
+from .pg_connect import quote_ident
 
 # Advisory locks share the server's lock table (max_locks_per_transaction × connections): hashes are folded into
 # this many lock ids, so a cell storing thousands of blobs holds at most this many locks.
 _LOCK_BUCKETS = 4096
 _LOCK_SPACE = 0x626c6f62 << 16  # "blob": keeps our advisory lock ids apart from the migration lock
+
+
+def _hash_lock(digest_sql: str) -> str:
+    """The advisory lock id of a content hash (an SQL expression of `digest_sql`)."""
+    return f"{_LOCK_SPACE} + mod(abs(hashtext({digest_sql})), {_LOCK_BUCKETS})"
+
+
+def referencing_sql(conn: Any) -> str:
+    """SQL of every blob id some log of this database uses: the blob schema is shared, so gc of one log must
+    count the references of all of them."""
+    rows = conn.execute("SELECT table_schema, table_name FROM information_schema.tables WHERE table_name IN "
+                        "('output_blob', 'activity_blob') ORDER BY 1, 2").fetchall()
+    return " UNION ".join(f"SELECT blob_id FROM {quote_ident(schema)}.{table}" for schema, table in rows)
+
+
+def lock_unclaimed(conn: Any, blob_ids: list[int]) -> list[int]:
+    """Inside a transaction: the blobs of `blob_ids` whose hash lock this transaction now holds. A writer that
+    reuses a stored blob holds its lock until it commits the reference; gc deletes only what it could lock, and
+    only tries (never waits), so it never joins a writer in a deadlock. A blob skipped now is left for the next
+    gc."""
+    marks = ",".join("?" * len(blob_ids))
+    return [r[0] for r in conn.execute(
+        f"SELECT id FROM blob WHERE id IN ({marks}) AND pg_try_advisory_xact_lock({_hash_lock('hash')})",
+        blob_ids).fetchall()]
 
 
 class _PgChunkWriter(_ChunkWriter):
@@ -34,8 +59,7 @@ class PgBlobSink(BlobSink):
     def _existing(self, digest: str) -> int | None:
         # Every claim of a hash (put, or a streamed blob's close) asks here first: the lock makes "not there
         # yet, so insert it" atomic across kernels until this transaction ends.
-        self.conn.execute("SELECT pg_advisory_xact_lock(? + mod(abs(hashtext(?)), ?))",
-                          (_LOCK_SPACE, digest, _LOCK_BUCKETS))
+        self.conn.execute(f"SELECT pg_advisory_xact_lock({_hash_lock('?')})", (digest,))
         return super()._existing(digest)
 
 

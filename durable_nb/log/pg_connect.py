@@ -14,13 +14,15 @@ opened, never by `import durable_nb`.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LogError, LogNotWritableError, NewerLogError, NotALogError
+from ..errors import LogError, LogNotWritableError, LogTransactionLost, NewerLogError, NotALogError
 from ..pg_url import PostgresTarget
 from .pg_schema import BLOB_SCHEMA, MIGRATIONS, SCHEMA_VERSION
 
@@ -34,6 +36,8 @@ CONNECT_TIMEOUT = 10
 # at once must not both create it.
 _MIGRATION_LOCK = 0x64757261626c65  # "durable"
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 _translated: dict[str, str] = {}
 
 
@@ -43,6 +47,45 @@ def translate(sql: str) -> str:
     if found is None:
         found = _translated[sql] = sql.replace("%", "%%").replace("?", "%s")
     return found
+
+
+def user_sql(sql: str, params: Sequence[Any] | dict[str, Any]) -> str:
+    """A user's SQL written for SQLite (`?` and `:name` placeholders) in psycopg's (`%s`, `%(name)s`, a literal
+    `%` doubled), leaving string literals, quoted names, comments and `::` casts as they are."""
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"":
+            end = sql.find(c, i + 1)
+            while end != -1 and sql[end + 1:end + 2] == c:  # a doubled quote inside the literal
+                end = sql.find(c, end + 2)
+            end = n if end == -1 else end + 1
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+        elif sql.startswith("--", i) or sql.startswith("/*", i):
+            end = sql.find("\n" if c == "-" else "*/", i)
+            end = n if end == -1 else end + (1 if c == "-" else 2)
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+        elif c == "%":
+            out.append("%%")
+            i += 1
+        elif c == "?" and not isinstance(params, dict):
+            out.append("%s")
+            i += 1
+        elif c == ":" and sql.startswith("::", i):
+            out.append("::")
+            i += 2
+        elif c == ":" and isinstance(params, dict) and _NAME.match(sql, i + 1):
+            name = _NAME.match(sql, i + 1)
+            assert name is not None
+            out.append(f"%({name.group()})s")
+            i = name.end()
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 def quote_ident(name: str) -> str:
@@ -59,6 +102,8 @@ class PgConnection:
         self.log_path: Path | None = None  # set by the store: the local folder of this log (error messages)
         self._lock = threading.RLock()
         self._depth = 0
+        # BEGIN is sent with a transaction's first statement, in one pipeline: a round trip fewer for each.
+        self._begin_pending = False
         self._conn = self._open()
         if migrate_schema:
             migrate(self)
@@ -71,13 +116,16 @@ class PgConnection:
         import psycopg
 
         with self._lock:
+            if self._begin_pending:
+                cursor: psycopg.Cursor[Any] = self._begin(sql, parameters)
+                return cursor
             try:
                 return self._conn.cursor(binary=True).execute(translate(sql), parameters)
             except psycopg.OperationalError as exc:
                 if self._depth or not self._conn.broken:
                     raise self.error(exc) from exc
-            self._reopen()  # outside a transaction a statement is safely sent again on a new connection
             try:
+                self._reopen()  # outside a transaction a statement is safely sent again on a new connection
                 return self._conn.cursor(binary=True).execute(translate(sql), parameters)
             except psycopg.Error as exc:
                 raise self.error(exc) from exc
@@ -87,17 +135,34 @@ class PgConnection:
         return None if row is None else row[0]
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]] | Iterator[Sequence[Any]]) -> None:
-        """Pipelined by psycopg (libpq's pipeline mode): one round trip for the batch, not one per row."""
+        """Pipelined by psycopg (libpq's pipeline mode): one round trip for the batch, not one per row; none
+        for no rows (psycopg would still sync the empty pipeline)."""
         import psycopg
 
+        found = iter(rows)
+        first = next(found, None)
+        if first is None:
+            return
+        rows = itertools.chain((first,), found)
         with self._lock:
+            if self._begin_pending:
+                self._begin()
             try:
                 self._conn.cursor(binary=True).executemany(translate(sql), rows)
             except psycopg.Error as exc:
                 raise self.error(exc) from exc
 
+    def read_only(self, sql: str, parameters: Sequence[Any] | dict[str, Any]) -> psycopg.Cursor[Any]:
+        """A user's statement (psycopg's placeholders) in a READ ONLY transaction, which the server keeps from
+        writing; the transaction stays open until the connection closes. The extended protocol (always used for
+        binary results) takes one statement, so no `COMMIT; DELETE ...` can follow it."""
+        self._conn.execute("BEGIN READ ONLY")
+        return self._conn.cursor(binary=True).execute(sql, parameters)
+
     def copy(self, statement: str) -> contextlib.AbstractContextManager[psycopg.Copy]:
         """COPY ... FROM STDIN (binary rows in bulk, the cheapest way into PostgreSQL)."""
+        if self._begin_pending:
+            self._begin()
         return self._conn.cursor().copy(statement)
 
     @property
@@ -106,8 +171,9 @@ class PgConnection:
 
     @contextlib.contextmanager
     def write_transaction(self) -> Iterator[PgConnection]:
-        """BEGIN (reconnecting while the server is away, for up to RECONNECT_SECONDS) ... COMMIT; ROLLBACK on
-        any error. A connection lost inside the transaction is an error: what it held was not committed."""
+        """BEGIN (sent with the first statement; reconnecting while the server is away, for up to
+        RECONNECT_SECONDS) ... COMMIT; ROLLBACK on any error. A connection lost inside the transaction is an
+        error (LogTransactionLost): what it held was not committed."""
         import psycopg
 
         if self.readonly:
@@ -117,27 +183,30 @@ class PgConnection:
             if self._depth:  # nested: part of the transaction already open on this connection
                 yield self
                 return
-            self._begin()
-            self._depth = 1
+            self._begin_pending, self._depth = True, 1
             try:
                 yield self
-                self._conn.execute("COMMIT")
+                if not self._begin_pending:  # a transaction that sent nothing has nothing to commit
+                    self._conn.execute("COMMIT")
             except BaseException as exc:
                 with contextlib.suppress(psycopg.Error):
-                    if not self._conn.broken:
+                    if not self._begin_pending and not self._conn.broken:
                         self._conn.execute("ROLLBACK")
                 if isinstance(exc, psycopg.Error):
                     raise self.error(exc) from exc
                 raise
             finally:
-                self._depth = 0
+                self._begin_pending, self._depth = False, 0
 
     def close(self) -> None:
         self._conn.close()
 
     # -- connecting
 
-    def _begin(self) -> None:
+    def _begin(self, sql: str | None = None, parameters: Sequence[Any] = ()) -> Any:
+        """BEGIN, with the transaction's first statement when given (one pipeline, one round trip); its cursor.
+        While the server is away (a restart takes seconds) it reconnects and tries again, for up to
+        RECONNECT_SECONDS: nothing of the transaction was sent yet."""
         import psycopg
 
         deadline = time.monotonic() + RECONNECT_SECONDS
@@ -145,34 +214,58 @@ class PgConnection:
             try:
                 if self._conn.broken or self._conn.closed:
                     self._reopen()
-                self._conn.execute("BEGIN")
-                return
+                with self._conn.pipeline():
+                    self._conn.execute("BEGIN")
+                    cursor = (None if sql is None
+                              else self._conn.cursor(binary=True).execute(translate(sql), parameters))
+                self._begin_pending = False
+                return cursor
             except psycopg.OperationalError as exc:
+                if not (self._conn.broken or self._conn.closed):  # the statement failed, inside the transaction
+                    self._begin_pending = False
+                    raise self.error(exc) from exc
                 if time.monotonic() > deadline:
                     raise self.error(exc) from exc
                 time.sleep(0.2)
+            except psycopg.Error as exc:
+                self._begin_pending = False
+                raise self.error(exc) from exc
 
     def _reopen(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()
-        self._conn = self._open()
+        self._conn = self._connect()
 
     def _open(self) -> psycopg.Connection[Any]:
         import psycopg
 
         try:
-            conn = psycopg.connect(self.target.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                                   application_name="durable_nb")
+            return self._connect()
         except psycopg.Error as exc:
             raise LogError(f"cannot connect to the PostgreSQL log {self.target}: {self.target.scrub(str(exc))}. "
                            "Check that the server runs and the URL (user, host, port, dbname; a password "
                            "in PGPASSWORD or ~/.pgpass).") from None
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        conn = psycopg.connect(self.target.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                               application_name="durable_nb")
         conn.execute(f"SET search_path TO {quote_ident(self.schema)}, {BLOB_SCHEMA}")
         return conn
 
     def error(self, exc: BaseException) -> LogError:
-        """What a user reads: the server's message (without secrets), naming the log."""
-        return LogError(f"PostgreSQL log {self.target}: {self.target.scrub(str(exc)).strip()}")
+        """What a user reads: the server's message (without secrets), naming the log; LogTransactionLost when
+        the connection is gone or the server aborted the transaction to break a deadlock (what it held was not
+        committed, and may be written again)."""
+        import psycopg
+
+        lost = self._conn.broken or self._conn.closed
+        victim = isinstance(exc, psycopg.errors.DeadlockDetected)
+        note = (" (the connection was lost; nothing of this transaction was committed)" if lost
+                else " (nothing of this transaction was committed)" if victim else "")
+        return (LogTransactionLost if lost or victim else LogError)(
+            f"PostgreSQL log {self.target}: {self.target.scrub(str(exc)).strip()}{note}")
 
 
 def applied_version(conn: PgConnection) -> int:

@@ -195,9 +195,11 @@ class LogStatus:
 
     def __str__(self) -> str:
         """The lines of `durable-nb status` and %durable_status."""
-        lines = [f"log:        {self.path} ({human_bytes(self.file_bytes)}"
-                 f"{f' + {human_bytes(self.wal_bytes)} WAL' if self.wal_bytes else ''}; "
-                 f"{human_bytes(self.free_bytes)} free pages)",
+        # A PostgreSQL schema's size is its tables' (its blobs are the database's); it has no WAL or free pages.
+        size = (f"{human_bytes(self.file_bytes)} in its tables" if isinstance(self.path, str) else
+                f"{human_bytes(self.file_bytes)}{f' + {human_bytes(self.wal_bytes)} WAL' if self.wal_bytes else ''}; "
+                f"{human_bytes(self.free_bytes)} free pages")
+        lines = [f"log:        {self.path} ({size})",
                  f"schema:     version {self.schema_version}",
                  f"runs:       {self.runs}" + (f" (current: run {self.current_run})" if self.current_run else ""),
                  f"executions: {_counts(self.executions)}",
@@ -225,7 +227,7 @@ def status(conn: sqlite3.Connection, path: Path, current_run: int | None = None)
     """Sizes and counts: cheap aggregates over indexed tables, no blob bytes."""
     shown, sizes = _pg_sizes(conn) if is_postgres(conn) else (path, _file_sizes(conn, path))
     acts: dict[str, int] = {}
-    if "activity_call" in _tables(conn):
+    if "activity_call" in tables(conn):
         acts = dict(conn.execute("SELECT state, count(*) FROM activity_call GROUP BY state").fetchall())
     if current_run is None:
         latest = conn.execute("SELECT max(id) FROM run WHERE ended_at IS NULL").fetchone()[0]
@@ -263,7 +265,8 @@ def _pg_sizes(conn: sqlite3.Connection) -> tuple[str, tuple[int, int, int]]:
     return str(conn.target), (int(size), 0, 0)  # type: ignore[attr-defined]
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
+def tables(conn: sqlite3.Connection) -> set[str]:
+    """The tables of the log (on PostgreSQL: of its schema)."""
     if is_postgres(conn):
         return {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables "
                                            "WHERE table_schema = current_schema()")}

@@ -17,6 +17,75 @@ class Migration(NamedTuple):
     sql: str
 
 
+# The documented views (docs/schema.md) in their final form, written once for both backends (log/pg_schema.py
+# creates the same ones): the SQL is portable but for the keys of a JSON object, given per backend.
+ACTIVITY_VIEWS = """
+        CREATE VIEW activities AS
+        SELECT c.id AS call_id, c.run_id, c.execution_id, c.function, c.kind, c.key, c.occurrence, c.state,
+               c.started_at, c.finished_at, c.finished_at - c.started_at AS duration,
+               c.attempts, c.attempts - 1 AS retries,
+               (SELECT a.error_type || ': ' || a.error_message FROM attempt a
+                WHERE a.call_id = c.id ORDER BY a.n DESC LIMIT 1) AS last_error,
+               c.codec, c.type, c.size AS result_size
+        FROM activity_call c;
+
+        CREATE VIEW attempts AS
+        SELECT a.call_id, c.function, a.n, a.state, a.started_at, a.finished_at,
+               a.finished_at - a.started_at AS duration, a.delay, a.error_type, a.error_message, a.traceback
+        FROM attempt a JOIN activity_call c ON c.id = a.call_id
+        UNION ALL
+        SELECT c.id, c.function, c.attempts, CASE c.state WHEN 'recorded' THEN 'ok' ELSE c.state END,
+               c.attempt_started_at, c.finished_at, c.finished_at - c.attempt_started_at, NULL, NULL, NULL, NULL
+        FROM activity_call c WHERE c.state IN ('recorded', 'running', 'crashed');
+"""
+
+RUNS_VIEW = """
+        CREATE VIEW runs AS
+        SELECT r.id AS run_id, r.uuid, r.started_at, r.ended_at, r.host, r.pid, r.notebook, r.python, r.platform,
+               r.packages,
+               (SELECT count(*) FROM execution e WHERE e.run_id = r.id) AS executions,
+               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'recorded') AS recorded,
+               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'replayed') AS replayed,
+               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'failed') AS failed,
+               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'crashed') AS crashed,
+               (SELECT coalesce(sum(e.saved_seconds), 0.0) FROM execution e WHERE e.run_id = r.id)
+                   AS saved_seconds,
+               (SELECT count(*) FROM activity_call c WHERE c.run_id = r.id) AS activities
+        FROM run r;
+"""
+
+OUTPUTS_VIEW = """
+        CREATE VIEW outputs AS
+        SELECT o.execution_id, o.name, o.kind, o.codec, o.codec_version, o.type, o.size, o.target,
+               o.inplace, o.signature IS NOT NULL AS signed,
+               (SELECT count(*) FROM output_blob b WHERE b.execution_id = o.execution_id AND b.name = o.name)
+                   AS blobs,
+               (SELECT coalesce(sum(bl.stored_size), 0) FROM output_blob b JOIN blob bl ON bl.id = b.blob_id
+                WHERE b.execution_id = o.execution_id AND b.name = o.name) AS stored_size
+        FROM output o;
+"""
+
+# The files an execution read, by name: `group_concat` of `json_each` keys here, `string_agg` of
+# `json_object_keys` on PostgreSQL.
+SQLITE_FILES_READ = "(SELECT group_concat(j.key, ', ') FROM json_each(e.read_files) j)"
+
+
+def executions_view(files_read: str) -> str:
+    """The `executions` view, with the backend's SQL for the names of the files an execution read."""
+    return """
+        CREATE VIEW executions AS
+        SELECT e.id AS execution_id, e.run_id, e.cell_name, e.cell_id, e.execution_count, e.state,
+               e.started_at, e.finished_at, e.duration,
+               CASE WHEN e.replayed_from IS NULL THEN e.duration
+                    ELSE (SELECT s.duration FROM execution s WHERE s.id = e.replayed_from) END AS original_duration,
+               e.saved_seconds, e.replayed_from, e.reason,
+               e.input_names AS inputs, e.output_names AS outputs, e.bytes_stored, e.replayable, e.error_type,
+               e.error_message, e.key, e.code_hash,
+               """ + files_read + """ AS files_read
+        FROM execution e;
+"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -191,24 +260,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         CREATE INDEX activity_blob_by_blob ON activity_blob(blob_id);
 
-        CREATE VIEW activities AS
-        SELECT c.id AS call_id, c.run_id, c.execution_id, c.function, c.kind, c.key, c.occurrence, c.state,
-               c.started_at, c.finished_at, c.finished_at - c.started_at AS duration,
-               c.attempts, c.attempts - 1 AS retries,
-               (SELECT a.error_type || ': ' || a.error_message FROM attempt a
-                WHERE a.call_id = c.id ORDER BY a.n DESC LIMIT 1) AS last_error,
-               c.codec, c.type, c.size AS result_size
-        FROM activity_call c;
-
-        CREATE VIEW attempts AS
-        SELECT a.call_id, c.function, a.n, a.state, a.started_at, a.finished_at,
-               a.finished_at - a.started_at AS duration, a.delay, a.error_type, a.error_message, a.traceback
-        FROM attempt a JOIN activity_call c ON c.id = a.call_id
-        UNION ALL
-        SELECT c.id, c.function, c.attempts, CASE c.state WHEN 'recorded' THEN 'ok' ELSE c.state END,
-               c.attempt_started_at, c.finished_at, c.finished_at - c.attempt_started_at, NULL, NULL, NULL, NULL
-        FROM activity_call c WHERE c.state IN ('recorded', 'running', 'crashed');
-        """,
+        """ + ACTIVITY_VIEWS,
     ),
     Migration(
         3,
@@ -217,19 +269,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP VIEW runs;
         DROP VIEW executions;
         DROP VIEW outputs;
-
-        CREATE VIEW runs AS
-        SELECT r.id AS run_id, r.uuid, r.started_at, r.ended_at, r.host, r.pid, r.notebook, r.python, r.platform,
-               r.packages,
-               (SELECT count(*) FROM execution e WHERE e.run_id = r.id) AS executions,
-               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'recorded') AS recorded,
-               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'replayed') AS replayed,
-               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'failed') AS failed,
-               (SELECT count(*) FROM execution e WHERE e.run_id = r.id AND e.state = 'crashed') AS crashed,
-               (SELECT coalesce(sum(e.saved_seconds), 0.0) FROM execution e WHERE e.run_id = r.id)
-                   AS saved_seconds,
-               (SELECT count(*) FROM activity_call c WHERE c.run_id = r.id) AS activities
-        FROM run r;
+        """ + RUNS_VIEW + """
 
         CREATE VIEW executions AS
         SELECT e.id AS execution_id, e.run_id, e.cell_name, e.cell_id, e.execution_count, e.state,
@@ -240,15 +280,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                e.bytes_stored, e.replayable, e.error_type, e.error_message, e.key, e.code_hash
         FROM execution e;
 
-        CREATE VIEW outputs AS
-        SELECT o.execution_id, o.name, o.kind, o.codec, o.codec_version, o.type, o.size, o.target,
-               o.inplace, o.signature IS NOT NULL AS signed,
-               (SELECT count(*) FROM output_blob b WHERE b.execution_id = o.execution_id AND b.name = o.name)
-                   AS blobs,
-               (SELECT coalesce(sum(bl.stored_size), 0) FROM output_blob b JOIN blob bl ON bl.id = b.blob_id
-                WHERE b.execution_id = o.execution_id AND b.name = o.name) AS stored_size
-        FROM output o;
-        """,
+        """ + OUTPUTS_VIEW,
     ),
     Migration(
         4,
@@ -293,17 +325,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "executions: original_duration, so a replay's three figures (original, replay, saved) come from one place",
         """
         DROP VIEW executions;
-        CREATE VIEW executions AS
-        SELECT e.id AS execution_id, e.run_id, e.cell_name, e.cell_id, e.execution_count, e.state,
-               e.started_at, e.finished_at, e.duration,
-               CASE WHEN e.replayed_from IS NULL THEN e.duration
-                    ELSE (SELECT s.duration FROM execution s WHERE s.id = e.replayed_from) END AS original_duration,
-               e.saved_seconds, e.replayed_from, e.reason,
-               e.input_names AS inputs, e.output_names AS outputs, e.bytes_stored, e.replayable, e.error_type,
-               e.error_message, e.key, e.code_hash,
-               (SELECT group_concat(j.key, ', ') FROM json_each(e.read_files) j) AS files_read
-        FROM execution e;
-        """,
+        """ + executions_view(SQLITE_FILES_READ),
     ),
 )
 

@@ -64,6 +64,10 @@ class LogStore:
         self._lock = threading.RLock()
         self._deferred: list[tuple[str, tuple[Any, ...]]] = []
         self._flush_timer: threading.Timer | None = None
+        # The record a replay is reading (found, then its outputs): recorded rows never change, so what the
+        # replay asks of them again is answered from here, without a round trip to a server.
+        self._found: Recorded | None = None
+        self._found_outputs: list[StoredOutput] = []
         self.dropped_rows = 0  # deferred bookkeeping rows the log refused (see flush)
         # What else holds this log's records in memory (the activity recorder): flushed with it.
         self._flushers: list[Callable[[], None]] = []
@@ -162,13 +166,22 @@ class LogStore:
         cells.finish(self.conn, execution_id, state=state, duration=duration, **facts)
 
     def find_replayable(self, key: str) -> Recorded | None:
-        return cells.find_replayable(self.conn, key, only_run=self.run_id if self.from_scratch else None)
+        self._found = cells.find_replayable(self.conn, key, only_run=self.run_id if self.from_scratch else None)
+        self._found_outputs = []
+        return self._found
+
+    def _replaying(self, execution_id: int) -> Recorded | None:
+        found = self._found
+        return found if found is not None and found.id == execution_id else None
 
     def previous_execution(self, s: ExecutionStart) -> dict[str, Any] | None:
         return cells.previous(self.conn, s)
 
     def stored_outputs(self, execution_id: int) -> list[StoredOutput]:
-        return cells.outputs(self.conn, execution_id)
+        outputs = cells.outputs(self.conn, execution_id)
+        if self._replaying(execution_id):
+            self._found_outputs = outputs
+        return outputs
 
     def note_package(self, package: str, version: str) -> None:
         """Inside the caller's write transaction: this run used `package` at `version` (kept if already listed)."""
@@ -179,18 +192,24 @@ class LogStore:
 
     def recorded_environment(self, execution_id: int) -> tuple[str, str | None] | None:
         """The Python version and the packages JSON of the run that recorded `execution_id`."""
+        found = self._replaying(execution_id)
+        if found is not None:
+            return found.python, found.packages
         row = self.conn.execute("SELECT r.python, r.packages FROM execution e JOIN run r ON r.id = e.run_id "
                                 "WHERE e.id = ?", (execution_id,)).fetchone()
         return None if row is None else (str(row[0]), row[1])
 
     def output_types(self, execution_id: int) -> list[tuple[str, str]]:
         """(codec, type) of each stored value of an execution."""
+        if self._replaying(execution_id) and self._found_outputs:
+            return [(str(o.codec), str(o.type)) for o in self._found_outputs if o.codec is not None]
         return [(str(c), str(t)) for c, t in self.conn.execute(
             "SELECT codec, type FROM output WHERE execution_id = ? AND codec IS NOT NULL", (execution_id,))]
 
     def output_names(self, execution_id: int) -> list[str]:
         """The names the execution lists as its outputs (written in the same transaction as the rows)."""
-        return cells.output_names(self.conn, execution_id)
+        found = self._replaying(execution_id)
+        return found.listed if found is not None else cells.output_names(self.conn, execution_id)
 
     def execution_events(self, execution_id: int) -> list[tuple[str, Any]]:
         return queries.events(self.conn, execution_id)

@@ -156,3 +156,43 @@ def test_torture_eight_kernels_record_at_once_without_error_or_loss(tmp_path: Pa
     assert sql(url, "SELECT state, count(*) FROM activity_call GROUP BY state") == [
         ("recorded", n_kernels * cells * calls)]
     assert sql(url, "SELECT count(*) FROM output WHERE name LIKE 'rows_%'") == [(n_kernels * cells,)]
+
+
+def wait_for_record_transaction(server: PostgresServer, timeout: float = 60.0) -> None:
+    """Until a kernel is inside a cell's record transaction, storing a value's chunks."""
+    deadline = time.monotonic() + timeout
+    with server.connect("team", autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            (n,) = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'durable_nb' "
+                                "AND xact_start IS NOT NULL AND query LIKE 'INSERT INTO chunk%'").fetchone()
+            if n:
+                return
+            time.sleep(0.01)
+    raise AssertionError("no kernel started storing its value's chunks")
+
+
+def test_server_restart_inside_a_cells_record_transaction(tmp_path: Path, kernels: list[Kernel]) -> None:
+    """The server restarts while a cell's outputs are being written (not between cells): the record is retried
+    on a new connection, the user's variables stay, the next cell records, nothing recorded earlier is lost."""
+    for server in running_server():
+        server.create_database("team")
+        url = server.url("team", query="schema=team")
+        kernel = start(kernels, tmp_path, host_env(tmp_path, "host-a", url))
+        kernel.run("%%durable --name one\nimport numpy as np\na = np.arange(1000)")
+        # ~200 MB of random bytes: about a second of chunk inserts, long enough to restart the server inside it.
+        kernel.start("%%durable --name big\nimport numpy as np\nbig = np.random.default_rng(0).random(25_000_000)")
+        wait_for_record_transaction(server)
+        server.restart(mode="immediate")
+        reply = kernel.kc.get_shell_msg(timeout=180)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        kernel.run("%%durable --name two\nb = a * 2")
+        assert kernel.run("print(int(b.sum()), big.shape[0])").split() == [str(2 * sum(range(1000))), "25000000"]
+        assert states(url) == [("one", "recorded"), ("big", "recorded"), ("two", "recorded")]
+        assert sql(url, "SELECT cell_name, replayable, problems FROM execution WHERE cell_name = 'big'") == [
+            ("big", 1, "[]")], "the record was written again, whole"
+        assert sql(url, "SELECT count(*) FROM blob WHERE id NOT IN (SELECT blob_id FROM output_blob)") == [(0,)], \
+            "the interrupted transaction left no blob behind"
+        kernel.run("del big")
+        kernel.run("%%durable --name big\nimport numpy as np\nbig = np.random.default_rng(0).random(25_000_000)")
+        assert kernel.run("import durable_nb\nprint(durable_nb.history()['state'].iloc[-1])") == "replayed\n"
+        assert kernel.run("print(big[:3].tolist() == np.random.default_rng(0).random(3).tolist())") == "True\n"
