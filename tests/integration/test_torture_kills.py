@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,11 +21,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
 import psutil
 import pytest
 from s3server import S3Server, wait_for
-from torture import TESTS, digest, figure, noted, size
+from torture import digest, figure, kernel_env, new_notebook, noted, size, sound
 
 from durable_nb import DurableLog
 from durable_nb.demo import KernelDied, NotebookKernel
@@ -56,16 +54,6 @@ class Tally:
     restores_checked: int = 0
     final_checked: int = 0
     phases: dict[str, int] = field(default_factory=dict)
-
-
-def kernel_env(secret: Path) -> dict[str, str]:
-    return {"DURABLE_NB_SECRET_FILE": str(secret), "PYTHONHASHSEED": "1",
-            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-
-
-def new_notebook(path: Path) -> Path:
-    nbformat.write(nbformat.v4.new_notebook(), path)  # type: ignore[no-untyped-call]
-    return path
 
 
 def make_cell(rng: random.Random, name: str, side: Path) -> Cell:
@@ -104,13 +92,9 @@ def litestream_children(pid: int) -> list[psutil.Process]:
 
 def recorded_rows(db: Path) -> dict[int, tuple[str, str, int]]:
     """The log's recorded executions (id → cell name, key, bytes stored), after `PRAGMA integrity_check`."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok", f"{db} fails integrity_check"
+    with sound(db) as conn:
         rows = conn.execute("SELECT id, cell_name, key, bytes_stored FROM execution "
                             "WHERE state = 'recorded'").fetchall()
-    finally:
-        conn.close()
     return {int(i): (str(n), str(k), int(b)) for i, n, k, b in rows}
 
 
@@ -307,13 +291,9 @@ print("imported")
 
 
 def recorded_cubes(db: Path) -> int:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with sound(db) as conn:
         return int(conn.execute("SELECT count(DISTINCT key) FROM activity_call WHERE state = 'recorded' "
                                 "AND function LIKE '%cube'").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def test_sigkill_while_importing_activity_journals(tmp_path: Path) -> None:
