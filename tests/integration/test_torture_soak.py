@@ -1,14 +1,16 @@
 """Torture (issue 17): a soak of 4 real kernels on one log, recording cells and activity loops for 10 minutes
-(about 40 s in the short version): no lock errors, no lost record, and each kernel's memory flat after warm-up.
+(about 40 s in the short version): no lock errors, no lost record, each kernel's memory growth after warm-up
+bounded per cell.
 
-Where a soak kernel's memory goes (measured with one kernel, 1,500 cells, RSS after every 100 and tracemalloc
-between cells 200 and 1,200): RSS rises by about 6.5 KiB a cell, linearly, with no step. About half is Python
-heap, and most of that is IPython's own history of every cell, kept by design (the source in `In`, `_iN` and
-linecache, ipykernel's cell file names, `Out` and the history's outputs); ours is bounded caches that fill in
-the first few hundred cells (the cell analyses, 512 at most; each activity's index of recorded calls) and one
-dead weakref per blob opened, which CPython 3.11's sqlite3 keeps in the connection until it closes (~90 bytes).
-The rest is the allocator's. So the test bounds the growth per cell after warm-up: a leak of anything a cell
-records (each cell here records 400 KB) shows as many times the bound.
+Where a soak kernel's memory goes (one kernel, 1,500 cells, RSS after every 100, tracemalloc between cells 200 and
+900 or 1,200): RSS rises linearly, by ~6.5 KiB a cell from cell 200, with no step. Dropping IPython's own
+per-cell history after each cell (linecache's copy of every cell, `In`, `_iN`, `Out`, the history's outputs:
+kept by IPython by design) leaves ~4.3 KiB, of which ~2.6 KiB is Python heap: our bounded caches filling (the
+cell analyses, 512 at most; each activity's index of recorded calls), ipykernel's and jupyter_client's per-message
+bits, and one dead weakref per blob opened (~90 bytes), which CPython 3.11's sqlite3 keeps in the connection's
+list until it closes. The rest is the allocator's. In the 10 minute soak, past warm-up, the growth is ~2.7 KiB a
+cell. So the test bounds the growth per cell after warm-up: a leak of anything a cell records (each records
+400 KB here) shows as many times the bound.
 """
 
 from __future__ import annotations
