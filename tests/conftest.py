@@ -35,8 +35,8 @@ def _default_log_settings() -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The long torture version runs a test for tens of minutes on a busy machine (110 kills took 33 s each at a
-    load of 9 on 2 cores): pytest's 600 s per test would cut it short."""
+    """The long torture version runs a test for ten minutes or more on a busy machine (the soak takes 600 s, 110
+    kills took 562 s at a load of 6-8 on 2 cores): pytest's 600 s per test would cut it short."""
     if torture.LONG:
         for item in items:
             if "torture" in item.nodeid:

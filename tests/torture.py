@@ -3,16 +3,23 @@
 `DURABLE_NB_TORTURE=long` (what `make torture` sets) runs every torture test at full size; otherwise each runs
 a short version of itself inside `make test`. Tests add their figures with `figure(...)`; the session prints
 them at the end (tests/conftest.py). Kernels import this module too (their PYTHONPATH holds tests/), to write
-the content digests of the values they record to a side channel.
+the content digests of the values they record to a side channel; so it imports nothing heavy at module level.
+The torture tests share their kernels' environment, the no-traceback check and the read-only look at a log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from durable_nb.demo import CellRun
 
 LONG = os.environ.get("DURABLE_NB_TORTURE", "").lower() == "long"
 TESTS = Path(__file__).parent
@@ -75,3 +82,46 @@ def noted(side: Path) -> dict[str, str]:
             if len(parts) == 2 and len(parts[1]) == 64:
                 found[parts[0]] = parts[1]
     return found
+
+
+def kernel_env(secret: Path, **extra: str) -> dict[str, str]:
+    """A torture kernel's environment: its signing secret, a fixed hash seed, tests/ importable (for `note`)."""
+    return {"DURABLE_NB_SECRET_FILE": str(secret), "PYTHONHASHSEED": "1",
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **extra}
+
+
+def new_notebook(path: Path) -> Path:
+    import nbformat
+
+    nbformat.write(nbformat.v4.new_notebook(), path)  # type: ignore[no-untyped-call]
+    return path
+
+
+def ok(run: CellRun) -> CellRun:
+    """The cell ran and no traceback reached the user: no error message, no 'Traceback' in any output."""
+    assert run.status == "ok", run.text()
+    assert "Traceback" not in run.text(), run.text()
+    return run
+
+
+@contextlib.contextmanager
+def sound(db: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to a log that `PRAGMA integrity_check` finds sound."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok", f"{db} fails integrity_check"
+        yield conn
+    finally:
+        conn.close()
+
+
+def assert_sound(db: Path) -> None:
+    with sound(db):
+        pass
+
+
+def recorded_cells(db: Path) -> list[str]:
+    """The names of the cells a sound log holds as recorded and replayable, in recording order."""
+    with sound(db) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT cell_name FROM execution WHERE state = 'recorded' AND replayable = 1 ORDER BY id")]

@@ -11,16 +11,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import nbformat
 import pytest
-from torture import TESTS, figure
+from torture import assert_sound, figure, kernel_env, new_notebook, ok, recorded_cells
 
-from durable_nb.demo import CellRun, NotebookKernel
+from durable_nb.demo import NotebookKernel
 
 pytestmark = pytest.mark.integration
 
@@ -48,37 +46,9 @@ def remount(mount: Path, mode: str) -> None:
 
 def kernel_for(folder: Path, tmp_path: Path, **extra: str) -> NotebookKernel:
     folder.mkdir(exist_ok=True)
-    nb = folder / "nb.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(), nb)  # type: ignore[no-untyped-call]
-    env = {"DURABLE_NB_SECRET_FILE": str(tmp_path / "secret"), "PYTHONHASHSEED": "1",
-           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **extra}
-    kernel = NotebookKernel(nb, env)
+    kernel = NotebookKernel(new_notebook(folder / "nb.ipynb"), kernel_env(tmp_path / "secret", **extra))
     ok(kernel.execute("%load_ext durable_nb"))
     return kernel
-
-
-def ok(run: CellRun) -> CellRun:
-    """No traceback reached the user: no error message, no 'Traceback' in any output."""
-    assert run.status == "ok", run.text()
-    assert "Traceback" not in run.text(), run.text()
-    return run
-
-
-def integrity(db: Path) -> str:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def recorded(db: Path) -> list[str]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return [r[0] for r in conn.execute(
-            "SELECT cell_name FROM execution WHERE state = 'recorded' AND replayable = 1 ORDER BY id")]
-    finally:
-        conn.close()
 
 
 def settle(kernel: NotebookKernel) -> None:
@@ -125,7 +95,7 @@ def test_full_disk_mid_record(small_fs: Path, tmp_path: Path) -> None:
         faults += 1
         shape = ok(kernel.execute("print(big.shape, small)")).text()
         assert "(3000000,) 1" in shape, "the variables stay in the kernel"
-        assert integrity(db) == "ok"
+        assert_sound(db)
 
         # Not a byte left: small records still fit in the WAL pages the failed one freed; a big one fails
         # the same clear way, and the cells keep running.
@@ -138,7 +108,7 @@ def test_full_disk_mid_record(small_fs: Path, tmp_path: Path) -> None:
         assert big2.durable_statuses()[-1]["state"] == "not-replayable", big2.durable_statuses()
         assert "not recorded" in big2.durable_statuses()[-1]["message"]
         faults += 1
-        assert integrity(db) == "ok"
+        assert_sound(db)
 
         # Space freed: the same cells record again.
         filler.unlink()
@@ -149,8 +119,8 @@ def test_full_disk_mid_record(small_fs: Path, tmp_path: Path) -> None:
         assert ok(kernel.execute("%%durable --name tiny\ntiny = 'recorded again'")).durable_states() == ["recorded"]
     finally:
         kernel.close()
-    assert integrity(db) == "ok"
-    assert recorded(db)[0] == "small" and recorded(db)[-2:] == ["big", "tiny"]
+    assert_sound(db)
+    assert recorded_cells(db)[0] == "small" and recorded_cells(db)[-2:] == ["big", "tiny"]
     fresh = kernel_for(small_fs, tmp_path)
     try:
         replay = ok(fresh.execute(BIG))
@@ -201,6 +171,6 @@ def test_read_only_media_mid_session(small_fs: Path, tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(Exception):
             kernel.close()
-    assert integrity(db) == "ok"
-    assert recorded(db) == ["first", "second", "third"]
+    assert_sound(db)
+    assert recorded_cells(db) == ["first", "second", "third"]
     figure("read_only_media", faults_survived=f"{faults}/3", recorded_after_rw=True)

@@ -18,17 +18,15 @@ import contextlib
 import json
 import os
 import shutil
-import sqlite3
 import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import nbformat
 import pytest
-from torture import TESTS, figure
+from torture import figure, kernel_env, new_notebook, ok, recorded_cells, sound
 
-from durable_nb.demo import CellRun, NotebookKernel
+from durable_nb.demo import NotebookKernel
 
 pytestmark = pytest.mark.integration
 BOUND_KERNEL = "durable-nb-file-modes"
@@ -61,21 +59,11 @@ def bound_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
 def start(folder: Path, tmp_path: Path) -> NotebookKernel:
     folder.mkdir(exist_ok=True)
     nb = folder / "nb.ipynb"
-    if not nb.exists():
-        nbformat.write(nbformat.v4.new_notebook(), nb)  # type: ignore[no-untyped-call]
-    env = {"DURABLE_NB_SECRET_FILE": str(tmp_path / "secret"), "PYTHONHASHSEED": "1",
-           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    kernel = NotebookKernel(nb, env, kernel_name=BOUND_KERNEL)
+    kernel = NotebookKernel(nb if nb.exists() else new_notebook(nb), kernel_env(tmp_path / "secret"),
+                            kernel_name=BOUND_KERNEL)
     assert "bound by file modes" in ok(kernel.execute(PROBE)).text(), "the kernel ignores file modes"
     ok(kernel.execute("%load_ext durable_nb"))
     return kernel
-
-
-def ok(run: CellRun) -> CellRun:
-    """The cell ran and no traceback reached the user."""
-    assert run.status == "ok", run.text()
-    assert "Traceback" not in run.text(), run.text()
-    return run
 
 
 def flip(folder: Path, writable: bool) -> None:
@@ -87,24 +75,11 @@ def flip(folder: Path, writable: bool) -> None:
     assert bool(folder.stat().st_mode & stat.S_IWUSR) == writable
 
 
-def integrity(db: Path) -> str:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def recorded(db: Path) -> tuple[list[str], dict[str, int]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        cells = [r[0] for r in conn.execute(
-            "SELECT cell_name FROM execution WHERE state = 'recorded' AND replayable = 1 ORDER BY id")]
-        calls = dict(conn.execute("SELECT substr(function, instr(function, '.') + 1), count(*) FROM activity_call "
-                                  "WHERE state = 'recorded' GROUP BY function").fetchall())
-        return cells, calls
-    finally:
-        conn.close()
+def recorded_calls(db: Path) -> dict[str, int]:
+    """Recorded activity calls by function name, in a sound log."""
+    with sound(db) as conn:
+        return dict(conn.execute("SELECT substr(function, instr(function, '.') + 1), count(*) FROM activity_call "
+                                 "WHERE state = 'recorded' GROUP BY function").fetchall())
 
 
 def test_log_and_journal_made_read_only_mid_session(bound_kernels: None, tmp_path: Path) -> None:
@@ -163,8 +138,7 @@ def test_log_and_journal_made_read_only_mid_session(bound_kernels: None, tmp_pat
             if k is not None:
                 with contextlib.suppress(Exception):
                     k.close()
-    assert integrity(db) == "ok"
-    cells, calls = recorded(db)
+    cells, calls = recorded_cells(db), recorded_calls(db)
     assert cells == ["first", "second", "third"], cells
     assert calls == {"before": 20, "during": 20, "after": 20}, calls
     replay = start(folder, tmp_path)

@@ -14,15 +14,13 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
-import nbformat
 import psutil
 import pytest
 from s3server import S3Server, wait_for
-from torture import figure, size
+from torture import figure, new_notebook, size, sound
 
 from durable_nb.demo import CellRun, NotebookKernel
 from durable_nb.replicate import restore
@@ -35,13 +33,11 @@ STATUS = ("from durable_nb import session as _s\nfrom durable_nb.replicate impor
 
 
 def rows(db: Path) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok", db
-        return conn.execute("SELECT id, cell_name, key, state, bytes_stored FROM execution "
-                            "WHERE state = 'recorded' ORDER BY id").fetchall()
-    finally:
-        conn.close()
+    with sound(db) as conn:
+        found: list[tuple[object, ...]] = conn.execute(
+            "SELECT id, cell_name, key, state, bytes_stored FROM execution WHERE state = 'recorded' ORDER BY id"
+        ).fetchall()
+    return found
 
 
 def status(kernel: NotebookKernel) -> dict[str, object]:
@@ -51,8 +47,7 @@ def status(kernel: NotebookKernel) -> dict[str, object]:
 
 
 def test_s3_outage_and_litestream_kill_never_block_cells(tmp_path: Path, s3: S3Server) -> None:
-    nb = tmp_path / "nb.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(), nb)  # type: ignore[no-untyped-call]
+    nb = new_notebook(tmp_path / "nb.ipynb")
     db = tmp_path / "nb.durable.db"
     kernel = NotebookKernel(nb, {"DURABLE_NB_SECRET_FILE": str(tmp_path / "secret"), **s3.env()})
     slowest = 0.0
