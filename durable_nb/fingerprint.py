@@ -238,7 +238,7 @@ class _Hasher:
             return self._h.digest()
         self._settle(0)
         tree = xxhash.xxh3_128(_TREE)
-        tree.update(b"".join(leaf if type(leaf) is bytes else leaf.result() for leaf in self._leaves))
+        tree.update(b"".join(leaf if isinstance(leaf, bytes) else leaf.result() for leaf in self._leaves))
         tree.update(self._h.digest())
         return tree.digest()
 
