@@ -85,13 +85,16 @@ def loaded_module(module: str, what: str) -> types.ModuleType:
         else:
             # The cell's own imports of that package (`import sklearn.linear_model` loads ..._logistic).
             for name in (m for m in own if m.partition(".")[0] == top):
-                with contextlib.suppress(ImportError):  # `from a import f`: a.f is a candidate, not a module
+                # `from a import f` names a.f, a candidate, not a module; a module that fails to import
+                # fails again when the cell runs, where the user sees why.
+                with contextlib.suppress(Exception):
                     importlib.import_module(name)
         found = sys.modules.get(module)
     if not isinstance(found, types.ModuleType):
-        raise DecodeError(f"{what} needs module {module}, which is not imported in this kernel: decoding a log "
-                          "never imports a module the cell does not import itself (importing runs its code). "
-                          "The cell runs instead")
+        raise DecodeError(f"{what} needs module {module}, which is not imported in this kernel: decoding never "
+                          "imports a module only the log names (importing runs its code). A cell that imports it "
+                          f"itself replays, others run instead; to load such a value, import {module} first if "
+                          "you trust it")
     return found
 
 
