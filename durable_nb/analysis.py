@@ -34,6 +34,7 @@ class CellAnalysis:
     environ: tuple[str, ...] = ()  # environment variables read by name: os.environ["X"], os.getenv("X")
     strings: tuple[str, ...] = ()  # string constants: the paths native readers (pyarrow, polars) are given
     lists_dirs: bool = False  # the code names a directory lister (os.listdir, glob, Path.iterdir...)
+    imports: tuple[str, ...] = ()  # modules the cell's own import statements import (a replay may import them)
 
 
 @lru_cache(maxsize=512)
@@ -55,7 +56,22 @@ def analyze(code: str) -> CellAnalysis:
                        and n.id in _LISTERS) for n in ast.walk(tree)),
         strings=tuple(dict.fromkeys(n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
                                     and isinstance(n.value, str) and 0 < len(n.value) < 4096)),
+        imports=tuple(dict.fromkeys(_imported_modules(tree.body))),
     )
+
+
+def _imported_modules(body: list[ast.stmt]) -> list[str]:
+    """Absolute modules that running these statements imports (not those of functions it only defines):
+    `import a.b` → a.b; `from a.b import c` → a.b, and a.b.c in case c is a submodule."""
+    found: list[str] = []
+    imports = [n for n in _walk_same_scope(body) if isinstance(n, ast.Import | ast.ImportFrom)]
+    for node in sorted(imports, key=lambda n: (n.lineno, n.col_offset)):  # in the order the cell runs them
+        if isinstance(node, ast.Import):
+            found.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append(node.module)
+            found.extend(f"{node.module}.{a.name}" for a in node.names if a.name != "*")
+    return found
 
 
 def _environ_reads(tree: ast.AST) -> list[str]:

@@ -241,7 +241,7 @@ class DurableCell:
                     reason, recorded = ", ".join(moved), None
                 if recorded is not None:
                     try:
-                        return self._replay(recorded, start)
+                        return self._replay(recorded, start, analysis.imports)
                     except UntrustedError:
                         reason = trust.untrusted_reason(self.log.path)
                     except DecodeError as exc:
@@ -257,9 +257,9 @@ class DurableCell:
 
     # -- replay -------------------------------------------------------------------------------------------
 
-    def _replay(self, recorded: Recorded, start: ExecutionStart) -> Any:
+    def _replay(self, recorded: Recorded, start: ExecutionStart, imports: tuple[str, ...]) -> Any:
         t0 = time.perf_counter()
-        result = cell_outputs.Restore(self.log, self.shell.user_ns, start.inputs).run(recorded.id)
+        result = cell_outputs.Restore(self.log, self.shell.user_ns, start.inputs, imports).run(recorded.id)
         events = self.log.execution_events(recorded.id)
         differs = environment.differences(self.log, recorded.id)
         replayed = functools.partial(self._payload, "replayed", recorded_at=recorded.started_at,

@@ -270,14 +270,20 @@ def _recorded_fingerprint(m: _Pickled) -> str | None:
 class Restore:
     """Rebuilds one recorded execution's outputs. Everything is decoded before the namespace is touched: a
     failure leaves no half-restored state."""
-    def __init__(self, log: CellLog, ns: dict[str, Any], inputs: dict[str, str]) -> None:
+    def __init__(self, log: CellLog, ns: dict[str, Any], inputs: dict[str, str],
+                 imports: tuple[str, ...]) -> None:
         self.log = log
         self.ns = ns
         self.inputs = inputs  # this replay's key inputs: what the live namespace holds now
+        self.imports = imports  # what the cell's import statements import: decoding may import these only
         self.final: dict[str, Any] = {}
         self.updates: dict[str, Any] = {}  # name → value to copy into the live object
 
     def run(self, execution_id: int) -> Any:
+        with reference.cell_imports(self.imports):
+            return self._run(execution_id)
+
+    def _run(self, execution_id: int) -> Any:
         outputs = self.log.stored_outputs(execution_id)
         _check_complete(self.log, execution_id, outputs)
         check_trusted(self.log, outputs)

@@ -21,12 +21,16 @@ import sysconfig
 import types
 import weakref
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from durable_nb.errors import Unfingerprintable
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 # Bump when the encoding changes: old keys must miss rather than collide with new ones.
 _FORMAT = b"durable_nb.fingerprint/2"
@@ -39,6 +43,8 @@ _TREE = b"durable_nb.tree"
 # Strided arrays and Arrow offsets are copied through one reused scratch buffer of this size: new memory costs
 # ~0.8 s per GiB on first touch here, a hot 4 MiB buffer costs nothing.
 _SCRATCH_BYTES = 4 << 20
+# Leaves handed to the pool that put() does not wait for: 128 MiB, two columns' worth of a large frame.
+_PENDING_LEAVES = 8
 _FILE_CHUNK = 1 << 20
 # Below this length, checking whether a sequence is homogeneous costs more than it saves.
 _HOMOGENEOUS_MIN = 16
@@ -186,12 +192,13 @@ class _Hasher:
     boundaries fall every _LEAF_BYTES bytes of put() data wherever put() calls begin and end, so a buffer put
     whole or in pieces (a strided copy block by block, an Arrow column chunk by chunk) hashes the same."""
 
-    __slots__ = ("_h", "_leaves", "_room", "call", "memo")
+    __slots__ = ("_h", "_leaves", "_pending", "_room", "call", "memo")
 
     def __init__(self, call: _Call, memo: _Memo) -> None:
         self._h = xxhash.xxh3_128()
         self._room = _LEAF_BYTES
-        self._leaves: list[bytes] = []
+        self._leaves: list[bytes | Future[bytes]] = []
+        self._pending: deque[Future[bytes]] = deque()
         self.call = call
         self.memo = memo
 
@@ -205,21 +212,33 @@ class _Hasher:
         head = self._room
         whole = (n - head) // _LEAF_BYTES
         tail = head + whole * _LEAF_BYTES
-        leaves = [view[i : i + _LEAF_BYTES] for i in range(head, tail, _LEAF_BYTES)]
-        # The pool hashes the whole leaves while this thread finishes the current leaf and starts the next;
-        # they are all waited for here, so no caller's buffer (the scratch block) is read after put() returns.
-        digests = on_pool(_leaf, leaves)
+        # The pool hashes the whole leaves while this thread finishes the current leaf, starts the next and goes
+        # on to the next buffers (a frame's next column): waiting here for each buffer's leaves left the pool
+        # idle between columns. A put() with whole leaves is at least one leaf long, so the reused scratch block
+        # (at most _SCRATCH_BYTES) never reaches the pool; any other buffer stays alive through its leaves' views.
+        if whole:
+            self._settle(_PENDING_LEAVES - whole)
+            pool = _leaf_pool()
+            for i in range(head, tail, _LEAF_BYTES):
+                self._pending.append(pool.submit(_leaf, view[i : i + _LEAF_BYTES]))
         self._h.update(view[:head])
         self._leaves.append(self._h.digest())
+        self._leaves.extend(itertools.islice(self._pending, len(self._pending) - whole, None))
         self._h = xxhash.xxh3_128(view[tail:])
         self._room = _LEAF_BYTES - (n - tail)
-        self._leaves.extend(digests)
+
+    def _settle(self, limit: int) -> None:
+        """Wait until at most `limit` leaves are still being hashed: a fresh copy (a cast column) is freed only
+        once its leaves are done, so this bounds the memory held beyond the value's own."""
+        while self._pending and len(self._pending) > max(limit, 0):
+            self._pending.popleft().result()
 
     def _digest(self) -> bytes:
         if not self._leaves:
             return self._h.digest()
+        self._settle(0)
         tree = xxhash.xxh3_128(_TREE)
-        tree.update(b"".join(self._leaves))
+        tree.update(b"".join(leaf if isinstance(leaf, bytes) else leaf.result() for leaf in self._leaves))
         tree.update(self._h.digest())
         return tree.digest()
 

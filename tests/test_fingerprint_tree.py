@@ -117,3 +117,18 @@ def test_a_forked_child_fingerprints_large_values(big: np.ndarray) -> None:
     got = queue.get(timeout=60)
     child.join(timeout=10)
     assert got == want and child.exitcode == 0
+
+
+def test_leaves_still_hashing_when_put_returns_give_the_digest_of_one_whole_put() -> None:
+    # put() does not wait for a buffer's leaves (the pool works on while the next column is read): buffers
+    # dropped by their caller right after put(), more leaves in flight than the bound, must all count, in order.
+    rng = np.random.default_rng(3)
+    pieces = [rng.integers(0, 255, size, dtype=np.uint8) for size in (2 * LEAF + 5, 3 * LEAF - 7, LEAF, 5 * LEAF + 1)]
+    h = fp._Hasher(fp._Call(), fp._Memo())
+    for piece in pieces:
+        h.put(piece.copy())  # a temporary: only the leaves' views keep it alive
+        assert len(h._pending) <= max(fp._PENDING_LEAVES, 5)
+    one = fp._Hasher(fp._Call(), fp._Memo())
+    one.put(np.concatenate(pieces))
+    assert h.digest_hex() == one.digest_hex()
+    assert not h._pending

@@ -9,7 +9,7 @@ namedtuples, dataclasses of plain data, numpy dtypes and object ndarrays. A leaf
 or leaf seen twice is a back-reference, so sharing survives (a cycle goes to pickle).
 
 Decoding runs no code from the log. Classes (Enum, namedtuple, dataclass) are named by module and qualname and
-looked up, never unpickled: the module is imported if it is not yet (as module outputs are restored), a
+looked up, never unpickled, in a module already imported (or one the cell imports: see reference.py), a
 dataclass is rebuilt field by field without calling `__init__`, an Enum member is looked up by name, a
 namedtuple built by `tuple.__new__`. A class defined in the notebook (`__main__`) does not exist when a fresh
 kernel decodes the cell that defines it, so such values are not taken here: they are pickled, class by value.
@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import DecodeError
+from .reference import loaded_module
 
 if TYPE_CHECKING:
     from .streams import Sink, Source
@@ -459,21 +460,21 @@ def _numpy() -> Any:
     return numpy
 
 
-
 def _stdlib(name: str) -> Any:
     """A standard module, imported when a value of it is decoded (see _BY_NAME)."""
     return sys.modules.get(name) or importlib.import_module(name)
 
+
 def _find_class(module: str, qualname: str) -> Any:
-    """A class by name: attribute lookups only. The module is imported if needed (installed or local code, as
-    a module output is restored), never `__main__`, whose classes a decode must not guess at."""
+    """A class by name: attribute lookups only, in a module found as reference.loaded_module allows (never
+    one only the log names), never `__main__`, whose classes a decode must not guess at."""
     if module == "__main__":
         raise DecodeError(f"class {qualname} of the notebook is not stored by name")
+    obj: Any = loaded_module(module, f"class {module}.{qualname}")
     try:
-        obj: Any = sys.modules.get(module) or importlib.import_module(module)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+    except AttributeError as exc:
         raise DecodeError(f"class {module}.{qualname} cannot be found here ({exc})") from exc
     return obj
 
