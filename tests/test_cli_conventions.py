@@ -22,7 +22,7 @@ import nbformat
 import pandas as pd
 import pytest
 from s3server import S3Server, wait_for
-from shells import Shell
+from shells import Shell, user_env
 from test_history import fingerprint
 
 import durable_nb
@@ -240,7 +240,7 @@ def _notebook(folder: Path, *sources: str, parameters: str | None = None) -> Pat
 
 
 def _cli(argv: list[str], cwd: Path, secret: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DURABLE_NB_SECRET_FILE": str(secret)}
+    env = {**os.environ, **user_env(secret)}
     return subprocess.run([DURABLE_NB, *argv], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 

@@ -39,9 +39,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import xxhash
 
-from ..codecs import SAFE_CODECS, decode_value, encode_value, signature, trusted
-from ..errors import DecodeError, DurableError, EncodeError, LogError, LogNotWritableError
-from . import background
+from .. import keys
+from ..codecs import SAFE_CODECS, decode_value, distrust, encode_value, signature
+from ..errors import DecodeError, DurableError, EncodeError, LogError, LogNotWritableError, UntrustedError
+from ..keys import PublicKey
+from . import background, signers
 from .blobs import BlobStore, content_hash
 from .connect import Durability, write_transaction
 from .journal import INLINE_AT, UPSERT_MANY, Journal, journal_line, recover, upsert
@@ -205,6 +207,7 @@ class Call:
     result: _Result | None = None
     failures: list[_Failure] = field(default_factory=list)  # append-only
     signature: str | None = None
+    signer: PublicKey | None = None
 
     def next_attempt(self) -> None:
         self.attempt += 1
@@ -222,6 +225,7 @@ class _Row:
     inline_stored: bool
     parts: int
     signature: str | None
+    signer: PublicKey | None
     parsed_meta: dict[str, Any] | None = None  # decoders only read it
 
 
@@ -256,6 +260,8 @@ class Recorder:
         self.pending: dict[int, Call] = {}
         self.index: dict[str, tuple[int, dict[tuple[str, int], _Row]]] = {}
         self.blobs = log.blob_store(self.conn)
+        self.shown = str(log)
+        self.signer_id: int | None = None
         self._recover(log)
         _LIVE.add(self)
         log.on_flush(self.flush)
@@ -279,9 +285,10 @@ class Recorder:
             rows = self.conn.execute(
                 "SELECT key, occurrence, id, codec, codec_version, meta, "
                 f"CASE WHEN length(inline) <= {INDEX_INLINE_MAX} THEN inline END, inline IS NOT NULL, parts, "
-                "signature FROM activity_call WHERE function = ? AND state = 'recorded' AND (? OR run_id = ?) "
-                "ORDER BY id", (function, not self.from_scratch, self.run_id)).fetchall()
-        table = {(r[0], r[1]): _Row(*r[2:]) for r in rows}
+                f"signature, {signers.of('c')} FROM activity_call c WHERE function = ? AND state = 'recorded' "
+                "AND (? OR run_id = ?) ORDER BY id", (function, not self.from_scratch, self.run_id)).fetchall()
+        table = {(r[0], r[1]): _Row(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], signers.public_key(r[10], r[11]))
+                 for r in rows}
         with self.jlock:  # journaled, not yet imported
             for call, params in self.journaled:
                 if call.function == function:
@@ -300,15 +307,21 @@ class Recorder:
                     return self._decode(row, row.parsed_meta, self._stored_sources(row))
             sources = [_InlineSource(row.inline)] if row.inline is not None else []
             return self._decode(row, row.parsed_meta, sources)
+        except UntrustedError:  # said once by _decode
+            return MISS
         except DecodeError as exc:
             warnings.warn(f"activity {function}: the recorded result of call {row.id} cannot be loaded "
                           f"here ({exc}); calling the function again.", stacklevel=4)
             return MISS
 
-    @staticmethod
-    def _decode(row: _Row, meta: dict[str, Any], sources: Sequence[Any]) -> Any:
-        allowed = trusted(row.codec, row.codec_version, meta, [s.hash for s in sources], row.signature)
-        return decode_value(row.codec, row.codec_version, meta, sources, allow_pickle=allowed)
+    def _decode(self, row: _Row, meta: dict[str, Any], sources: Sequence[Any]) -> Any:
+        problem = distrust(row.codec, row.codec_version, meta, [s.hash for s in sources], row.signature,
+                           row.signer, self.shown)
+        if problem is not None:
+            # Once per signer and log: a loop over a thousand untrusted calls says it once, not a thousand times.
+            _say_once(f"durable: activity results recorded in {self.shown}: {problem}. Those calls run again.")
+            raise UntrustedError(problem)
+        return decode_value(row.codec, row.codec_version, meta, sources, allow_pickle=True)
 
     def _stored_sources(self, row: _Row) -> Sequence[BlobSource | _InlineSource]:
         if row.inline_stored:
@@ -339,6 +352,8 @@ class Recorder:
         """Make the call's final state durable: small results through the journal, big ones straight into the
         log (their bytes dwarf a commit). Returns once durable."""
         res = call.result
+        if res is not None and not res.safe and self.signer_id is None:
+            self._add_signer()
         if res is not None and (len(res.parts) > 1 or (res.parts and res.parts[0].nbytes > INLINE_MAX)):
             with self.wlock, write_transaction(self.conn, self.path):
                 blob_ids = [self.blobs.sink().put(p) for p in res.parts]
@@ -364,6 +379,12 @@ class Recorder:
             return
         _FLUSHER.wake(self)
         self._remember(call, params[INLINE_AT], None)
+
+    def _add_signer(self) -> None:
+        """This user's key in the log's signers, the first time this recorder signs a result (its id goes into
+        the journal line with the signature)."""
+        with self.wlock, write_transaction(self.conn, self.path):
+            self.signer_id = signers.signer_id(self.conn, keys.user_key().public)
 
     def _commit_directly(self, call: Call, params: tuple[Any, ...], journal_error: OSError) -> None:
         """The journal cannot be written (read-only folder, permissions, full disk): the call goes straight
@@ -444,12 +465,13 @@ class Recorder:
             if len(res.parts) == 1 and res.parts[0].nbytes <= INLINE_MAX:
                 inline = res.parts[0].tobytes()
             if not res.safe and call.signature is None:
-                call.signature = signature(enc.codec, enc.version, enc.meta, res.part_hashes(inline is not None))
+                call.signature, call.signer = signature(enc.codec, enc.version, enc.meta,
+                                                        res.part_hashes(inline is not None))
         return (call.uid, self.run_id, call.execution_id, call.function, call.key, call.occurrence, call.kind,
                 call.started_at, call.state, call.finished_at, call.attempt, call.attempt_started_at,
                 enc.codec if enc else None, enc.version if enc else None, enc.type_name if enc else None,
                 res.meta_json if res else None, enc.size if enc else None, inline,
-                len(res.parts) if res else 0, call.signature)
+                len(res.parts) if res else 0, call.signature, self.signer_id if call.signer else None)
 
     def _upsert(self, params: tuple[Any, ...], failures: list[tuple[Any, ...]]) -> int:
         return upsert(self.conn, params, failures)
@@ -466,7 +488,7 @@ class Recorder:
         enc = res.encoded
         table.setdefault((call.key, call.occurrence), _Row(
             call_id, enc.codec, enc.version, res.meta_json, inline, False, len(res.parts),
-            call.signature))
+            call.signature, call.signer))
 
 
 _said: set[str] = set()

@@ -245,6 +245,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                (SELECT string_agg(j.k, ', ') FROM json_object_keys(e.read_files::json) AS j(k)) AS files_read
         FROM execution e;
         """),
+    Migration(7, SQLITE_MIGRATIONS[6].name, f"""
+        CREATE TABLE signer (
+            id {_ID},
+            public_key bytea NOT NULL UNIQUE,
+            name text NOT NULL DEFAULT ''
+        );
+        ALTER TABLE output ADD COLUMN signer_id bigint REFERENCES signer(id);
+        ALTER TABLE activity_call ADD COLUMN signer_id bigint REFERENCES signer(id);
+        """),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -305,6 +305,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         FROM execution e;
         """,
     ),
+    Migration(
+        7,
+        "signers: the Ed25519 public key of whoever signed a stored value, one row per key",
+        # Older rows keep signer_id NULL: their signature is the HMAC of their recorder's secret.
+        """
+        CREATE TABLE signer (
+            id INTEGER PRIMARY KEY,
+            public_key BLOB NOT NULL UNIQUE,
+            name TEXT NOT NULL DEFAULT ''
+        );
+        ALTER TABLE output ADD COLUMN signer_id INTEGER REFERENCES signer(id);
+        ALTER TABLE activity_call ADD COLUMN signer_id INTEGER REFERENCES signer(id);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LogError
+from . import signers
 from .blobs import BlobSink
 from .connect import is_postgres
 from .store import LogStore
 
 # In the order of their foreign keys. `blob`/`chunk` go separately (matched by hash); `*_blob` rows are remapped.
-TABLES = ("run", "execution", "output", "event", "activity_call", "attempt")
+TABLES = ("signer", "run", "execution", "output", "event", "activity_call", "attempt")
 BLOB_LINKS = {"output_blob": ("execution_id", "name", "seq", "blob_id"),
               "activity_blob": ("call_id", "seq", "blob_id")}
 # Columns a backend adds for itself: PostgreSQL's explicit `output.rowid` (the order is kept by inserting in it).
@@ -31,7 +32,7 @@ _OWN_COLUMNS = {"rowid"}
 # `output.rowid`: SQLite's implicit insertion order, PostgreSQL's explicit column of the same name.
 _ORDER = {"output": "rowid", "event": "execution_id, seq", "attempt": "call_id, n"}
 # Identities a PostgreSQL destination must continue after the copied ids.
-_IDENTITIES = ("run", "execution", "activity_call")
+_IDENTITIES = ("signer", "run", "execution", "activity_call")
 
 
 @dataclass
@@ -81,6 +82,8 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
 
 
 def _copy_table(source: sqlite3.Connection, target: sqlite3.Connection, table: str) -> int:
+    if table == "signer" and not signers.has_signers(source):  # a source older than signer keys
+        return 0
     columns = [c for c in _columns(source, table) if c in set(_columns(target, table))]
     order = _ORDER.get(table, "id")
     return _insert(target, table, columns, source.execute(
