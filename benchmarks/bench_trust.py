@@ -3,8 +3,9 @@
 
 "With" is the real replay path: the trust check (is the signer trusted, and does the recorder's Ed25519 signature
 over codec, meta and blob hashes verify; for pickle), the content hash of every blob while it is read (its pieces
-hashed by the threads that copy them), and the pickle stream's BLAKE2b digest. "Without" reads the same chunks into the same buffers and checks nothing. The cost is
-the difference of the best times of runs taken alternately (see `_interleaved`). The xxh3 pass over the value's
+hashed by the threads that copy them), and the pickle stream's BLAKE2b digest. "Without" reads the same chunks into
+the same buffers and checks nothing. The cost is the difference of the best times of runs taken alternately (see
+`_interleaved`). The xxh3 pass over the value's
 bytes alone is a cross-check: on replay the pieces are hashed in the CPU cache right after their copy, by two
 threads, so the cost is lower. Best times: on these shared 2-core machines the difference of two best-of-REPEAT
 times still moves by ±10 ms from run to run.
