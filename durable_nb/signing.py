@@ -52,6 +52,14 @@ def payload(codec: str, version: int, meta: dict[str, Any], blob_hashes: list[st
     return json.dumps([codec, version, meta, blob_hashes], sort_keys=True, separators=(",", ":")).encode()
 
 
+DIGEST_BYTES = 16
+
+
+def digest(data: bytes) -> bytes:
+    """A payload's BLAKE2b-128 digest: what a signed batch lists for each value it signs."""
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
 def sign(data: bytes) -> str:
     return hmac.new(user_secret(), data, hashlib.sha256).hexdigest()
 

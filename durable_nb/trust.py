@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from . import keys, signing
-from .codecs import CODECS, signature, trusted, verifies
+from .codecs import CODECS, Batch, signature, trusted, verifies
 from .codecs.pickle import _digest
 from .errors import DecodeError, LogError, NotALogError, SigningKeyError, UntrustedError
 from .keys import PublicKey
@@ -64,6 +64,11 @@ class StoredValue:
     # The blobs decoding reads: its own, or for one of a cell's pickled outputs, those of the shared stream.
     reads: list[int] = field(default_factory=list)
     signer: PublicKey | None = None  # None: an HMAC signature (logs older than signer keys), or none
+    batch: Batch | None = None  # an activity result signed with the others of its flush
+
+    @property
+    def signed_by(self) -> PublicKey | None:
+        return self.batch.signer if self.batch is not None else self.signer
 
 
 @dataclass
@@ -131,7 +136,7 @@ class Trusted:
 
 
 def _by(value: StoredValue) -> str:
-    return f", signed by {value.signer.shown()}" if value.signer is not None else ""
+    return f", signed by {value.signed_by.shown()}" if value.signed_by is not None else ""
 
 
 def stored_values(conn: sqlite3.Connection) -> list[StoredValue]:
@@ -155,13 +160,16 @@ def stored_values(conn: sqlite3.Connection) -> list[StoredValue]:
         reads = blobs.get(("output", (execution_id, meta_["bundle_of"])), []) if "bundle_of" in meta_ else own
         found.append(StoredValue(where, codec, version or 0, meta_, own, None, signed, "output",
                                  (execution_id, name), reads, signers.public_key(key, key_name)))
-    for call_id, function, codec, version, type_name, meta, inline, signed, key, key_name in conn.execute(
+    batches = signers.batches(conn)
+    batch_of = "batch_id" if batches else "NULL"
+    for call_id, function, codec, version, type_name, meta, inline, signed, key, key_name, batch in conn.execute(
             "SELECT id, function, codec, codec_version, type, meta, inline, signature, "
-            f"{signers.columns(conn, 'c')} FROM activity_call c WHERE codec IS NOT NULL ORDER BY id"):
+            f"{signers.columns(conn, 'c')}, {batch_of} FROM activity_call c WHERE codec IS NOT NULL ORDER BY id"):
         own = blobs.get(("activity_call", (call_id,)), [])
         found.append(StoredValue(f"activity call {call_id} ({function}) result ({type_name})", codec,
                                  version or 0, _meta(meta), own, None if inline is None else bytes(inline),
-                                 signed, "activity_call", (call_id,), own, signers.public_key(key, key_name)))
+                                 signed, "activity_call", (call_id,), own, signers.public_key(key, key_name),
+                                 batches.get(batch) if batch is not None else None))
     return found
 
 
@@ -208,8 +216,9 @@ def _trust(log: LogStore, dry_run: bool) -> Trusted:
         signer_id = signers.signer_id(conn, keys.user_key().public)
         for value in done.signed:
             signed = signature(value.codec, value.version, value.meta, _hashes(value, hashes))
-            where = "execution_id = ? AND name = ?" if value.table == "output" else "id = ?"
-            conn.execute(f"UPDATE {value.table} SET signature = ?, signer_id = ? WHERE {where}",
+            where, batch = ("execution_id = ? AND name = ?", "") if value.table == "output" else \
+                ("id = ?", ", batch_id = NULL")
+            conn.execute(f"UPDATE {value.table} SET signature = ?, signer_id = ?{batch} WHERE {where}",
                          (signed.signature, signer_id, *value.row_key))
     return done
 
@@ -249,10 +258,13 @@ def _review(conn: sqlite3.Connection, path: Path, log: str) -> Review:
         value_hashes = _hashes(value, hashes)
         data = signing.payload(value.codec, value.version, value.meta, value_hashes)
         # A signature that does not match is tampering whoever the signer is; trusting them would not help.
-        if value.signer is not None and not verifies(data, value.signature, value.signer):
-            review.tampered.append(Finding(value.where, f"its signature by {value.signer.shown()} does not "
-                                                        "match the value"))
-        elif trusted(value.codec, value.version, value.meta, value_hashes, value.signature, value.signer):
+        signer = value.signed_by
+        if signer is not None and not (value.batch.holds(data) if value.batch is not None else
+                                       verifies(data, value.signature, signer)):
+            review.tampered.append(Finding(value.where, f"its signature by {signer.shown()} does not match the "
+                                                        "value"))
+        elif trusted(value.codec, value.version, value.meta, value_hashes, value.signature, value.signer,
+                     value.batch):
             review.signed_by_you += 1
         else:
             review.unsigned.append(value)
@@ -378,7 +390,7 @@ def trust_user(name: str, log: str | os.PathLike[str], *, dry_run: bool = False)
                                   "fingerprint from that list")
         key = found[0]
         review = _review(opened.conn, opened.path, shown(opened))
-        values = [v for v in stored_values(opened.conn) if v.signer is not None and v.signer.same_key(key)]
+        values = [v for v in stored_values(opened.conn) if v.signed_by is not None and v.signed_by.same_key(key)]
         where = {v.where for v in values}
         done = SignerReview(shown(opened), key, values, [f for f in review.tampered if f.where in where], dry_run,
                             key.same_key(public_key()))

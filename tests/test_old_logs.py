@@ -67,6 +67,6 @@ def test_anyone_else_runs_its_pickled_cells_and_unpickles_nothing(old_log: Path,
     assert not (tmp_path / "PWNED").exists(), "a pickle signed with another user's secret must never be loaded"
     session.close_log()
     # The re-run cells and the activity call are recorded anew, signed with this user's Ed25519 key.
-    assert rows(old_log, "SELECT count(*), count(signer_id) FROM activity_call") == [(2, 1)]
+    assert rows(old_log, "SELECT count(*), count(batch_id) FROM activity_call") == [(2, 1)]
     review = verify_log(old_log)
     assert review.ok and len(review.unsigned) == 6 and review.signed_by_you == review.pickled - 6

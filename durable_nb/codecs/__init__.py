@@ -134,16 +134,47 @@ def signature(codec: str, version: int, meta: dict[str, Any], hashes: list[str])
     return Signed(key.sign(signing.payload(codec, version, meta, hashes)).hex(), key.public)
 
 
+class Batch:
+    """One signature over the payload digests of many values (the activity results of one flush): verified once,
+    however many of its values are read."""
+
+    def __init__(self, signer: PublicKey, digests: bytes, signature: str) -> None:
+        self.signer = signer
+        self.digests = digests
+        self.signature = signature
+        self._valid: bool | None = None
+        self._members: frozenset[bytes] | None = None
+
+    def holds(self, data: bytes) -> bool:
+        """Whether the signer signed the payload `data` in this batch."""
+        if self._valid is None:
+            self._valid = verifies(self.digests, self.signature, self.signer)
+        if self._members is None:
+            n = signing.DIGEST_BYTES
+            self._members = frozenset(self.digests[i:i + n] for i in range(0, len(self.digests), n))
+        return self._valid and signing.digest(data) in self._members
+
+
+def batch_signature(payloads: Sequence[bytes]) -> tuple[bytes, Signed]:
+    """The digests of `payloads`, concatenated, and this user's signature of them."""
+    key = keys.user_key()
+    digests = b"".join(signing.digest(p) for p in payloads)
+    return digests, Signed(key.sign(digests).hex(), key.public)
+
+
 def distrust(codec: str, version: int, meta: dict[str, Any], hashes: list[str], signature: str | None,
-             signer: PublicKey | None, log: str = "LOG") -> str | None:
+             signer: PublicKey | None, log: str = "LOG", batch: Batch | None = None) -> str | None:
     """None when this value may be decoded here, else why not. A value decodes when its codec runs no code, or
     its Ed25519 signature verifies and the signer is this user or a key this user trusts, or (logs written before
     signer keys) its HMAC verifies with this user's secret. The one trust check in front of every decode (cells,
-    activities, history); the reason names the signer and the remedy (commands on `log`)."""
+    activities, history); the reason names the signer and the remedy (commands on `log`). A value signed as part of
+    a `batch` is checked against the batch's signature instead of its own."""
     found = _BY_NAME.get(codec)
     if found is not None and found.safe:
         return None
     data = signing.payload(codec, version, meta, hashes)
+    if batch is not None:
+        signer = batch.signer
     if signer is None:
         if signing.verify(data, signature):
             return None
@@ -154,7 +185,7 @@ def distrust(codec: str, version: int, meta: dict[str, Any], hashes: list[str], 
         name = shlex.quote(signer.comment or signer.fingerprint)
         return (f"it is pickled and signed by {signer.shown()}, a key you do not trust; to trust them, review "
                 f"what they recorded and trust their key with `durable-nb trust user {name} {shlex.quote(log)}`")
-    if not verifies(data, signature, signer):
+    if not (batch.holds(data) if batch is not None else verifies(data, signature, signer)):
         return (f"its signature by {signer.shown()} does not match the value: the log was modified since; the "
                 "cell or call runs again")
     return None
@@ -170,9 +201,9 @@ def verifies(data: bytes, signature: str | None, signer: PublicKey) -> bool:
 
 
 def trusted(codec: str, version: int, meta: dict[str, Any], hashes: list[str], signature: str | None,
-            signer: PublicKey | None) -> bool:
+            signer: PublicKey | None, batch: Batch | None = None) -> bool:
     """May this value be decoded here (see `distrust`)."""
-    return distrust(codec, version, meta, hashes, signature, signer) is None
+    return distrust(codec, version, meta, hashes, signature, signer, batch=batch) is None
 
 
 def decode_value(codec: str, version: int, meta: dict[str, Any], sources: Sequence[Source], *,

@@ -23,8 +23,9 @@ from .connect import write_transaction
 # Columns of one activity_call upsert, in the order of `Recorder._params` (and of a journal line).
 COLUMNS = ("uid", "run_id", "execution_id", "function", "key", "occurrence", "kind", "started_at", "state",
             "finished_at", "attempts", "attempt_started_at", "codec", "codec_version", "type", "meta", "size",
-            "inline", "parts", "signature", "signer_id")
+            "inline", "parts", "signature", "signer_id", "batch_id")
 INLINE_AT = COLUMNS.index("inline")
+BATCH_AT = COLUMNS.index("batch_id")
 UPSERT_MANY = (f"INSERT INTO activity_call ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
                 "ON CONFLICT(uid) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[8:]))
 UPSERT = UPSERT_MANY + " RETURNING id"

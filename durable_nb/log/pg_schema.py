@@ -251,8 +251,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             public_key bytea NOT NULL UNIQUE,
             name text NOT NULL DEFAULT ''
         );
+        CREATE TABLE signed_batch (
+            id {_ID},
+            signer_id bigint NOT NULL REFERENCES signer(id),
+            digests bytea NOT NULL,
+            signature text NOT NULL
+        );
         ALTER TABLE output ADD COLUMN signer_id bigint REFERENCES signer(id);
         ALTER TABLE activity_call ADD COLUMN signer_id bigint REFERENCES signer(id);
+        ALTER TABLE activity_call ADD COLUMN batch_id bigint REFERENCES signed_batch(id);
         """),
 )
 

@@ -2,13 +2,16 @@
 
 A signed row references its signer by id rather than carrying 32 bytes of key, and a reader learns who signed a
 value, and under which name, from this table. Logs older than migration 7 have no such table: their signatures
-are HMACs of their recorder's secret (durable_nb.signing), and their rows read as signed by no key.
+are HMACs of their recorder's secret (durable_nb.signing), and their rows read as signed by no key. The
+`signed_batch` table holds one signature over many activity results (codecs.Batch), referenced by their batch_id.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 
+from ..codecs import Batch
 from ..keys import PublicKey
 from .connect import applied_version
 
@@ -54,3 +57,25 @@ def listed(conn: sqlite3.Connection) -> list[tuple[int, PublicKey]]:
         return []
     return [(int(i), PublicKey(bytes(raw), name or ""))
             for i, raw, name in conn.execute("SELECT id, public_key, name FROM signer ORDER BY id")]
+
+
+def add_batch(conn: sqlite3.Connection, signer: int, digests: bytes, signature: str) -> int:
+    """A signed batch (codecs.Batch) of this log, inside the caller's transaction; its id."""
+    (found,) = conn.execute("INSERT INTO signed_batch (signer_id, digests, signature) VALUES (?, ?, ?) "
+                            "RETURNING id", (signer, digests, signature)).fetchone()
+    return int(found)
+
+
+def batches(conn: sqlite3.Connection, ids: Iterable[int] | None = None) -> dict[int, Batch]:
+    """The signed batches `ids` (all of them when None), by id."""
+    if not has_signers(conn):
+        return {}
+    sql = ("SELECT b.id, s.public_key, s.name, b.digests, b.signature FROM signed_batch b "
+           "JOIN signer s ON s.id = b.signer_id")
+    wanted = None if ids is None else sorted(set(ids))
+    if wanted is not None:
+        if not wanted:
+            return {}
+        sql += f" WHERE b.id IN ({', '.join('?' * len(wanted))})"
+    return {int(i): Batch(PublicKey(bytes(raw), name or ""), bytes(digests), signature)
+            for i, raw, name, digests, signature in conn.execute(sql, tuple(wanted or ()))}

@@ -24,7 +24,7 @@ from .connect import is_postgres
 from .store import LogStore
 
 # In the order of their foreign keys. `blob`/`chunk` go separately (matched by hash); `*_blob` rows are remapped.
-TABLES = ("signer", "run", "execution", "output", "event", "activity_call", "attempt")
+TABLES = ("signer", "signed_batch", "run", "execution", "output", "event", "activity_call", "attempt")
 BLOB_LINKS = {"output_blob": ("execution_id", "name", "seq", "blob_id"),
               "activity_blob": ("call_id", "seq", "blob_id")}
 # Columns a backend adds for itself: PostgreSQL's explicit `output.rowid` (the order is kept by inserting in it).
@@ -32,7 +32,7 @@ _OWN_COLUMNS = {"rowid"}
 # `output.rowid`: SQLite's implicit insertion order, PostgreSQL's explicit column of the same name.
 _ORDER = {"output": "rowid", "event": "execution_id, seq", "attempt": "call_id, n"}
 # Identities a PostgreSQL destination must continue after the copied ids.
-_IDENTITIES = ("signer", "run", "execution", "activity_call")
+_IDENTITIES = ("signer", "signed_batch", "run", "execution", "activity_call")
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
 
 
 def _copy_table(source: sqlite3.Connection, target: sqlite3.Connection, table: str) -> int:
-    if table == "signer" and not signers.has_signers(source):  # a source older than signer keys
+    if table in ("signer", "signed_batch") and not signers.has_signers(source):  # older than signer keys
         return 0
     columns = [c for c in _columns(source, table) if c in set(_columns(target, table))]
     order = _ORDER.get(table, "id")
