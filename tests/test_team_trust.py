@@ -195,6 +195,11 @@ def test_activity_results_of_a_teammate_miss_until_trusted(team: Callable[[str],
     err = capsys.readouterr().err
     assert err.count("a key you do not trust") == 1, "said once, not once per call"
     assert "durable-nb trust user alice@" in err, err
+    flush()
+    (name,) = [n for (n,) in sql(log_location, "SELECT name FROM signer") if n.startswith("alice@")]
+    review = durable_nb.trust_user(name, str(log_location), dry_run=True)  # her results are signed per batch
+    assert sorted(v.where.split(") result (")[1] for v in review.values if v.table == "activity_call") == \
+        ["test_team_trust.Box)", "test_team_trust.Hostile)"], review.lines()
     durable_nb.trust_add(key_file(tmp_path, "alice"))
     as_user("bob")
     assert build(3).n == 3 and calls == [3, 3], "once her key is trusted, her results replay"
