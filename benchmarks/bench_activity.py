@@ -8,6 +8,7 @@ log on these machines is ~30 µs to record and ~5 µs to replay.
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -28,6 +29,17 @@ def inc(i: int) -> int:
     return i + 1
 
 
+class Point:
+    """A result only pickle stores: recording it signs it (Ed25519), replaying it verifies the signature."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+def point(i: int) -> Point:
+    return Point(i)
+
+
 def _per_call(call: Callable[[int], Any], n: int = CALLS) -> float:
     return per_call(call, n, BATCH)
 
@@ -36,18 +48,18 @@ def bare() -> float:
     return statistics.median(_per_call(inc) for _ in range(REPEAT))
 
 
-def durable(folder: Path, durability: str,
-            location: Callable[[int], Path | str] | None = None) -> tuple[float, float]:
-    """(record, replay) seconds per call, each the median over REPEAT fresh logs (`location(n)`: where the
-    n-th is; default a file in `folder`)."""
+def durable(folder: Path, durability: str, location: Callable[[int], Path | str] | None = None,
+            fn: Callable[[int], Any] = inc) -> tuple[float, float]:
+    """(record, replay) seconds per call of `fn`, each the median over REPEAT fresh logs (`location(n)`: where
+    the n-th is; default a file in `folder`)."""
     import durable_nb.calls as act
     from durable_nb import session
     from durable_nb.log.calls import flush
 
-    step = act.activity(inc)
+    step = act.activity(fn)
     records, replays = [], []
     for n in range(REPEAT):
-        where = location(n) if location else folder / f"{durability}-{n}.db"
+        where = location(n) if location else folder / f"{durability}-{fn.__name__}-{n}.db"
         session.open_log(where, durability=durability)  # type: ignore[arg-type]
         act.reset_scope()
         step(-1)  # first use: imports, recorder, flusher thread
@@ -92,15 +104,19 @@ def dbos(system_database_url: str) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        os.environ["DURABLE_NB_KEYS_DIR"] = str(folder / "keys")  # the signing key of the pickled results
         base = bare()
         record, replay = durable(folder, "normal")
         full_record, _ = durable(folder, "full")
+        signed_record, signed_replay = durable(folder, "normal", fn=point)
         peer = dbos(f"sqlite:///{folder}/dbos.sqlite")
     report("bare function call (baseline)", base)
     report("activity record per trivial call (normal)", record, base, baseline_name="bare call",
            limit=50e-6, limit_kind="abs")
     report("activity replay per call", replay, base, baseline_name="bare call", limit=10e-6, limit_kind="abs")
     report("activity record per call, durability=full", full_record, record, baseline_name="normal")
+    report("activity record per call, pickled (signed) result", signed_record, record, baseline_name="trivial")
+    report("activity replay per call, pickled (verified) result", signed_replay, replay, baseline_name="trivial")
     report("DBOS @step in a @workflow (SQLite), per step", peer)
     report("activity record vs DBOS step (time ratio)", record, peer, baseline_name="DBOS",
            limit=1 / 50)

@@ -64,6 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         os.environ["DURABLE_NB_SECRET_FILE"] = str(folder / "secret")
+        os.environ["DURABLE_NB_KEYS_DIR"] = str(folder / "keys")
         bare, record, replay = asyncio.run(activities(folder))
         ip = durable_shell(folder / "cells.durable.db")
         ip.run_cell("import asyncio\na = 1")

@@ -57,6 +57,7 @@ def measure(log: Path | str) -> tuple[float, float, float, float, float]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DURABLE_NB_SECRET_FILE"] = str(Path(tmp) / "secret")
+        os.environ["DURABLE_NB_KEYS_DIR"] = str(Path(tmp) / "keys")
         base, record, record_excess, replay, replay_excess = measure(Path(tmp) / "bench.durable.db")
     report("plain trivial cell (baseline)", base)
     report("%%durable trivial cell, record: overhead", record_excess, limit=1e-3, limit_kind="abs")

@@ -94,6 +94,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pg-log-") as tmp:
         folder = Path(tmp)
         os.environ["DURABLE_NB_SECRET_FILE"] = str(folder / "secret")
+        os.environ["DURABLE_NB_KEYS_DIR"] = str(folder / "keys")
         os.environ["XDG_STATE_HOME"] = str(folder / "state")
         server = PostgresServer().start()
         try:
@@ -107,6 +108,9 @@ def main() -> None:
                                      "PostgreSQL": bench_cell.measure(url("cells"))}
             acts = {"SQLite": bench_activity.durable(folder, "normal"),
                     "PostgreSQL": bench_activity.durable(folder, "normal", lambda n: url(f"acts{n}"))}
+            signed = {"SQLite": bench_activity.durable(folder, "normal", fn=bench_activity.point),
+                      "PostgreSQL": bench_activity.durable(folder, "normal", lambda n: url(f"signed{n}"),
+                                                           fn=bench_activity.point)}
             big = {kind: medians([one_gib(kind, url("big")) for _ in range(REPEAT)]) for kind in ("raw", "log")}
             server.create_database("dbos")
             step = bench_activity.dbos(server.url("dbos"))
@@ -124,8 +128,14 @@ def main() -> None:
     for backend, (record, replay) in acts.items():
         report(f"{backend}: activity record per trivial call", record)
         report(f"{backend}: activity replay per call", replay)
+        report(f"{backend}: activity record per call, pickled (signed)", signed[backend][0], record,
+               baseline_name="trivial")
+        report(f"{backend}: activity replay per call, pickled (verified)", signed[backend][1], replay,
+               baseline_name="trivial")
     report("DBOS @step in a @workflow, same PostgreSQL server", step)
     report("PostgreSQL activity record vs DBOS step (time ratio)", acts["PostgreSQL"][0], step,
+           baseline_name="DBOS", limit=1 / 50)
+    report("PostgreSQL pickled (signed) activity record vs DBOS step", signed["PostgreSQL"][0], step,
            baseline_name="DBOS", limit=1 / 50)
     print(f"{'  → durable_nb on PostgreSQL is':<58} {step / acts['PostgreSQL'][0]:>10.0f}×   cheaper than a "
           "DBOS step", flush=True)

@@ -54,6 +54,7 @@ def _plain_run(nb: Path) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DURABLE_NB_SECRET_FILE"] = str(Path(tmp) / "secret")
+        os.environ["DURABLE_NB_KEYS_DIR"] = str(Path(tmp) / "keys")
         durable_nb = _notebook(Path(tmp) / "bench.ipynb", empty=False)
         plain_nb = _notebook(Path(tmp) / "plain.ipynb", empty=True)
         from durable_nb.jobs import run_notebook

@@ -1,10 +1,11 @@
 """What verification costs on replay: a 1 GiB float64 ndarray replayed from a log through npy and through pickle
 (out-of-band buffer), with and without verification. Target: verification ≤ 10% of the replay time.
 
-"With" is the real replay path: the signature check (HMAC over codec, meta and blob hashes; for pickle), the
-content hash of every blob while it is read (its pieces hashed by the threads that copy them), and the pickle
-stream's BLAKE2b digest. "Without" reads the same chunks into the same buffers and checks nothing. The cost is
-the difference of the best times of runs taken alternately (see `_interleaved`). The xxh3 pass over the value's
+"With" is the real replay path: the trust check (is the signer trusted, and does the recorder's Ed25519 signature
+over codec, meta and blob hashes verify; for pickle), the content hash of every blob while it is read (its pieces
+hashed by the threads that copy them), and the pickle stream's BLAKE2b digest. "Without" reads the same chunks into
+the same buffers and checks nothing. The cost is the difference of the best times of runs taken alternately (see
+`_interleaved`). The xxh3 pass over the value's
 bytes alone is a cross-check: on replay the pieces are hashed in the CPU cache right after their copy, by two
 threads, so the cost is lower. Best times: on these shared 2-core machines the difference of two best-of-REPEAT
 times still moves by ±10 ms from run to run.
@@ -39,8 +40,7 @@ def _unverified_source(conn: Any, blob_id: int) -> Any:
 
 
 def _record(log: Any, value: Any, pickled: bool) -> dict[str, Any]:
-    from durable_nb import signing
-    from durable_nb.codecs import encode_value
+    from durable_nb.codecs import encode_value, signature
     from durable_nb.codecs.pickle import PickleCodec
 
     with log.transaction():
@@ -52,19 +52,18 @@ def _record(log: Any, value: Any, pickled: bool) -> dict[str, Any]:
             codec, version, meta = enc.codec, enc.version, enc.meta
         blob_ids = list(sink.blob_ids)
     hashes = [log.blobs.source(b).hash for b in blob_ids]
-    signature = signing.sign(signing.payload(codec, version, meta, hashes))
-    return {"codec": codec, "version": version, "meta": meta, "blob_ids": blob_ids, "signature": signature}
+    signed = signature(codec, version, meta, hashes)
+    return {"codec": codec, "version": version, "meta": meta, "blob_ids": blob_ids, "signed": signed}
 
 
 def _replayer(log: Any, rec: dict[str, Any], verified: bool) -> Callable[[], object]:
-    from durable_nb import signing
-    from durable_nb.codecs import decode_value
+    from durable_nb.codecs import decode_value, trusted
 
     def replay() -> object:
         if verified:
             sources = [log.blobs.source(b) for b in rec["blob_ids"]]
-            allowed = signing.verify(signing.payload(rec["codec"], rec["version"], rec["meta"],
-                                                 [s.hash for s in sources]), rec["signature"])
+            allowed = trusted(rec["codec"], rec["version"], rec["meta"], [s.hash for s in sources],
+                              rec["signed"].signature, rec["signed"].signer)
         else:
             sources = [_unverified_source(log.conn, b) for b in rec["blob_ids"]]
             allowed = True
@@ -94,6 +93,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-trust-") as tmp:
         os.environ["DURABLE_NB_SECRET_FILE"] = str(Path(tmp) / "secret")
+        os.environ["DURABLE_NB_KEYS_DIR"] = str(Path(tmp) / "keys")
         value = np.random.default_rng(0).random(VALUE_BYTES // 8)  # random: stored uncompressed, like real data
         hash_alone = median_time(lambda: xxhash.xxh3_128_hexdigest(value.data.cast("B")), repeat=REPEAT)
         with DurableLog(Path(tmp) / "bench.durable.db", readonly=False) as log:

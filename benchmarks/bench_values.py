@@ -48,6 +48,7 @@ def _cell_shell(path: Path, value: Value) -> Any:
     import builtins
 
     os.environ["DURABLE_NB_SECRET_FILE"] = str(path.parent / "secret")
+    os.environ["DURABLE_NB_KEYS_DIR"] = str(path.parent / "keys")
     builtins.bench_value = lambda: value  # type: ignore[attr-defined]
     ip = durable_shell(path / "log.durable.db")
     assert ip.run_cell("%%durable\nwarm_up = 1").success

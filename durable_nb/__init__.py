@@ -27,6 +27,9 @@ _PUBLIC = {
     "export": "durable_nb.log.maintenance",
     "run_notebook": "durable_nb.jobs",  # a notebook as a resumable batch job (durable-nb run)
     "query": "durable_nb.sql",  # read-only SQL over the views (durable-nb query); not durable_nb.query: shadowing
+    # Team trust, verb for verb the CLI's `durable-nb trust ...` and `durable-nb key`.
+    **dict.fromkeys(["trust_add", "trust_user", "trust_list", "trust_remove", "trust_log", "public_key"],
+                    "durable_nb.trust"),
 }
 
 __all__ = sorted(_PUBLIC)

@@ -242,8 +242,8 @@ class DurableCell:
                 if recorded is not None:
                     try:
                         return self._replay(recorded, start, analysis.imports)
-                    except UntrustedError:
-                        reason = trust.untrusted_reason(self.log.path)
+                    except UntrustedError as exc:
+                        reason = trust.untrusted_reason(exc)
                     except DecodeError as exc:
                         differs = environment.differences(self.log, recorded.id)
                         reason = f"recorded value could not be loaded here: {exc}" + (

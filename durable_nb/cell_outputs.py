@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from . import environment, figures, settings, sharing
+from . import codecs, environment, figures, settings, sharing
 from .cell_log import CellLog
-from .codecs import PICKLE, check_seal, decode_value, encode_safe, npy, pickle, reference, seal, signature, trusted
+from .codecs import PICKLE, check_seal, decode_value, distrust, encode_safe, npy, pickle, reference, seal
 from .errors import DecodeError, Unfingerprintable, UntrustedError
 from .fingerprint import by_reduction, fingerprint, remember_restored
 from .log.cells import StoredOutput
+from .trust import shown
 
 RESULT = "__result__"
 # Rebinding these cannot be observed through an alias, so a mutation check or a reference would be wasted.
@@ -154,14 +155,13 @@ class Writer:
         enc = enc._replace(meta=seal(enc.meta))
         self._row(StoredOutput(name, "value" if variable else "result", enc.codec, enc.version,
                                enc.type_name, enc.meta, enc.size, inplace=mutated,
-                               signature=self._sign(enc.codec, enc.version, enc.meta, list(sink.blob_ids)),
                                blob_ids=list(sink.blob_ids)), listed=variable)
         self._references[id(value)] = f"out:{name}"
         return True
 
-    def _sign(self, codec: str, version: int, meta: dict[str, Any], blob_ids: list[int]) -> str:
+    def _sign(self, codec: str, version: int, meta: dict[str, Any], blob_ids: list[int]) -> codecs.Signed:
         hashes = [self.log.blobs.source(b).hash for b in blob_ids]
-        return signature(codec, version, meta, hashes)
+        return codecs.signature(codec, version, meta, hashes)
 
     def _write_pickled(self, moved: set[str]) -> None:
         """Everything only pickle takes, as one stream; a value that cannot be pickled is left out by name."""
@@ -232,9 +232,10 @@ class Writer:
             recorded = _recorded_fingerprint(m)
             if recorded is not None:
                 row_meta["fingerprint"] = recorded
+            signed = self._sign(PICKLE.name, PICKLE.version, row_meta, ids_)
             self._row(StoredOutput(m.name, "result" if m.name == RESULT else "value", PICKLE.name, PICKLE.version,
                                    type_name(m.value), row_meta, row_size, inplace=m.mutated,
-                                   signature=self._sign(PICKLE.name, PICKLE.version, row_meta, ids_), blob_ids=ids_),
+                                   signature=signed.signature, blob_ids=ids_, signer=signed.signer),
                       listed=m.name != RESULT)
             environment.note_package(self.log, type_name(m.value))
 
@@ -401,13 +402,15 @@ def _check_complete(log: CellLog, execution_id: int, outputs: list[StoredOutput]
 
 
 def check_trusted(log: CellLog, outputs: list[StoredOutput]) -> None:
-    """Raise UntrustedError unless every pickled output is signed by this user; checked before any value is
-    read, so an untrusted record costs no decoding."""
+    """Raise UntrustedError unless every pickled output is signed by this user or a key this user trusts;
+    checked before any value is read, so an untrusted record costs no decoding."""
     for out in outputs:
         if out.kind in ("value", "result") and out.codec is not None:
             hashes = [log.blobs.source(b).hash for b in out.blob_ids]
-            if not trusted(out.codec, out.codec_version or 0, out.meta, hashes, out.signature):
-                raise UntrustedError(f"variable {out.name} ({out.type}) is pickled and not signed by you")
+            reason = distrust(out.codec, out.codec_version or 0, out.meta, hashes, out.signature, out.signer,
+                              shown(log))
+            if reason is not None:
+                raise UntrustedError(f"variable {out.name} ({out.type}): {reason}")
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -147,6 +147,15 @@ def _verifier(raw: bytes) -> Ed25519PublicKey:
         raise SigningKeyError(f"a recorded public key is not a valid Ed25519 key: {e}") from None
 
 
+def matching(keys: Iterable[PublicKey], query: str) -> list[PublicKey]:
+    """The keys whose name or hex is `query`, or whose fingerprint starts with it (at least 8 characters, with or
+    without `SHA256:`)."""
+    query = query.strip()
+    wanted = query.removeprefix("SHA256:")
+    return [k for k in keys if query in (k.comment, k.hex)
+            or (len(wanted) >= 8 and k.fingerprint.removeprefix("SHA256:").startswith(wanted))]
+
+
 # -- this user's key pair -------------------------------------------------------------------------------------
 
 
@@ -170,7 +179,9 @@ def _default_comment() -> str:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry for this uid (some containers)
         user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
+    # The host identity a kernel records its runs under (DURABLE_NB_HOST), so a team log names signers as it
+    # names hosts.
+    return f"{user}@{os.environ.get('DURABLE_NB_HOST') or socket.gethostname()}"
 
 
 def user_key() -> SigningKey:
@@ -289,9 +300,7 @@ class TrustedKeys:
     def remove(self, query: str) -> PublicKey:
         """Stop trusting the one key whose fingerprint (or a prefix of at least 8 characters of it, with or
         without `SHA256:`), hex or name is `query`."""
-        wanted = query.strip().removeprefix("SHA256:")
-        found = [k for k in self._entries() if query.strip() in (k.comment, k.hex)
-                 or (len(wanted) >= 8 and k.fingerprint.removeprefix("SHA256:").startswith(wanted))]
+        found = matching(self._entries(), query)
         if not found:
             listed = "; ".join(k.shown() for k in self.listed()) or "none"
             raise SigningKeyError(f"no trusted key matches {query!r} (trusted keys: {listed})")

@@ -49,6 +49,16 @@ def payload(codec: str, version: int, meta: dict[str, Any], blob_hashes: list[st
     return json.dumps([codec, version, meta, blob_hashes], sort_keys=True, separators=(",", ":")).encode()
 
 
+DIGEST_BYTES = 16
+
+
+def digest(data: bytes) -> bytes:
+    """A payload's BLAKE2b-128 digest: what a signed batch lists for each value it signs."""
+    import hashlib  # deferred for start-up speed (see sign); only pickled values are digested
+
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
 def sign(data: bytes) -> str:
     import hmac  # deferred for start-up speed: hashlib loads OpenSSL (~3 ms), and values of safe codecs never sign
 

@@ -1,20 +1,25 @@
-"""Reviewing and trusting whole logs: `durable-nb verify` checks every stored value, `durable-nb trust` re-signs a
-colleague's log after that review so its pickled values load here (the signatures themselves: durable_nb.signing).
+"""Reviewing logs and trusting their signers: `durable-nb verify` checks every stored value; `durable-nb trust user`
+trusts a teammate's key after reviewing what they recorded (their values, past and future, replay here) and
+`trust add | list | remove` manage those keys (durable_nb.keys); `durable-nb trust log` re-signs a colleague's
+whole SQLite log with this user's key after that review. The signatures themselves: codecs.signature/distrust.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from . import signing
-from .codecs import CODECS
+from . import keys, signing
+from .codecs import CODECS, Batch, signature, trusted, verifies
 from .codecs.pickle import _digest
-from .errors import DecodeError, LogError, NotALogError
+from .errors import DecodeError, LogError, NotALogError, SigningKeyError, UntrustedError
+from .keys import PublicKey
+from .log import signers
 from .log.blobs import BlobSource
 from .log.connect import is_postgres
 from .log.pg_blobs import PgBlobSource
@@ -22,13 +27,19 @@ from .log.store import LogStore
 from .pg_url import is_postgres_url
 
 
-def untrusted_reason(log_path: str | os.PathLike[str]) -> str:
-    """The status text of a cell whose record holds pickled values this user has not signed."""
-    return f"untrusted log: run durable-nb trust {_shown(Path(log_path))} to allow pickled values"
+def untrusted_reason(problem: UntrustedError) -> str:
+    """The status text of a cell whose record holds a pickled value nobody this user trusts signed."""
+    return f"untrusted: {problem}"
+
+
+def shown(log: object) -> str:
+    """A log as the user would type it: a PostgreSQL URL (without password), or a path relative to the working
+    directory when inside it."""
+    text = str(log)
+    return text if is_postgres_url(text) else _shown(Path(text))
 
 
 def _shown(path: Path) -> str:
-    """The log's path as the user would type it: relative to the working directory when inside it."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -52,6 +63,12 @@ class StoredValue:
     row_key: tuple[Any, ...]
     # The blobs decoding reads: its own, or for one of a cell's pickled outputs, those of the shared stream.
     reads: list[int] = field(default_factory=list)
+    signer: PublicKey | None = None  # None: an HMAC signature (logs older than signer keys), or none
+    batch: Batch | None = None  # an activity result signed with the others of its flush
+
+    @property
+    def signed_by(self) -> PublicKey | None:
+        return self.batch.signer if self.batch is not None else self.signer
 
 
 @dataclass
@@ -66,8 +83,10 @@ class Finding:
 @dataclass
 class Review:
     """What `verify_log` found. `tampered`: bytes or records that changed after they were written (never
-    decoded); `unsigned`: intact pickled values this user's key did not sign (they replay once trusted)."""
+    decoded); `unsigned`: intact pickled values signed by nobody this user trusts (they replay once trusted);
+    `signed_by_you`: those signed by this user or a key this user trusts."""
     path: Path
+    log: str = ""  # as the user would type it
     blobs: int = 0
     blob_bytes: int = 0
     values: int = 0
@@ -85,12 +104,13 @@ class Review:
                f"({self.pickled} pickled) in {self.path}"]
         out += [f"TAMPERED {f}" for f in self.tampered]
         if self.unsigned:
-            out.append(f"{len(self.unsigned)} pickled values are not signed by your key (recorded by someone "
-                       f"else, or re-signed since); after reviewing the log, run durable-nb trust "
-                       f"{_shown(self.path)} to allow them:")
-            out += [f"  untrusted {v.where} ({v.codec})" for v in self.unsigned]
+            out.append(f"{len(self.unsigned)} pickled values are signed by nobody you trust (recorded by someone "
+                       "else); after reviewing what they recorded, trust their key with durable-nb trust user "
+                       f"NAME {shown(self.log)}:")
+            out += [f"  untrusted {v.where} ({v.codec}){_by(v)}" for v in self.unsigned]
         if self.ok:
-            out.append("no tampering found" + ("" if self.unsigned else "; every pickled value is signed by you"))
+            out.append("no tampering found" + ("" if self.unsigned else
+                                                "; every pickled value is signed by you or a key you trust"))
         else:
             out.append(f"{len(self.tampered)} tampered values or blobs: they are treated as missing and never "
                        "decoded; their cells run again when replayed")
@@ -115,6 +135,10 @@ class Trusted:
         return out
 
 
+def _by(value: StoredValue) -> str:
+    return f", signed by {value.signed_by.shown()}" if value.signed_by is not None else ""
+
+
 def stored_values(conn: sqlite3.Connection) -> list[StoredValue]:
     """Every value of the log that has a codec: cell outputs, then activity results."""
     blobs: dict[tuple[str, tuple[Any, ...]], list[int]] = {}
@@ -124,25 +148,28 @@ def stored_values(conn: sqlite3.Connection) -> list[StoredValue]:
     for call_id, blob_id in conn.execute("SELECT call_id, blob_id FROM activity_blob ORDER BY call_id, seq"):
         blobs.setdefault(("activity_call", (call_id,)), []).append(blob_id)
     found = []
-    for execution_id, name, cell, codec, version, type_name, meta, signature in conn.execute(
+    for execution_id, name, cell, codec, version, type_name, meta, signed, key, key_name in conn.execute(
             "SELECT o.execution_id, o.name, coalesce(e.cell_name, e.cell_id), o.codec, o.codec_version, o.type, "
-            "o.meta, o.signature FROM output o JOIN execution e ON e.id = o.execution_id "
-            "WHERE o.codec IS NOT NULL ORDER BY o.execution_id, o.rowid"):
+            f"o.meta, o.signature, {signers.columns(conn, 'o')} FROM output o JOIN execution e "
+            "ON e.id = o.execution_id WHERE o.codec IS NOT NULL ORDER BY o.execution_id, o.rowid"):
         shown = "result" if name == "__result__" else f"variable {name}"
         where = (f"execution {execution_id}{f' (cell {cell})' if cell else ''} {shown} "
                  f"({str(type_name).removeprefix('__main__.')})")
         meta_ = _meta(meta)
         own = blobs.get(("output", (execution_id, name)), [])
         reads = blobs.get(("output", (execution_id, meta_["bundle_of"])), []) if "bundle_of" in meta_ else own
-        found.append(StoredValue(where, codec, version or 0, meta_, own, None, signature, "output",
-                                 (execution_id, name), reads))
-    for call_id, function, codec, version, type_name, meta, inline, signature in conn.execute(
-            "SELECT id, function, codec, codec_version, type, meta, inline, signature FROM activity_call "
-            "WHERE codec IS NOT NULL ORDER BY id"):
+        found.append(StoredValue(where, codec, version or 0, meta_, own, None, signed, "output",
+                                 (execution_id, name), reads, signers.public_key(key, key_name)))
+    batches = signers.batches(conn)
+    batch_of = "batch_id" if batches else "NULL"
+    for call_id, function, codec, version, type_name, meta, inline, signed, key, key_name, batch in conn.execute(
+            "SELECT id, function, codec, codec_version, type, meta, inline, signature, "
+            f"{signers.columns(conn, 'c')}, {batch_of} FROM activity_call c WHERE codec IS NOT NULL ORDER BY id"):
         own = blobs.get(("activity_call", (call_id,)), [])
         found.append(StoredValue(f"activity call {call_id} ({function}) result ({type_name})", codec,
                                  version or 0, _meta(meta), own, None if inline is None else bytes(inline),
-                                 signature, "activity_call", (call_id,), own))
+                                 signed, "activity_call", (call_id,), own, signers.public_key(key, key_name),
+                                 batches.get(batch) if batch is not None else None))
     return found
 
 
@@ -158,18 +185,18 @@ def verify_log(path: str | os.PathLike[str]) -> Review:
     """Check every blob's content hash, every pickle stream's digest and every pickled value's signature.
     Reads the log read-only; nothing is decoded."""
     with LogStore(path, readonly=True) as log:
-        return _review(log.conn, log.path)
+        return _review(log.conn, log.path, shown(log))
 
 
 def trust_log(log: str | os.PathLike[str] | LogStore, *, dry_run: bool = False) -> Trusted:
     """Re-sign with this user's key every intact pickled value (cell outputs and activity results) of a log
     the user has reviewed, so they replay here. Tampered values are refused, never signed."""
     if is_postgres_url(str(log)):
-        # One signature per value: re-signing a shared log with this user's secret would take every teammate's
-        # values away from them. Team trust is by public key (issue 16), not built yet.
-        raise LogError(f"durable-nb trust re-signs values with your own secret, which on the team log {log} "
-                       "would replace your teammates' signatures; trusting a teammate on PostgreSQL (by public "
-                       "key) is not available yet. Their pickled values run again instead of replaying.")
+        # Re-signing a shared log would put this user's key on every teammate's value: trust is by key there.
+        raise LogError(f"durable-nb trust log re-signs every pickled value with your key, which on the team log "
+                       f"{log} would replace your teammates' signatures. Trust a teammate's key instead: "
+                       f"durable-nb trust user NAME {log} (after reviewing what they recorded), or durable-nb "
+                       "trust add THEIR_KEY.pub.")
     if isinstance(log, LogStore):
         return _trust(log, dry_run)
     if not Path(log).exists():
@@ -180,16 +207,19 @@ def trust_log(log: str | os.PathLike[str] | LogStore, *, dry_run: bool = False) 
 
 
 def _trust(log: LogStore, dry_run: bool) -> Trusted:
-    review = _review(log.conn, log.path)
+    review = _review(log.conn, log.path, shown(log))
     done = Trusted(log.path, list(review.unsigned), review.signed_by_you, list(review.tampered), dry_run)
     if dry_run or not done.signed:
         return done
     hashes = dict(log.conn.execute("SELECT id, hash FROM blob").fetchall())
     with log.transaction() as conn:
+        signer_id = signers.signer_id(conn, keys.user_key().public)
         for value in done.signed:
-            signature = signing.sign(signing.payload(value.codec, value.version, value.meta, _hashes(value, hashes)))
-            where = "execution_id = ? AND name = ?" if value.table == "output" else "id = ?"
-            conn.execute(f"UPDATE {value.table} SET signature = ? WHERE {where}", (signature, *value.row_key))
+            signed = signature(value.codec, value.version, value.meta, _hashes(value, hashes))
+            where, batch = ("execution_id = ? AND name = ?", "") if value.table == "output" else \
+                ("id = ?", ", batch_id = NULL")
+            conn.execute(f"UPDATE {value.table} SET signature = ?, signer_id = ?{batch} WHERE {where}",
+                         (signed.signature, signer_id, *value.row_key))
     return done
 
 
@@ -205,10 +235,10 @@ def source(conn: sqlite3.Connection, blob_id: int) -> BlobSource:
     return PgBlobSource(conn, blob_id) if is_postgres(conn) else BlobSource(conn, blob_id)
 
 
-def _review(conn: sqlite3.Connection, path: Path) -> Review:
+def _review(conn: sqlite3.Connection, path: Path, log: str) -> Review:
 
     safe = {c.name: c.safe for c in CODECS}
-    review = Review(path)
+    review = Review(path, log)
     values = stored_values(conn)
     bad_blobs, hashes = _check_blobs(conn, review, values)
     for value in values:
@@ -225,8 +255,16 @@ def _review(conn: sqlite3.Connection, path: Path) -> Review:
         review.pickled += 1
         if problems:
             continue
-        if signing.verify(signing.payload(value.codec, value.version, value.meta, _hashes(value, hashes)),
-                          value.signature):
+        value_hashes = _hashes(value, hashes)
+        data = signing.payload(value.codec, value.version, value.meta, value_hashes)
+        # A signature that does not match is tampering whoever the signer is; trusting them would not help.
+        signer = value.signed_by
+        if signer is not None and not (value.batch.holds(data) if value.batch is not None else
+                                       verifies(data, value.signature, signer)):
+            review.tampered.append(Finding(value.where, f"its signature by {signer.shown()} does not match the "
+                                                        "value"))
+        elif trusted(value.codec, value.version, value.meta, value_hashes, value.signature, value.signer,
+                     value.batch):
             review.signed_by_you += 1
         else:
             review.unsigned.append(value)
@@ -275,3 +313,87 @@ def _stream_digest(data: bytes | bytearray | memoryview) -> str:
 
     # The pickle codec's own digest function: one definition of what its meta records (hashlib takes views).
     return _digest(cast(bytes, data))
+
+
+# -- trust across a team: teammates' public keys -------------------------------------------------------------
+
+
+def public_key() -> keys.PublicKey:
+    """This user's public key (created on first use): what a teammate trusts with `durable-nb trust add`."""
+    return keys.user_key().public
+
+
+def trust_add(keyfile: str | os.PathLike[str], name: str | None = None) -> keys.PublicKey:
+    """Trust the public key in `keyfile` (a teammate's signing_key.pub): values it signed, past and future,
+    replay here."""
+    return keys.TrustedKeys().add_file(keyfile, name)
+
+
+def trust_list() -> list[keys.PublicKey]:
+    """The keys whose values replay here: this user's own first, then the trusted ones by name."""
+    return [public_key(), *keys.TrustedKeys().listed()]
+
+
+def trust_remove(query: str) -> keys.PublicKey:
+    """Stop trusting the trusted key named `query` (its name, fingerprint or a prefix of it, or its hex)."""
+    if keys.matching([public_key()], query) and not keys.matching(keys.TrustedKeys().listed(), query):
+        raise SigningKeyError(f"{query!r} is your own key, which is always trusted: it cannot be removed")
+    return keys.TrustedKeys().remove(query)
+
+
+@dataclass
+class SignerReview:
+    """What `trust_user` found of one signer's values in a log, and whether it trusted their key."""
+    log: str
+    key: PublicKey
+    values: list[StoredValue]
+    tampered: list[Finding]
+    dry_run: bool
+    yours: bool
+
+    @property
+    def trusted(self) -> bool:
+        return self.yours or (not self.dry_run and not self.tampered)
+
+    def lines(self) -> list[str]:
+        cells = {v.where.split(" variable ")[0] for v in self.values if v.table == "output"}
+        calls = sum(v.table == "activity_call" for v in self.values)
+        types = sorted({v.where.rsplit("(", 1)[-1].rstrip(")") for v in self.values})
+        out = [f"{self.key.shown()} signed {len(self.values)} pickled values in {self.log}: "
+               f"{len(cells)} cell executions, {calls} activity results; types: {', '.join(types) or 'none'}"]
+        out += [f"  {v.where} ({v.codec})" for v in self.values]
+        out += [f"TAMPERED {f}" for f in self.tampered]
+        if self.yours:
+            out.append("this is your own key: its values always replay here")
+        elif self.tampered:
+            out.append(f"NOT TRUSTED: {len(self.tampered)} of the values signed by this key were modified since; "
+                       "find out who changed the log before trusting its signer")
+        elif self.dry_run:
+            out.append("--dry-run: nothing trusted; run again without --dry-run to trust this key")
+        else:
+            name = shlex.quote(self.key.comment or self.key.fingerprint)
+            out.append(f"trusted {self.key.shown()}: their values, past and future, replay here (undo with "
+                       f"durable-nb trust remove {name})")
+        return out
+
+
+def trust_user(name: str, log: str | os.PathLike[str], *, dry_run: bool = False) -> SignerReview:
+    """Review what the signer `name` (their key's name, fingerprint or a prefix of it) recorded in `log`, then
+    trust their key unless some of it was tampered with (or `dry_run`)."""
+    with LogStore(log, readonly=True) as opened:
+        known = [key for _, key in signers.listed(opened.conn)]
+        found = keys.matching(known, name)
+        if len(found) != 1:
+            listed = "; ".join(k.shown() for k in known) or "none"
+            problem = f"{len(found)} signers match" if found else "no signer matches"
+            raise SigningKeyError(f"{problem} {name!r} in {shown(opened)} (its signers: {listed}); give a "
+                                  "fingerprint from that list")
+        key = found[0]
+        review = _review(opened.conn, opened.path, shown(opened))
+        values = [v for v in stored_values(opened.conn) if v.signed_by is not None and v.signed_by.same_key(key)]
+        where = {v.where for v in values}
+        done = SignerReview(shown(opened), key, values, [f for f in review.tampered if f.where in where], dry_run,
+                            key.same_key(public_key()))
+    if done.trusted and not done.yours:
+        keys.TrustedKeys().add(key)
+    return done

@@ -223,7 +223,7 @@ def _epoch(at: dt.datetime | str | float | None) -> float | None:
 def _decode(log: LogStore, execution_id: int, out: queries.OutputRecord) -> Any:
     # Deferred for start-up speed: %load_ext and a script's first activity call load this module, not the codecs.
     from . import sharing
-    from .codecs import check_seal, decode_value, reference, trusted
+    from .codecs import check_seal, decode_value, reference
 
     where = f"variable {out.name} (execution {execution_id} of {log.path})"
     if out.kind == "deleted":
@@ -246,29 +246,31 @@ def _decode(log: LogStore, execution_id: int, out: queries.OutputRecord) -> Any:
     if "bundle" in out.meta:
         return _bundle(log, out, where)[0]
     sources = [log.blobs.source(b) for b in queries.blob_ids(log.conn, out.execution_id, out.name)]
-    allowed = trusted(out.codec, out.codec_version or 0, out.meta, [s.hash for s in sources], out.signature)
+    check_trusted(log, out, [s.hash for s in sources], where)
     try:
-        return decode_value(out.codec, out.codec_version or 0, out.meta, sources, allow_pickle=allowed)
-    except UntrustedError as exc:
-        raise UntrustedError(f"{where} is pickled and this log is not trusted here: loading it would run code "
-                             f"from the log. If you trust its author, run `durable-nb trust {log.path}`, "
-                             "then load again.") from exc
+        return decode_value(out.codec, out.codec_version or 0, out.meta, sources, allow_pickle=True)
     except DecodeError:
         raise
     except Exception as exc:
         raise DecodeError(f"{where} ({out.type}) cannot be loaded here: {type(exc).__name__}: {exc}") from exc
 
 
+def check_trusted(log: LogStore, out: queries.OutputRecord, hashes: list[str], where: str) -> None:
+    """UntrustedError, before any byte is decoded, unless the value is safe or signed by someone trusted here."""
+    from .codecs import distrust
+
+    problem = distrust(out.codec or "", out.codec_version or 0, out.meta, hashes, out.signature, out.signer,
+                       str(log))
+    if problem is not None:
+        raise UntrustedError(f"{where} was not loaded (that would run code from the log): {problem}")
+
+
 def _bundle(log: LogStore, holder: queries.OutputRecord, where: str) -> list[Any]:
     """The pickled outputs of one execution, in order; the variables they refer to are loaded as recorded then."""
-    from .codecs import pickle, trusted  # deferred for start-up speed (see _decode)
+    from .codecs import pickle  # deferred for start-up speed (see _decode)
 
     sources = [log.blobs.source(b) for b in queries.blob_ids(log.conn, holder.execution_id, holder.name)]
-    if not trusted(holder.codec or "", holder.codec_version or 0, holder.meta, [s.hash for s in sources],
-                   holder.signature):
-        raise UntrustedError(f"{where} is pickled and this log is not trusted here: loading it would run code "
-                             f"from the log. If you trust its author, run `durable-nb trust {log.path}`, "
-                             "then load again.")
+    check_trusted(log, holder, [s.hash for s in sources], where)
 
     def named(ref: str) -> Any:
         return load(ref.partition(":")[2], execution=holder.execution_id, log=log)

@@ -25,6 +25,7 @@ from typing import Any
 
 import nbformat
 from nbclient import NotebookClient
+from shells import user_env
 
 NOTEBOOKS = Path(__file__).parent / "notebooks"
 STATUS_MIME = "application/vnd.durable-nb.status+json"
@@ -168,7 +169,7 @@ class _Client(NotebookClient):  # type: ignore[misc]
 
 def kernel_env(secret_file: Path, hash_seed: str = "1") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DURABLE_NB_DB", "JPY_SESSION_NAME")}
-    env.update({"DURABLE_NB_SECRET_FILE": str(secret_file), "PYTHONHASHSEED": hash_seed})
+    env.update({**user_env(secret_file), "PYTHONHASHSEED": hash_seed})
     return env
 
 

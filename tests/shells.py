@@ -67,8 +67,24 @@ class Shell:
 @pytest.fixture
 def secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "secret"
-    monkeypatch.setenv("DURABLE_NB_SECRET_FILE", str(path))
+    become(monkeypatch, path)
     return path
+
+
+def user_env(secret: Path) -> dict[str, str]:
+    """The variables that make a process the user whose HMAC secret is the file `secret`: that file, and their
+    Ed25519 key folder beside it (SECRET-keys)."""
+    return {"DURABLE_NB_SECRET_FILE": str(secret), "DURABLE_NB_KEYS_DIR": str(secret.with_name(secret.name + "-keys"))}
+
+
+def become(monkeypatch: pytest.MonkeyPatch, secret: Path, user: str | None = None) -> None:
+    """From here on, this process is the user of `secret` (see user_env); `user` names them (the login name
+    their new key is called by: user@host)."""
+    for name, value in user_env(secret).items():
+        monkeypatch.setenv(name, value)
+    if user is not None:
+        for name in ("LOGNAME", "USER"):  # the first variables getpass.getuser() reads
+            monkeypatch.setenv(name, user)
 
 
 @pytest.fixture

@@ -369,7 +369,7 @@ def test_methods_defined_in_a_class_body_key_by_self(db: Path) -> None:
     assert Model("a").ask("x") == "a:x" and Model("b").ask("x") == "b:x"
 
 
-def test_big_results_are_blobs_and_pickles_are_signed(db: Path) -> None:
+def test_big_results_are_blobs_and_pickles_are_signed(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     arr = np.arange(200_000, dtype=np.float64)
 
     @activity
@@ -394,14 +394,19 @@ def test_big_results_are_blobs_and_pickles_are_signed(db: Path) -> None:
     assert replayed is not arr and np.array_equal(replayed, arr)
     assert point().x == 3
     assert rows(db, "SELECT count(*) FROM activity_blob") == [(1,)]
-    (codec, sig), = rows(db, "SELECT codec, signature FROM activity_call WHERE function LIKE '%point'")
-    assert codec == "pickle" and sig
+    # A small pickled result is signed with the others of its flush: one signature per batch, not per call.
+    (codec, sig, batch), = rows(db, "SELECT codec, signature, batch_id FROM activity_call WHERE function LIKE "
+                                    "'%point'")
+    assert codec == "pickle" and sig is None and batch is not None
+    (digests,), = rows(db, "SELECT digests FROM signed_batch WHERE id = ?", batch)
+    assert len(digests) == 16, "the batch lists the one pickled result's payload digest"
     log = restart(db)
     with log.transaction() as conn:
-        conn.execute("UPDATE activity_call SET signature = 'forged' WHERE codec = 'pickle'")
+        conn.execute("UPDATE signed_batch SET digests = ? WHERE id = ?", (bytes(16), batch))
     act.reset_scope()
-    with pytest.warns(UserWarning, match="cannot be loaded here"):
-        assert point().x == 3  # an unverifiable pickle is a miss: the function runs again
+    capsys.readouterr()
+    assert point().x == 3  # an unverifiable pickle is a miss: the function runs again
+    assert "does not match the value" in capsys.readouterr().err
 
 
 def test_steps_checkpoint_values_of_a_loop_body(db: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from backends import is_postgres, sql
 from IPython.core.error import UsageError
-from shells import Shell
+from shells import Shell, become
 
 from durable_nb import session
 
@@ -229,7 +229,7 @@ def test_foreign_pickles_are_not_loaded(new_shell: Callable[[], Shell], tmp_path
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     cell = body("c", "class Thing:\n    pass\nthing = Thing()\nn = 3")
     new_shell().durable(cell)
-    monkeypatch.setenv("DURABLE_NB_SECRET_FILE", str(tmp_path / "colleague-secret"))
+    become(monkeypatch, tmp_path / "colleague-secret")
     sh = new_shell()
     sh.durable(cell)
     assert runs("c") == 2, "a value pickled under another user's secret must not be unpickled"

@@ -11,6 +11,7 @@ import os
 import pty
 import select
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -23,7 +24,7 @@ import pandas as pd
 import pytest
 from cli_runs import run
 from s3server import S3Server, wait_for
-from shells import Shell
+from shells import Shell, become, user_env
 from test_history import fingerprint
 
 import durable_nb
@@ -235,7 +236,7 @@ def _notebook(folder: Path, *sources: str, parameters: str | None = None) -> Pat
 
 
 def _cli(argv: list[str], cwd: Path, secret: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DURABLE_NB_SECRET_FILE": str(secret)}
+    env = {**os.environ, **user_env(secret)}
     return subprocess.run([DURABLE_NB, *argv], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
@@ -280,8 +281,8 @@ def test_help_shows_the_documented_example_of_every_command(capsys: pytest.Captu
         build_parser().parse_args(argv[1:])  # every example at least parses
 
 
-LOCAL = ["history", "runs", "activities", "query", "show", "load", "diff", "status", "verify", "trust", "export",
-         "copy", "gc"]  # gc last: it changes the log
+LOCAL = ["history", "runs", "activities", "query", "show", "load", "diff", "status", "verify", "key", "trust add",
+         "trust user", "trust list", "trust remove", "trust log", "export", "copy", "gc"]  # gc last: it changes the log
 
 
 def _analysis_log(new_shell: Callable[[], Shell], folder: Path) -> Path:
@@ -296,11 +297,23 @@ def _analysis_log(new_shell: Callable[[], Shell], folder: Path) -> Path:
     return log
 
 
+def _alice_signs(new_shell: Callable[[], Shell], log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pickled value in `log` signed by Alice (alice@laptop), and her public key in alice.pub beside it."""
+    with monkeypatch.context() as as_alice:
+        become(as_alice, log.with_name("alice-secret"), user="alice")
+        as_alice.setenv("DURABLE_NB_HOST", "laptop")
+        sh = new_shell()
+        sh.run(f"%config DurableMagics.db = {str(log)!r}")
+        sh.durable("class Point:\n    pass\np = Point()", "--name point")
+        session.close_log()
+        shutil.copy(log.with_name("alice-secret-keys") / "signing_key.pub", log.with_name("alice.pub"))
+
+
 def test_every_local_example_runs(new_shell: Callable[[], Shell], tmp_path: Path, secret: Path,
                                   monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The examples of the commands that need only a log, run as written against a log of that name."""
     monkeypatch.chdir(tmp_path)
-    _analysis_log(new_shell, tmp_path)
+    _alice_signs(new_shell, _analysis_log(new_shell, tmp_path), monkeypatch)
     for name in LOCAL:
         code, out, err = run(capsys, *shlex.split(EXAMPLES[name])[1:])
         assert code == 0, (name, err)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from backends import columns, is_postgres, only, sql
 from history_logs import synthetic_log
-from shells import Shell
+from shells import Shell, become, user_env
 
 import durable_nb
 from durable_nb import DurableLog, session, views
@@ -157,7 +157,7 @@ def test_untrusted_pickle_is_refused_and_never_unpickled(new_shell: Callable[[],
     sh.durable("box = Box(1)", "--name box")
     session.close_log()
     marker.unlink(missing_ok=True)
-    monkeypatch.setenv("DURABLE_NB_SECRET_FILE", str(tmp_path / "another-user-secret"))
+    become(monkeypatch, tmp_path / "another-user-secret")
     db = log_location
     with pytest.raises(UntrustedError, match="durable-nb trust "):
         views.load("box", log=db)
@@ -349,7 +349,7 @@ def test_inspect_history_notebook_runs_on_a_real_kernel(tmp_path: Path) -> None:
 
     source = Path(__file__).parents[1] / "example_notebooks" / "inspect_history.ipynb"
     nb = nbformat.read(source, as_version=4)  # type: ignore[no-untyped-call]
-    env = {**os.environ, "DURABLE_NB_SECRET_FILE": str(tmp_path / "secret")}
+    env = {**os.environ, **user_env(tmp_path / "secret")}
     client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     old = dict(os.environ)
     os.environ.update(env)

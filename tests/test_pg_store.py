@@ -224,5 +224,5 @@ def test_verify_reads_a_team_log_and_trust_refuses_to_re_sign_it(postgres: Postg
     assert not review.tampered and review.pickled == review.signed_by_you >= 1, review
     with pytest.raises(LogError, match="replace your teammates' signatures"):
         trust_log(where)
-    assert cli(["trust", where]) == 1
+    assert cli(["trust", "log", where]) == 1
     assert cli(["verify", where]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.shells import Shell
+from tests.shells import Shell, user_env
 
 
 def replayed_all(sh: Shell, cells: list[str]) -> list[str]:
@@ -229,7 +229,7 @@ print(json.dumps({'states': states, 'log': [r[0] for r in rows]}))
 
 
 def run_process(db: Path, secret: Path, seed: str) -> dict[str, object]:
-    env = {**os.environ, "DURABLE_NB_SECRET_FILE": str(secret), "PYTHONHASHSEED": seed, "MPLBACKEND": "agg"}
+    env = {**os.environ, **user_env(secret), "PYTHONHASHSEED": seed, "MPLBACKEND": "agg"}
     done = subprocess.run([sys.executable, "-c", DRIVER, str(db), json.dumps(KINDS), textwrap.dedent(SETUP)],
                           capture_output=True, text=True, env=env, timeout=300, cwd=db.parent)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
-from shells import Shell
+from shells import Shell, become
 
 from durable_nb import DurableLog, session
 from durable_nb.cli import main as cli
-from durable_nb.signing import KEY_ENV
-from durable_nb.trust import trust_log, untrusted_reason, verify_log
+from durable_nb.trust import trust_log, verify_log
 
 Kernel = Callable[[Path, Path], Shell]
 
@@ -36,7 +35,7 @@ def kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[Kernel]:
 
     def make(db: Path, secret: Path) -> Shell:
         session.close_log()
-        monkeypatch.setenv(KEY_ENV, str(secret))
+        become(monkeypatch, secret, user=secret.parent.name)
         monkeypatch.chdir(db.parent)
         return Shell(db)
 
@@ -83,7 +82,7 @@ def test_hostile_pickle_never_runs_until_trusted(kernel: Kernel, users: tuple[Pa
     kernel(alice / "x.durable.db", alice / "secret").durable(cell)
     shared = bob / "x.durable.db"
     share(alice / "x.durable.db", shared, bob / "copy.durable.db")
-    monkeypatch.setenv(KEY_ENV, str(bob / "secret"))  # from here on, Bob
+    become(monkeypatch, bob / "secret", user="bob")  # from here on, Bob
     assert not marker.exists(), "pickling must not run __reduce__'s callable"
 
     from durable_nb.errors import UntrustedError
@@ -101,14 +100,17 @@ def test_hostile_pickle_never_runs_until_trusted(kernel: Kernel, users: tuple[Pa
     review = verify_log(shared)
     assert review.ok and [v.where for v in review.unsigned] == ["execution 1 variable Evil (type)",
                                                                 "execution 1 variable evil (Evil)"]
-    assert cli(["trust", str(shared), "--dry-run"]) == 0
+    assert cli(["trust", "log", str(shared), "--dry-run"]) == 0
     sh = kernel(bob / "copy.durable.db", bob / "secret")  # replaying from it (a copy: the cell records anew)
     sh.durable(cell)
-    assert sh.last_status()["reason"] == untrusted_reason(bob / "copy.durable.db")
+    reason = sh.last_status()["reason"]
+    assert reason.startswith("untrusted: variable Evil (type): it is pickled and signed by SHA256:"), reason
+    assert "a key you do not trust; to trust them, review what they recorded and trust their key with " \
+           "`durable-nb trust user alice@" in reason and reason.endswith(" copy.durable.db`"), reason
     assert [r[1] for r in executions(bob / "copy.durable.db")] == ["recorded", "recorded"]
     assert not marker.exists(), "an unsigned pickle must never be loaded"
 
-    assert cli(["trust", str(shared)]) == 0
+    assert cli(["trust", "log", str(shared)]) == 0
     sh = kernel(shared, bob / "secret")
     sh.durable(cell)
     assert sh.last_status()["state"] == "replayed"
@@ -129,10 +131,10 @@ def test_colleague_safe_values_replay_pickles_ask_for_trust(kernel: Kernel, user
     sh.durable(PICKLED, "--name pickled")
     status = sh.last_status()
     assert status["state"] == "recorded"
-    assert status["reason"] == "untrusted log: run durable-nb trust colleague.durable.db to allow pickled values"
-    assert "untrusted log: run durable-nb trust colleague.durable.db" in status["message"]
+    assert "a key you do not trust" in status["reason"]
+    assert "durable-nb trust user alice@" in status["message"] and "colleague.durable.db" in status["message"]
 
-    assert cli(["trust", str(bob / "trusted.durable.db")]) == 0
+    assert cli(["trust", "log", str(bob / "trusted.durable.db")]) == 0
     out = capsys.readouterr().out
     assert "signed 2 pickled values" in out and "variable p (Point)" in out
     sh = kernel(bob / "trusted.durable.db", bob / "secret")
@@ -193,7 +195,7 @@ def test_flipped_byte_is_reported_and_never_decoded(kernel: Kernel, users: tuple
     assert "TAMPERED execution 1 (cell tampered) variable evil" in out
     assert "TAMPERED execution 1 (cell tampered) variable noise (numpy.ndarray): blob" in out
     assert "fails its content hash" in out
-    assert cli(["trust", str(db)]) == 1, "trust refuses tampered values"
+    assert cli(["trust", "log", str(db)]) == 1, "trust refuses tampered values"
     assert "NOT SIGNED execution 1 (cell tampered) variable evil" in capsys.readouterr().out
 
     sh = kernel(db, secret)
@@ -210,7 +212,8 @@ def test_tampered_signature_metadata_is_untrusted(kernel: Kernel, users: tuple[P
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE output SET meta = json_set(meta, '$.buffers', 1) WHERE name = 'p'")
     review = verify_log(db)
-    assert [v.where for v in review.unsigned] == ["execution 1 variable p (Point)"]
+    assert not review.unsigned and [f.where for f in review.tampered] == ["execution 1 variable p (Point)"]
+    assert "does not match the value" in review.tampered[0].problem
 
 
 def write_module(folder: Path, version: str, class_name: str) -> None:
@@ -287,7 +290,7 @@ def test_missing_module_reruns_and_restores_nothing(kernel: Kernel, users: tuple
 
 def test_trust_of_a_missing_log_is_a_clear_error(tmp_path: Path, secret: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli(["trust", str(tmp_path / "nope.durable.db")]) == 1
+    assert cli(["trust", "log", str(tmp_path / "nope.durable.db")]) == 1
     assert "nope.durable.db does not exist" in capsys.readouterr().err
     assert not (tmp_path / "nope.durable.db").exists()
     with pytest.raises(Exception, match="does not exist"):
@@ -317,7 +320,7 @@ def test_trust_signs_activity_results(users: tuple[Path, Path], monkeypatch: pyt
     def open_as(secret: Path, db: Path) -> None:
         flush()
         session.close_log()
-        monkeypatch.setenv(KEY_ENV, str(secret))
+        become(monkeypatch, secret)
         session.open_log(db)
         act.reset_scope()
 
@@ -326,7 +329,7 @@ def test_trust_signs_activity_results(users: tuple[Path, Path], monkeypatch: pyt
         assert build(3).n == 3
         flush()
         share(alice / "a.durable.db", bob / "a.durable.db")
-        monkeypatch.setenv(KEY_ENV, str(bob / "secret"))
+        become(monkeypatch, bob / "secret", user="bob")
         review = verify_log(bob / "a.durable.db")
         assert [v.where for v in review.unsigned if "Box" in v.where and v.where.startswith("activity call 1 (")]
         assert any("activity call 1 (" in v.where for v in trust_log(bob / "a.durable.db").signed)

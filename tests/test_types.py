@@ -30,7 +30,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 import xarray as xr
-from shells import Shell
+from shells import Shell, become
 from test_codecs import Log
 
 from durable_nb.errors import EncodeError
@@ -560,7 +560,6 @@ def test_colleague_replays_every_cell_of_these_types_without_trusting_the_log(tm
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from durable_nb import session
     from durable_nb.log.maintenance import export
-    from durable_nb.signing import KEY_ENV
 
     alice, bob = tmp_path / "alice", tmp_path / "bob"
     alice.mkdir()
@@ -568,7 +567,7 @@ def test_colleague_replays_every_cell_of_these_types_without_trusting_the_log(tm
 
     def kernel(db: Path, secret: Path) -> Shell:
         session.close_log()
-        monkeypatch.setenv(KEY_ENV, str(secret))
+        become(monkeypatch, secret)
         monkeypatch.chdir(db.parent)
         return Shell(db)
 

@@ -38,7 +38,12 @@ EXAMPLES: dict[str, str] = {
     "status": "durable-nb status analysis.durable.db --json",
     "copy": "durable-nb copy analysis.durable.db copy.durable.db",
     "verify": "durable-nb verify analysis.durable.db",
-    "trust": "durable-nb trust analysis.durable.db --dry-run",
+    "key": "durable-nb key",
+    "trust add": "durable-nb trust add alice.pub --name alice",
+    "trust user": "durable-nb trust user alice@laptop analysis.durable.db --dry-run",
+    "trust list": "durable-nb trust list --csv",
+    "trust remove": "durable-nb trust remove alice",
+    "trust log": "durable-nb trust log analysis.durable.db --dry-run",
     "replicate": "durable-nb replicate analysis.durable.db s3://team-logs/alice/analysis.durable.db "
                  "--endpoint http://127.0.0.1:9000",
     "restore": "durable-nb restore s3://team-logs/alice/analysis.durable.db -o restored.durable.db "

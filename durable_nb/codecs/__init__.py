@@ -9,14 +9,16 @@ Heavy libraries are imported inside the codecs, so importing this registry stays
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from .. import signing
+from .. import keys, signing
 from ..errors import DecodeError, EncodeError, UntrustedError
 from . import arrow, arrow_ipc, json, npy, pickle, polars, sparse, tagged, torch, xarray
 
 if TYPE_CHECKING:
+    from ..keys import PublicKey
     from .streams import Sink, Source
 
 
@@ -120,18 +122,88 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def signature(codec: str, version: int, meta: dict[str, Any], hashes: list[str]) -> str:
-    """This user's signature of a stored value: its codec, version, meta and the content hashes of its blobs."""
-    return signing.sign(signing.payload(codec, version, meta, hashes))
+class Signed(NamedTuple):
+    signature: str  # hex of the Ed25519 signature
+    signer: PublicKey
 
 
-def trusted(codec: str, version: int, meta: dict[str, Any], hashes: list[str], signature: str | None) -> bool:
-    """May this value be decoded here: its codec runs no code, or this user signed exactly this value. The one
-    trust check in front of every decode (cells, activities, history)."""
+def signature(codec: str, version: int, meta: dict[str, Any], hashes: list[str]) -> Signed:
+    """This user's Ed25519 signature of a stored value: its codec, version, meta and the content hashes of its
+    blobs (never the bytes themselves: the cost is the same for any size)."""
+    key = keys.user_key()
+    return Signed(key.sign(signing.payload(codec, version, meta, hashes)).hex(), key.public)
+
+
+class Batch:
+    """One signature over the payload digests of many values (the activity results of one flush): verified once,
+    however many of its values are read."""
+
+    def __init__(self, signer: PublicKey, digests: bytes, signature: str) -> None:
+        self.signer = signer
+        self.digests = digests
+        self.signature = signature
+        self._valid: bool | None = None
+        self._members: frozenset[bytes] | None = None
+
+    def holds(self, data: bytes) -> bool:
+        """Whether the signer signed the payload `data` in this batch."""
+        if self._valid is None:
+            self._valid = verifies(self.digests, self.signature, self.signer)
+        if self._members is None:
+            n = signing.DIGEST_BYTES
+            self._members = frozenset(self.digests[i:i + n] for i in range(0, len(self.digests), n))
+        return self._valid and signing.digest(data) in self._members
+
+
+def batch_signature(payloads: Sequence[bytes]) -> tuple[bytes, Signed]:
+    """The digests of `payloads`, concatenated, and this user's signature of them."""
+    key = keys.user_key()
+    digests = b"".join(signing.digest(p) for p in payloads)
+    return digests, Signed(key.sign(digests).hex(), key.public)
+
+
+def distrust(codec: str, version: int, meta: dict[str, Any], hashes: list[str], signature: str | None,
+             signer: PublicKey | None, log: str = "LOG", batch: Batch | None = None) -> str | None:
+    """None when this value may be decoded here, else why not. A value decodes when its codec runs no code, or
+    its Ed25519 signature verifies and the signer is this user or a key this user trusts, or (logs written before
+    signer keys) its HMAC verifies with this user's secret. The one trust check in front of every decode (cells,
+    activities, history); the reason names the signer and the remedy (commands on `log`). A value signed as part of
+    a `batch` is checked against the batch's signature instead of its own."""
     found = _BY_NAME.get(codec)
     if found is not None and found.safe:
-        return True
-    return signing.verify(signing.payload(codec, version, meta, hashes), signature)
+        return None
+    data = signing.payload(codec, version, meta, hashes)
+    if batch is not None:
+        signer = batch.signer
+    if signer is None:
+        if signing.verify(data, signature):
+            return None
+        return (f"it is pickled and not signed by you; if you trust its author, review and re-sign the log with "
+                f"`durable-nb trust log {shlex.quote(log)}`")
+    # Trust first: the stat of a trusted-key file is cheaper than verifying a signature.
+    if not keys.TrustedKeys().is_trusted(signer):
+        name = shlex.quote(signer.comment or signer.fingerprint)
+        return (f"it is pickled and signed by {signer.shown()}, a key you do not trust; to trust them, review "
+                f"what they recorded and trust their key with `durable-nb trust user {name} {shlex.quote(log)}`")
+    if not (batch.holds(data) if batch is not None else verifies(data, signature, signer)):
+        return (f"its signature by {signer.shown()} does not match the value: the log was modified since; the "
+                "cell or call runs again")
+    return None
+
+
+def verifies(data: bytes, signature: str | None, signer: PublicKey) -> bool:
+    """Whether `signature` (hex) is `signer`'s Ed25519 signature of `data`, whoever the signer is."""
+    try:
+        raw = bytes.fromhex(signature or "")
+    except ValueError:
+        return False
+    return keys.verify(signer, raw, data)
+
+
+def trusted(codec: str, version: int, meta: dict[str, Any], hashes: list[str], signature: str | None,
+            signer: PublicKey | None, batch: Batch | None = None) -> bool:
+    """May this value be decoded here (see `distrust`)."""
+    return distrust(codec, version, meta, hashes, signature, signer, batch=batch) is None
 
 
 def decode_value(codec: str, version: int, meta: dict[str, Any], sources: Sequence[Source], *,
@@ -145,9 +217,9 @@ def decode_value(codec: str, version: int, meta: dict[str, Any], sources: Sequen
         raise DecodeError(f"codec {codec} version {version} is newer than this durable_nb reads "
                           f"({found.version}); upgrade durable_nb (pip install -U durable_nb) to replay it.")
     if not found.safe and not allow_pickle:
-        raise UntrustedError(f"this value is pickled ({codec}) and the log is not trusted here: loading it "
-                             "would run code from the log. Trust the log if you wrote it (durable-nb trust "
-                             "LOG), or re-run the cell.")
+        raise UntrustedError(f"this value is pickled ({codec}) and its signer is not trusted here: loading it "
+                             "would run code from the log. Trust its signer (durable-nb trust user NAME LOG), "
+                             "or re-run the cell.")
     return found.decode(meta, sources)
 
 

@@ -38,12 +38,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import xxhash
 
-from ..codecs import SAFE_CODECS, decode_value, encode_value, signature, trusted
-from ..errors import DecodeError, DurableError, EncodeError, LogError, LogNotWritableError
-from . import background
+from .. import keys
+from ..codecs import SAFE_CODECS, Batch, batch_signature, decode_value, distrust, encode_value, signature
+from ..errors import DecodeError, DurableError, EncodeError, LogError, LogNotWritableError, UntrustedError
+from ..keys import PublicKey
+from ..signing import payload
+from . import background, signers
 from .blobs import BlobStore, content_hash
 from .connect import Durability, write_transaction
-from .journal import INLINE_AT, UPSERT_MANY, Journal, journal_line, recover, upsert
+from .journal import BATCH_AT, INLINE_AT, UPSERT_MANY, Journal, journal_line, recover, upsert
 
 if TYPE_CHECKING:
     from ..codecs import Encoded
@@ -204,6 +207,9 @@ class Call:
     result: _Result | None = None
     failures: list[_Failure] = field(default_factory=list)  # append-only
     signature: str | None = None
+    signer: PublicKey | None = None
+    # A journaled pickled result: what the flush that moves it into the log signs, in one batch with the others.
+    payload: bytes | None = None
 
     def next_attempt(self) -> None:
         self.attempt += 1
@@ -221,6 +227,9 @@ class _Row:
     inline_stored: bool
     parts: int
     signature: str | None
+    signer: PublicKey | None
+    batch_id: int | None = None
+    mine: bool = False  # recorded by this process (in the index since): nothing to verify
     parsed_meta: dict[str, Any] | None = None  # decoders only read it
 
 
@@ -257,6 +266,9 @@ class Recorder:
         self.pending: dict[int, Call] = {}
         self.index: dict[str, tuple[int, dict[tuple[str, int], _Row]]] = {}
         self.blobs = log.blob_store(self.conn)
+        self.shown = str(log)
+        self.signer_id: int | None = None
+        self.batches: dict[int, Batch] = {}
         self._recover(log)
         _LIVE.add(self)
         log.on_flush(self.flush)
@@ -280,9 +292,11 @@ class Recorder:
             rows = self.conn.execute(
                 "SELECT key, occurrence, id, codec, codec_version, meta, "
                 f"CASE WHEN length(inline) <= {INDEX_INLINE_MAX} THEN inline END, inline IS NOT NULL, parts, "
-                "signature FROM activity_call WHERE function = ? AND state = 'recorded' AND (? OR run_id = ?) "
-                "ORDER BY id", (function, not self.from_scratch, self.run_id)).fetchall()
-        table = {(r[0], r[1]): _Row(*r[2:]) for r in rows}
+                f"signature, {signers.of('c')}, batch_id FROM activity_call c WHERE function = ? "
+                "AND state = 'recorded' AND (? OR run_id = ?) ORDER BY id",
+                (function, not self.from_scratch, self.run_id)).fetchall()
+        table = {(r[0], r[1]): _Row(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], signers.public_key(r[10], r[11]),
+                                    r[12]) for r in rows}
         with self.jlock:  # journaled, not yet imported
             for call, params in self.journaled:
                 if call.function == function:
@@ -301,15 +315,29 @@ class Recorder:
                     return self._decode(row, row.parsed_meta, self._stored_sources(row))
             sources = [_InlineSource(row.inline)] if row.inline is not None else []
             return self._decode(row, row.parsed_meta, sources)
+        except UntrustedError:  # said once by _decode
+            return MISS
         except DecodeError as exc:
             warnings.warn(f"activity {function}: the recorded result of call {row.id} cannot be loaded "
                           f"here ({exc}); calling the function again.", stacklevel=4)
             return MISS
 
-    @staticmethod
-    def _decode(row: _Row, meta: dict[str, Any], sources: Sequence[Any]) -> Any:
-        allowed = trusted(row.codec, row.codec_version, meta, [s.hash for s in sources], row.signature)
-        return decode_value(row.codec, row.codec_version, meta, sources, allow_pickle=allowed)
+    def _decode(self, row: _Row, meta: dict[str, Any], sources: Sequence[Any]) -> Any:
+        batch = None if row.batch_id is None or row.mine else self._batch(row.batch_id)
+        problem = None if row.mine else distrust(row.codec, row.codec_version, meta, [s.hash for s in sources],
+                                                 row.signature, row.signer, self.shown, batch)
+        if problem is not None:
+            # Once per signer and log: a loop over a thousand untrusted calls says it once, not a thousand times.
+            _say_once(f"durable: activity results recorded in {self.shown}: {problem}. Those calls run again.")
+            raise UntrustedError(problem)
+        return decode_value(row.codec, row.codec_version, meta, sources, allow_pickle=True)
+
+    def _batch(self, batch_id: int) -> Batch | None:
+        """A signed batch, read once per recorder and verified once (by Batch) however many calls it signs."""
+        if batch_id not in self.batches:
+            with self.wlock:
+                self.batches.update(signers.batches(self.conn, [batch_id]))
+        return self.batches.get(batch_id)
 
     def _stored_sources(self, row: _Row) -> Sequence[BlobSource | _InlineSource]:
         if row.inline_stored:
@@ -340,16 +368,18 @@ class Recorder:
         """Make the call's final state durable: small results through the journal, big ones straight into the
         log (their bytes dwarf a commit). Returns once durable."""
         res = call.result
+        if res is not None and not res.safe and self.signer_id is None:
+            self._add_signer()
         if res is not None and (len(res.parts) > 1 or (res.parts and res.parts[0].nbytes > INLINE_MAX)):
             with self.wlock, write_transaction(self.conn, self.path):
                 blob_ids = [self.blobs.sink().put(p) for p in res.parts]
-                call_id = self._upsert(self._params(call), [astuple(f) for f in call.failures])
+                call_id = self._upsert(self._params(call, sign=True), [astuple(f) for f in call.failures])
                 self.conn.executemany("INSERT INTO activity_blob (call_id, seq, blob_id) VALUES (?, ?, ?)",
                                       [(call_id, i, b) for i, b in enumerate(blob_ids)])
             self.pending.pop(id(call), None)
             self._remember(call, None, call_id)
             return
-        params = self._params(call)
+        params = self._params(call, sign=False)
         line = journal_line(params, [astuple(f) for f in call.failures])
         with self.jlock:
             try:
@@ -366,6 +396,12 @@ class Recorder:
         _FLUSHER.wake(self)
         self._remember(call, params[INLINE_AT], None)
 
+    def _add_signer(self) -> None:
+        """This user's key in the log's signers, the first time this recorder signs a result (its id goes into
+        the journal line with the signature)."""
+        with self.wlock, write_transaction(self.conn, self.path):
+            self.signer_id = signers.signer_id(self.conn, keys.user_key().public)
+
     def _commit_directly(self, call: Call, params: tuple[Any, ...], journal_error: OSError) -> None:
         """The journal cannot be written (read-only folder, permissions, full disk): the call goes straight
         into the log, one transaction each, as durable as through the journal. When the log cannot take it
@@ -374,7 +410,7 @@ class Recorder:
         cause = f"{journal_error.strerror or journal_error}"
         try:
             with self.wlock, write_transaction(self.conn, self.path):
-                call_id = self._upsert(params, [astuple(f) for f in call.failures])
+                call_id = self._upsert(self._params(call, sign=True), [astuple(f) for f in call.failures])
         except (LogError, sqlite3.Error) as exc:
             self.pending.pop(id(call), None)
             _say_once(f"durable: activity {call.function}: call not recorded: the activity journal {folder} "
@@ -428,16 +464,31 @@ class Recorder:
 
     def _write(self, batch: list[tuple[Call, tuple[Any, ...]]], running: list[Call]) -> None:
         with write_transaction(self.conn, self.path):
+            rows = self._batch_signed(batch)
             # Most calls have no failed attempts: one executemany for them (the flusher shares the GIL
             # with the caller's loop, so its per-row Python work is what slows the caller down).
-            self.conn.executemany(UPSERT_MANY, [p for c, p in batch if not c.failures])
-            for call, params in batch:
+            self.conn.executemany(UPSERT_MANY, [p for (c, _), p in zip(batch, rows, strict=True) if not c.failures])
+            for (call, _), params in zip(batch, rows, strict=True):
                 if call.failures:
                     self._upsert(params, [astuple(f) for f in call.failures])
             for call in running:
-                self._upsert(self._params(call), [astuple(f) for f in call.failures])
+                self._upsert(self._params(call, sign=True), [astuple(f) for f in call.failures])
 
-    def _params(self, call: Call) -> tuple[Any, ...]:
+    def _batch_signed(self, batch: list[tuple[Call, tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+        """The rows of `batch`, its pickled results signed with one signature (inside the flush's transaction;
+        the journaled params stay as they are, for a retry after a failed flush)."""
+        waiting = [i for i, (call, _) in enumerate(batch) if call.payload is not None]
+        rows = [params for _, params in batch]
+        if waiting and self.signer_id is not None:
+            digests, signed = batch_signature([batch[i][0].payload or b"" for i in waiting])
+            batch_id = signers.add_batch(self.conn, self.signer_id, digests, signed.signature)
+            for i in waiting:
+                rows[i] = (*rows[i][:BATCH_AT], batch_id, *rows[i][BATCH_AT + 1:])
+        return rows
+
+    def _params(self, call: Call, *, sign: bool) -> tuple[Any, ...]:
+        """The row of `call`. A pickled result is signed here when `sign`, else by the flush that moves its
+        journal line into the log (one signature per batch)."""
         res = call.result
         enc = res.encoded if res is not None else None
         inline = None
@@ -445,12 +496,17 @@ class Recorder:
             if len(res.parts) == 1 and res.parts[0].nbytes <= INLINE_MAX:
                 inline = res.parts[0].tobytes()
             if not res.safe and call.signature is None:
-                call.signature = signature(enc.codec, enc.version, enc.meta, res.part_hashes(inline is not None))
+                hashes = res.part_hashes(inline is not None)
+                if sign:
+                    call.signature, call.signer = signature(enc.codec, enc.version, enc.meta, hashes)
+                    call.payload = None
+                else:
+                    call.payload = payload(enc.codec, enc.version, enc.meta, hashes)
         return (call.uid, self.run_id, call.execution_id, call.function, call.key, call.occurrence, call.kind,
                 call.started_at, call.state, call.finished_at, call.attempt, call.attempt_started_at,
                 enc.codec if enc else None, enc.version if enc else None, enc.type_name if enc else None,
                 res.meta_json if res else None, enc.size if enc else None, inline,
-                len(res.parts) if res else 0, call.signature)
+                len(res.parts) if res else 0, call.signature, self.signer_id if call.signer else None, None)
 
     def _upsert(self, params: tuple[Any, ...], failures: list[tuple[Any, ...]]) -> int:
         return upsert(self.conn, params, failures)
@@ -467,7 +523,7 @@ class Recorder:
         enc = res.encoded
         table.setdefault((call.key, call.occurrence), _Row(
             call_id, enc.codec, enc.version, res.meta_json, inline, False, len(res.parts),
-            call.signature))
+            call.signature, call.signer, mine=True))
 
 
 _said: set[str] = set()

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..keys import PublicKey
+from . import signers
 from .connect import stored_json
 
 
@@ -48,6 +50,7 @@ class StoredOutput:
     inplace: bool = False
     signature: str | None = None
     blob_ids: list[int] = field(default_factory=list)
+    signer: PublicKey | None = None  # None with a signature: an HMAC (logs older than signer keys)
 
 
 @dataclass
@@ -91,9 +94,10 @@ def write_output(conn: sqlite3.Connection, execution_id: int, out: StoredOutput)
     """Inside the caller's transaction."""
     conn.execute(
         "INSERT INTO output (execution_id, name, kind, codec, codec_version, type, meta, size, target, inplace, "
-        "signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "signature, signer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (execution_id, out.name, out.kind, out.codec, out.codec_version, out.type, json.dumps(out.meta),
-         out.size, out.target, int(out.inplace), out.signature),
+         out.size, out.target, int(out.inplace), out.signature,
+         None if out.signer is None else signers.signer_id(conn, out.signer)),
     )
     conn.executemany(
         "INSERT INTO output_blob (execution_id, name, seq, blob_id) VALUES (?, ?, ?, ?)",
@@ -148,14 +152,14 @@ def previous(conn: sqlite3.Connection, s: ExecutionStart) -> dict[str, Any] | No
 
 def outputs(conn: sqlite3.Connection, execution_id: int) -> list[StoredOutput]:
     rows = conn.execute(
-        "SELECT name, kind, codec, codec_version, type, meta, size, target, inplace, signature FROM output "
-        "WHERE execution_id = ? ORDER BY rowid", (execution_id,)).fetchall()
+        "SELECT name, kind, codec, codec_version, type, meta, size, target, inplace, signature, "
+        f"{signers.of('o')} FROM output o WHERE execution_id = ? ORDER BY rowid", (execution_id,)).fetchall()
     blobs: dict[str, list[int]] = {}
     for name, blob_id in conn.execute(
             "SELECT name, blob_id FROM output_blob WHERE execution_id = ? ORDER BY name, seq", (execution_id,)):
         blobs.setdefault(name, []).append(blob_id)
     return [StoredOutput(r[0], r[1], r[2], r[3], r[4], stored_json(conn, r[5]), r[6], r[7], bool(r[8]), r[9],
-                         blobs.get(r[0], [])) for r in rows]
+                         blobs.get(r[0], []), signers.public_key(r[10], r[11])) for r in rows]
 
 
 def output_names(conn: sqlite3.Connection, execution_id: int) -> list[str]:

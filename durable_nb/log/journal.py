@@ -23,8 +23,9 @@ from .connect import write_transaction
 # Columns of one activity_call upsert, in the order of `Recorder._params` (and of a journal line).
 COLUMNS = ("uid", "run_id", "execution_id", "function", "key", "occurrence", "kind", "started_at", "state",
             "finished_at", "attempts", "attempt_started_at", "codec", "codec_version", "type", "meta", "size",
-            "inline", "parts", "signature")
+            "inline", "parts", "signature", "signer_id", "batch_id")
 INLINE_AT = COLUMNS.index("inline")
+BATCH_AT = COLUMNS.index("batch_id")
 UPSERT_MANY = (f"INSERT INTO activity_call ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
                 "ON CONFLICT(uid) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[8:]))
 UPSERT = UPSERT_MANY + " RETURNING id"
@@ -107,7 +108,8 @@ def parse_line(line: bytes) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]] | N
         return None  # a torn last line (power loss during the append): that call never returned
     if row[INLINE_AT] is not None:
         row[INLINE_AT] = binascii.a2b_base64(row[INLINE_AT])
-    return tuple(row), [tuple(f) for f in failures]
+    # A journal left by a version before signer keys has fewer columns: the missing ones are NULL.
+    return (*row, *[None] * (len(COLUMNS) - len(row))), [tuple(f) for f in failures]
 
 
 def upsert(conn: sqlite3.Connection, params: tuple[Any, ...], failures: list[tuple[Any, ...]]) -> int:

@@ -162,6 +162,9 @@ def _copy(conn: sqlite3.Connection, latest_only: bool, progress: bool) -> tuple[
     blobs = _blob_ids(conn, has_activities)
     n_blobs = _copy_blobs(conn, blobs, progress)
     executions = _copy_rows(conn, "execution", "id IN keep_execution")
+    if "signer" in _src_tables(conn):  # a handful of keys and batches: all, rather than those kept rows use
+        _copy_rows(conn, "signer", "1")
+        _copy_rows(conn, "signed_batch", "1")
     for table in ("output", "output_blob", "event"):
         _copy_rows(conn, table, "execution_id IN keep_execution")
     calls = 0

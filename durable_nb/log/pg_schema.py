@@ -191,6 +191,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         """),
     # A log migrated to 5 by an earlier durable_nb has the view's version-5 form.
     Migration(6, SQLITE_MIGRATIONS[5].name, "DROP VIEW IF EXISTS executions;\n" + executions_view(_FILES_READ)),
+    Migration(7, SQLITE_MIGRATIONS[6].name, f"""
+        CREATE TABLE signer (
+            id {_ID},
+            public_key bytea NOT NULL UNIQUE,
+            name text NOT NULL DEFAULT ''
+        );
+        CREATE TABLE signed_batch (
+            id {_ID},
+            signer_id bigint NOT NULL REFERENCES signer(id),
+            digests bytea NOT NULL,
+            signature text NOT NULL
+        );
+        ALTER TABLE output ADD COLUMN signer_id bigint REFERENCES signer(id);
+        ALTER TABLE activity_call ADD COLUMN signer_id bigint REFERENCES signer(id);
+        ALTER TABLE activity_call ADD COLUMN batch_id bigint REFERENCES signed_batch(id);
+        """),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

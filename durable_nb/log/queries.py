@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotRecordedError
+from ..keys import PublicKey
 from ..vocabulary import STATES, ago, fmt_duration, human_bytes
+from . import signers
 from .connect import applied_version, is_postgres, stored_json
 
 # The states whose variables a later cell saw: a replay restores its source's outputs.
@@ -33,6 +35,7 @@ class OutputRecord:
     target: str | None
     signature: str | None
     blob_hashes: list[str] = field(default_factory=list)
+    signer: PublicKey | None = None
 
     def content(self) -> str:
         """What identifies the value's content: equal strings mean equal stored values."""
@@ -117,9 +120,10 @@ def outputs(conn: sqlite3.Connection, execution_id: int) -> list[OutputRecord]:
         "SELECT o.execution_id, o.name, o.kind, o.codec, o.codec_version, o.type, o.meta, o.size, o.target, "
         f"o.signature, (SELECT {hashes} FROM (SELECT bl.hash FROM output_blob ob "
         "JOIN blob bl ON bl.id = ob.blob_id WHERE ob.execution_id = o.execution_id AND ob.name = o.name "
-        "ORDER BY ob.seq) b) FROM output o WHERE o.execution_id = ? ORDER BY o.rowid", (execution_id,))
+        f"ORDER BY ob.seq) b), {signers.columns(conn, 'o')} FROM output o WHERE o.execution_id = ? "
+        "ORDER BY o.rowid", (execution_id,))
     return [OutputRecord(r[0], r[1], r[2], r[3], r[4], r[5], stored_json(conn, r[6]), r[7], r[8], r[9],
-                         stored_json(conn, r[10])) for r in rows]
+                         stored_json(conn, r[10]), signers.public_key(r[11], r[12])) for r in rows]
 
 
 def blob_ids(conn: sqlite3.Connection, execution_id: int, name: str) -> list[int]:

@@ -327,6 +327,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP VIEW executions;
         """ + executions_view(SQLITE_FILES_READ),
     ),
+    Migration(
+        7,
+        "signers: the Ed25519 public key of whoever signed a stored value, one row per key",
+        # Older rows keep signer_id NULL: their signature is the HMAC of their recorder's secret. A signed_batch is
+        # one signature over the payload digests of the activity results one flush moved into the log (a
+        # signature per call would cost more than recording it); its calls reference it by batch_id.
+        """
+        CREATE TABLE signer (
+            id INTEGER PRIMARY KEY,
+            public_key BLOB NOT NULL UNIQUE,
+            name TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE signed_batch (
+            id INTEGER PRIMARY KEY,
+            signer_id INTEGER NOT NULL REFERENCES signer(id),
+            digests BLOB NOT NULL,
+            signature TEXT NOT NULL
+        );
+        ALTER TABLE output ADD COLUMN signer_id INTEGER REFERENCES signer(id);
+        ALTER TABLE activity_call ADD COLUMN signer_id INTEGER REFERENCES signer(id);
+        ALTER TABLE activity_call ADD COLUMN batch_id INTEGER REFERENCES signed_batch(id);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LogError
+from . import signers
 from .blobs import BlobSink
 from .connect import is_postgres
 from .store import LogStore
 
 # In the order of their foreign keys. `blob`/`chunk` go separately (matched by hash); `*_blob` rows are remapped.
-TABLES = ("run", "execution", "output", "event", "activity_call", "attempt")
+TABLES = ("signer", "signed_batch", "run", "execution", "output", "event", "activity_call", "attempt")
 BLOB_LINKS = {"output_blob": ("execution_id", "name", "seq", "blob_id"),
               "activity_blob": ("call_id", "seq", "blob_id")}
 # Columns a backend adds for itself: PostgreSQL's explicit `output.rowid` (the order is kept by inserting in it).
@@ -33,7 +34,7 @@ _ORDER = {"output": "rowid", "event": "execution_id, seq", "attempt": "call_id, 
 # Blob ids asked for at once (SQLite's bound-parameter limit is 32766).
 _BATCH = 500
 # Identities a PostgreSQL destination must continue after the copied ids.
-_IDENTITIES = ("run", "execution", "activity_call")
+_IDENTITIES = ("signer", "signed_batch", "run", "execution", "activity_call")
 
 
 @dataclass
@@ -129,7 +130,10 @@ def _stored_size(source: sqlite3.Connection, blob_ids: set[int]) -> int:
 def _copy_table(source: sqlite3.Connection, target: sqlite3.Connection, table: str,
                 kept: dict[str, tuple[int, frozenset[int]]]) -> int:
     # The deciding column (an id) comes first, as _keeps expects.
-    key = {"run": "id", "execution": "id", "activity_call": "id", "attempt": "call_id"}.get(table, "execution_id")
+    if table in ("signer", "signed_batch") and not signers.has_signers(source):  # older than signer keys
+        return 0
+    key = {"signer": "id", "signed_batch": "id", "run": "id", "execution": "id", "activity_call": "id",
+           "attempt": "call_id"}.get(table, "execution_id")
     shared = set(_columns(target, table))
     columns = [key] + [c for c in _columns(source, table) if c in shared and c != key]
     order = _ORDER.get(table, "id")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from jupyter_client.manager import KernelManager
+from shells import user_env
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +96,7 @@ def called(side: Path) -> list[int]:
 def test_sigkill_mid_loop_then_rerun_calls_only_unrecorded_iterations(tmp_path: Path,
                                                                       kernels: list[Kernel]) -> None:
     db, side = tmp_path / "loop.durable.db", tmp_path / "calls.txt"
-    env = {"DURABLE_NB_SECRET_FILE": str(tmp_path / "secret"), "PYTHONHASHSEED": "0"}
+    env = {**user_env(tmp_path / "secret"), "PYTHONHASHSEED": "0"}
     setup = SETUP.format(db=str(db), side=str(side))
     kill_at = random.Random().randrange(100, ITERATIONS - 100)
 
@@ -155,7 +156,7 @@ def crash_then_resume(tmp_path: Path, name: str, crash_at: int) -> str:
 
     nb_path = tmp_path / name
     shutil.copy(EXAMPLES / name, nb_path)
-    env = {**os.environ, "DURABLE_NB_SECRET_FILE": str(tmp_path / "secret")}
+    env = {**os.environ, **user_env(tmp_path / "secret")}
     with pytest.raises(DeadKernelError):
         run_notebook(nb_path, {**env, "AGENT_CRASH_AT": str(crash_at)})
     nb = run_notebook(nb_path, env)

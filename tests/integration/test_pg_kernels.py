@@ -8,6 +8,8 @@ cell calling an activity."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ from test_activity_kernel import Kernel
 pytestmark = pytest.mark.integration
 
 LEASE = 3.0
+DURABLE_NB = str(Path(sys.executable).with_name("durable-nb"))
 LONG = os.environ.get("DURABLE_NB_TORTURE") == "long"
 
 
@@ -38,12 +41,13 @@ def kernels() -> Iterator[list[Kernel]]:
 
 
 def host_env(tmp_path: Path, host: str, url: str) -> dict[str, str]:
-    """A kernel as if on machine `host`: its name, its own local state (journals) and its user's secret."""
+    """A kernel as if on machine `host`: its name, its own local state (journals) and its user's secret and
+    signing key."""
     folder = tmp_path / host
     folder.mkdir(exist_ok=True)
     return {"DURABLE_NB_DB": url, "DURABLE_NB_HOST": host, "XDG_STATE_HOME": str(folder / "state"),
-            "DURABLE_NB_SECRET_FILE": str(folder / "secret"), "DURABLE_NB_LEASE_SECONDS": str(LEASE),
-            "PYTHONHASHSEED": "0"}
+            "DURABLE_NB_SECRET_FILE": str(folder / "secret"), "DURABLE_NB_KEYS_DIR": str(folder / "keys"),
+            "DURABLE_NB_LEASE_SECONDS": str(LEASE), "PYTHONHASHSEED": "0"}
 
 
 def start(kernels: list[Kernel], tmp_path: Path, env: dict[str, str]) -> Kernel:
@@ -83,6 +87,32 @@ def test_two_hosts_share_one_log_safe_values_replay_foreign_pickles_run(tmp_path
                            ("point", "recorded")]
     hosts = sql(url, "SELECT host FROM run ORDER BY id")
     assert hosts == [("host-a",), ("host-b",)]
+
+
+def test_a_foreign_pickle_replays_once_its_signer_is_trusted(tmp_path: Path, url: str,
+                                                              kernels: list[Kernel]) -> None:
+    alice = start(kernels, tmp_path / "host-a", host_env(tmp_path, "host-a", url))
+    alice.run(PICKLED)
+    later = PICKLED.replace("--name point", "--name later").replace("p = Point()", "q = Point()")
+    alice.run(later)
+    bob_env = host_env(tmp_path, "host-b", url)
+    bob = start(kernels, tmp_path / "host-b", bob_env)
+    bob.run(PICKLED)
+    assert not (tmp_path / "host-b" / "unpickled.txt").exists(), "a foreign pickle was never loaded"
+    assert (tmp_path / "host-b" / "runs.txt").read_text().split() == ["point"]
+    reason = sql(url, "SELECT reason FROM execution ORDER BY id DESC LIMIT 1")[0][0]
+    assert "a key you do not trust" in reason and "@host-a" in reason, reason
+
+    (name,) = [n for (n,) in sql(url, "SELECT name FROM signer") if n.endswith("@host-a")]
+    review = subprocess.run([DURABLE_NB, "trust", "user", name, url], capture_output=True, text=True,
+                            env={**os.environ, **bob_env}, timeout=120)
+    assert review.returncode == 0, review.stderr
+    assert f"{name} signed 4 pickled values" in review.stdout and "(cell later) variable q (Point)" in review.stdout
+    bob.run(later)
+    assert (tmp_path / "host-b" / "unpickled.txt").exists(), "once trusted, alice's pickle is loaded"
+    assert (tmp_path / "host-b" / "runs.txt").read_text().split() == ["point"], "and her cell is not run"
+    bob.run("from durable_nb import session\nsession.close_log()")  # a replay's row is written at the next commit
+    assert states(url)[-1] == ("later", "replayed")
 
 
 def test_sigkill_mid_cell_is_crashed_once_the_lease_expires(tmp_path: Path, url: str, kernels: list[Kernel],
