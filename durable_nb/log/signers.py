@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from ..codecs import Batch
 from ..keys import PublicKey
 from .connect import applied_version
+
+if TYPE_CHECKING:
+    from ..codecs import Batch
 
 SIGNERS_SINCE = 7  # the migration that added the table and the signer_id columns
 
@@ -68,6 +71,8 @@ def add_batch(conn: sqlite3.Connection, signer: int, digests: bytes, signature: 
 
 def batches(conn: sqlite3.Connection, ids: Iterable[int] | None = None) -> dict[int, Batch]:
     """The signed batches `ids` (all of them when None), by id."""
+    from ..codecs import Batch  # deferred for start-up speed: the codecs package loads every codec module
+
     if not has_signers(conn):
         return {}
     sql = ("SELECT b.id, s.public_key, s.name, b.digests, b.signature FROM signed_batch b "
