@@ -2,7 +2,7 @@
 the test-only secret beside it. Run from a checkout of that commit:
     PYTHONPATH=CHECKOUT python tests/data/make_hmac_log.py OUT_FOLDER
 then, to keep the repository small, `sqlite3 OUT_FOLDER/hmac_v6.durable.db "PRAGMA wal_checkpoint(TRUNCATE);
-PRAGMA journal_mode=DELETE; PRAGMA page_size=4096; VACUUM;"` (rows unchanged; 64 KiB pages made it 1.9 MB).
+PRAGMA journal_mode=DELETE; PRAGMA page_size=4096; VACUUM;"` (rows unchanged; 128 KiB).
 tests/test_old_logs.py runs the same cells (HMAC_CELLS) against a copy of the log it wrote."""
 
 from __future__ import annotations
