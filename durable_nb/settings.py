@@ -5,14 +5,16 @@ next new cell drawing the same numbers and the same-looking plots as a plain Run
 
 Generators change whenever a number is drawn (also inside libraries: `df.sample()`, scikit-learn without a
 `random_state`), so their states are compared around every cell (microseconds); options change only through
-their setters, so only cells whose code names one pay for the look at every option (a text search).
+their setters, so only cells whose code names one pay for the look at every option (a text search). A generator's
+full state is read only when a cheap token of it moved.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 NAME = "__settings__"
 _SETTERS = ("set_printoptions", "set_option", "options.", "reset_option",
@@ -30,8 +32,8 @@ def may_change(code: str) -> bool:
 
 
 def snapshot(code: str) -> dict[str, Any]:
-    """The state `code` may change, as JSON-able values: the generators always, options when `code` names a
-    setter."""
+    """The state `code` may change, to compare with `changed`: the generators always (as tokens), options when
+    `code` names a setter."""
     found = _generators()
     if may_change(code):
         found.update(_options())
@@ -39,7 +41,18 @@ def snapshot(code: str) -> dict[str, Any]:
 
 
 def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in after.items() if before.get(k, v) != v or k not in before}
+    """What moved from the snapshot `before` to `after`, as JSON-able values; `after` must be the state now (a
+    generator's state is read when its token moved)."""
+    found = {}
+    for key, value in after.items():
+        if key in before and before[key] == value:
+            continue
+        generator = _GENERATORS.get(key)
+        try:
+            found[key] = value if generator is None else generator.state()
+        except Exception:  # as in _generators: a state that cannot be read is not kept, nothing breaks
+            continue
+    return found
 
 
 def apply(settings: dict[str, Any]) -> None:
@@ -58,7 +71,7 @@ def apply(settings: dict[str, Any]) -> None:
 
             pd.set_option(key.removeprefix("pandas."), value)
         elif key in _GENERATORS:
-            _GENERATORS[key][2](value)
+            _GENERATORS[key].restore(value)
 
 
 def _options() -> dict[str, Any]:
@@ -94,7 +107,15 @@ def _set_rc(rc: dict[str, Any]) -> None:
     params.update(rc)
 
 
-# -- the global random generators: their state as JSON (hex for the raw words), and how to set it again
+# -- the global random generators: a cheap token compared around every cell, and the state as JSON (hex for the
+# raw words) read only when the token moved
+
+
+class _Generator(NamedTuple):
+    module: str  # a generator of a library the process never imported cannot have been drawn from
+    token: Callable[[], object]
+    state: Callable[[], Any]
+    restore: Callable[[Any], None]
 
 
 def _python_state() -> Any:
@@ -108,6 +129,32 @@ def _set_python_state(state: Any) -> None:
 
     version, words, gauss = state
     random.setstate((version, tuple(words), gauss))
+
+
+_MT19937_BYTES = 624 * 4 + 4  # numpy's mt19937_state: the key words and the position
+
+
+# The last full read of numpy's legacy state: (raw words, has_gauss, the cached normal).
+_numpy_seen: tuple[bytes, int, float] | None = None
+
+
+def _numpy_token() -> object:
+    """numpy's legacy state as (raw words, has_gauss, cached normal). The raw words cost ~1 µs where get_state
+    builds a dict and an array (~30 µs); the cached normal is not reachable so: it is read in full unless the words
+    are those of the last full read and no normal was cached then (drawing one moves the words)."""
+    import ctypes  # numpy's .ctypes attribute has imported it already
+
+    import numpy as np
+
+    global _numpy_seen
+    generator = np.random.mtrand._rand._bit_generator
+    if type(generator).__name__ != "MT19937":  # np.random.set_bit_generator chose another: not kept
+        raise TypeError("only numpy's legacy MT19937 state is kept")
+    raw = ctypes.string_at(generator.ctypes.state_address, _MT19937_BYTES)
+    if _numpy_seen is None or _numpy_seen[0] != raw or _numpy_seen[1]:
+        _, _, _, has_gauss, cached = np.random.get_state(legacy=True)
+        _numpy_seen = (raw, int(has_gauss), float(cached))
+    return _numpy_seen
 
 
 def _numpy_state() -> Any:
@@ -125,10 +172,14 @@ def _set_numpy_state(state: Any) -> None:
     np.random.set_state((name, np.frombuffer(bytes.fromhex(keys), "<u4"), pos, has_gauss, cached))
 
 
-def _torch_state() -> Any:
+def _torch_token() -> object:
     import torch
 
-    return bytes(torch.random.get_rng_state().numpy()).hex()
+    return bytes(torch.random.get_rng_state().numpy())
+
+
+def _torch_state() -> Any:
+    return cast(bytes, _torch_token()).hex()
 
 
 def _set_torch_state(state: Any) -> None:
@@ -137,21 +188,19 @@ def _set_torch_state(state: Any) -> None:
     torch.random.set_rng_state(torch.frombuffer(bytearray.fromhex(state), dtype=torch.uint8))
 
 
-# key -> (module that must be imported already, get, set): a generator of a library the process never imported
-# cannot have been drawn from.
 _GENERATORS = {
-    "python.random": ("random", _python_state, _set_python_state),
-    "numpy.random": ("numpy", _numpy_state, _set_numpy_state),
-    "torch.random": ("torch", _torch_state, _set_torch_state),
+    "python.random": _Generator("random", _python_state, _python_state, _set_python_state),
+    "numpy.random": _Generator("numpy", _numpy_token, _numpy_state, _set_numpy_state),
+    "torch.random": _Generator("torch", _torch_token, _torch_state, _set_torch_state),
 }
 
 
 def _generators() -> dict[str, Any]:
     found = {}
-    for key, (module, get, _) in _GENERATORS.items():
-        if module in sys.modules:
+    for key, generator in _GENERATORS.items():
+        if generator.module in sys.modules:
             try:
-                found[key] = get()
+                found[key] = generator.token()
             except Exception:  # a half-imported or unusual build: its state is not kept, nothing breaks
                 continue
     return found
