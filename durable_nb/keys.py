@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import getpass
-import hashlib
 import os
-import socket
 import stat
 import struct
 from collections.abc import Iterable, Iterator
@@ -71,6 +68,8 @@ class PublicKey:
     @property
     def fingerprint(self) -> str:
         """OpenSSH's SHA256 fingerprint, as `ssh-keygen -l` prints it."""
+        import hashlib  # deferred for start-up speed: it loads OpenSSL (~3 ms); recording never asks a fingerprint
+
         digest = hashlib.sha256(self._wire()).digest()
         return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
@@ -175,13 +174,15 @@ class SigningKey:
 
 
 def _default_comment() -> str:
+    import getpass  # deferred for start-up speed: it imports termios, and only a new key needs a name
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry for this uid (some containers)
         user = str(os.getuid())
     # The host identity a kernel records its runs under (DURABLE_NB_HOST), so a team log names signers as it
     # names hosts.
-    return f"{user}@{os.environ.get('DURABLE_NB_HOST') or socket.gethostname()}"
+    return f"{user}@{os.environ.get('DURABLE_NB_HOST') or os.uname().nodename}"
 
 
 def user_key() -> SigningKey:

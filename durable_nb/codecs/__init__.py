@@ -9,7 +9,6 @@ Heavy libraries are imported inside the codecs, so importing this registry stays
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -179,16 +178,22 @@ def distrust(codec: str, version: int, meta: dict[str, Any], hashes: list[str], 
         if signing.verify(data, signature):
             return None
         return (f"it is pickled and not signed by you; if you trust its author, review and re-sign the log with "
-                f"`durable-nb trust log {shlex.quote(log)}`")
+                f"`durable-nb trust log {_quote(log)}`")
     # Trust first: the stat of a trusted-key file is cheaper than verifying a signature.
     if not keys.TrustedKeys().is_trusted(signer):
-        name = shlex.quote(signer.comment or signer.fingerprint)
+        name = _quote(signer.comment or signer.fingerprint)
         return (f"it is pickled and signed by {signer.shown()}, a key you do not trust; to trust them, review "
-                f"what they recorded and trust their key with `durable-nb trust user {name} {shlex.quote(log)}`")
+                f"what they recorded and trust their key with `durable-nb trust user {name} {_quote(log)}`")
     if not (batch.holds(data) if batch is not None else verifies(data, signature, signer)):
         return (f"its signature by {signer.shown()} does not match the value: the log was modified since; the "
                 "cell or call runs again")
     return None
+
+
+def _quote(text: str) -> str:
+    import shlex  # deferred for start-up speed: only a miss's remedy quotes a command line
+
+    return shlex.quote(text)
 
 
 def verifies(data: bytes, signature: str | None, signer: PublicKey) -> bool:
