@@ -306,11 +306,13 @@ class Restore:
                 self._place(out, self._decode(out))
         for out in views:
             self._view(out)
+        changed_settings = self.final.pop(settings.NAME, None)
+        if changed_settings:
+            settings.apply_backend(changed_settings)
         self._unpickle(pickled)
         for out in aliases:
             self.final[out.name] = self._named(str(out.target), out.name)
         result = self.final.pop(RESULT, None)
-        changed_settings = self.final.pop(settings.NAME, None)
         self._apply(deleted)
         for out in pickled:
             recorded = out.meta.get("fingerprint")

@@ -11,6 +11,7 @@ full state is read only when a cheap token of it moved.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -19,12 +20,15 @@ from typing import Any, NamedTuple, cast
 NAME = "__settings__"
 _SETTERS = ("set_printoptions", "set_option", "options.", "reset_option",
             "style.use", "style.context", "rcParams", ".rc(", "rcdefaults", "rc_context", "xkcd",
+            "matplotlib.use", "mpl.use", "switch_backend", "%matplotlib",
             "set_theme", "set_style", "set_context", "set_palette", "sns.set(")
-# rcParams a style never sets (matplotlib's own list): they belong to the machine and session, not the look.
-_RC_KEPT = {"backend", "backend_fallback", "interactive", "toolbar", "timezone", "figure.max_open_warning",
+# rcParams a style never sets (matplotlib's own list): they belong to the machine and session, not the look. The
+# backend is kept: a cell's `matplotlib.use("agg")` decides whether the figures of later cells show.
+_RC_KEPT = {"backend_fallback", "interactive", "toolbar", "timezone", "figure.max_open_warning",
             "figure.raise_window", "savefig.directory", "tk.window_focus", "docstring.hardcopy", "date.epoch",
             "webagg.port", "webagg.address", "webagg.port_retries", "webagg.open_in_browser"}
 _CYCLE = "axes.prop_cycle"
+_BACKEND = "matplotlib.backend"
 
 
 def may_change(code: str) -> bool:
@@ -62,7 +66,9 @@ def apply(settings: dict[str, Any]) -> None:
         import numpy as np
 
         np.set_printoptions(**numpy)
-    rc = {k.removeprefix("matplotlib."): v for k, v in settings.items() if k.startswith("matplotlib.")}
+    rc = {k.removeprefix("matplotlib."): v for k, v in settings.items() if k.startswith("matplotlib.") and
+          k != _BACKEND}
+    apply_backend(settings)
     if rc:
         _set_rc(rc)
     for key, value in settings.items():
@@ -72,6 +78,21 @@ def apply(settings: dict[str, Any]) -> None:
             pd.set_option(key.removeprefix("pandas."), value)
         elif key in _GENERATORS:
             _GENERATORS[key].restore(value)
+
+
+def apply_backend(settings: dict[str, Any]) -> None:
+    """matplotlib's backend as the cell left it; a replay sets it before figures unpickle, so that they join it
+    (switching closes every figure)."""
+    backend = settings.get(_BACKEND)
+    if backend is None:
+        return
+    import matplotlib as mpl
+
+    params: Any = mpl.rcParams
+    if params._get("backend") == backend:
+        return
+    with contextlib.suppress(ImportError, ValueError):  # a GUI backend this machine lacks: figures show as they can
+        mpl.use(backend)
 
 
 def _options() -> dict[str, Any]:
@@ -88,7 +109,10 @@ def _options() -> dict[str, Any]:
         found.update({f"pandas.{k}": v for k in keys if _plain(v := pd.get_option(k))})
     mpl = sys.modules.get("matplotlib")
     if mpl is not None and hasattr(mpl, "rcParams"):
-        for k, v in dict(mpl.rcParams).items():
+        params = mpl.rcParams
+        read = getattr(params, "_get", params.__getitem__)  # _get leaves an automatic backend unresolved
+        for k in list(params.keys()):
+            v = read(k)
             if k == _CYCLE:
                 v = v.by_key()
             if k not in _RC_KEPT and _plain(v):

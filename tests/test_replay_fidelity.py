@@ -149,6 +149,30 @@ def test_random_generators_and_plot_style_continue_after_a_replay_as_after_a_run
         mpl.rcParams.update(saved_rc)
 
 
+
+def test_a_backend_chosen_in_a_cell_holds_after_its_replay(new_shell: Callable[[], Shell]) -> None:
+    """`matplotlib.use(...)` in a cell decides how later figures show (with Agg a notebook shows none): after a
+    replay the backend is the one the cell chose, and the figure the cell made is open under it, as after a run."""
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+
+    cells = ["import matplotlib\nimport matplotlib.pyplot as plt\nmatplotlib.use('svg')\n"
+             "fig, ax = plt.subplots()\nax.plot([0, 2, 1]);"]
+    probe = "[matplotlib.get_backend(), plt.get_fignums() == [fig.number], ax.get_lines()[0].get_ydata().tolist()]"
+    saved = mpl.get_backend()
+    try:
+        first = new_shell()
+        first.durable(cells[0])
+        expected = first.run(probe)
+        plt.close("all")
+        mpl.use("pdf")
+        second = new_shell()
+        assert replayed_all(second, cells) == ["replayed"]
+        assert second.run(probe) == expected == ["svg", True, [0, 2, 1]]
+    finally:
+        plt.close("all")
+        mpl.use(saved)
+
 # One kind of value per line: bound by a recording cell, read by the next. In a new process the reader must
 # replay, which it does only if the restored value leads to the same key as the original did.
 KINDS = {
