@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.shells import Shell, user_env
 
@@ -172,6 +173,25 @@ def test_a_backend_chosen_in_a_cell_holds_after_its_replay(new_shell: Callable[[
     finally:
         plt.close("all")
         mpl.use(saved)
+
+
+def test_what_a_module_prints_on_import_shows_once_when_its_cell_replays(
+        new_shell: Callable[[], Shell], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A replay imports the modules its cell imported; what they print then (tqdm's "IProgress not found"
+    warning) is already in the recorded streams, so a replay showed it twice."""
+    (tmp_path / "noisy_helper.py").write_text("import sys\nprint('loading noisy_helper')\n"
+                                              "print('noisy_helper is noisy', file=sys.stderr)\nVALUE = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cell = "import noisy_helper\nvalue = noisy_helper.VALUE * 2"
+    new_shell().durable(cell)
+    first = capsys.readouterr()
+    monkeypatch.delitem(sys.modules, "noisy_helper")
+    second = new_shell()
+    assert replayed_all(second, [cell]) == ["replayed"] and second.ns["value"] == 6
+    again = capsys.readouterr()
+    assert first.out.count("loading noisy_helper") == again.out.count("loading noisy_helper") == 1
+    assert first.err.count("noisy_helper is noisy") == again.err.count("noisy_helper is noisy") == 1
 
 # One kind of value per line: bound by a recording cell, read by the next. In a new process the reader must
 # replay, which it does only if the restored value leads to the same key as the original did.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import io
 import sys
 import types
 from collections.abc import Iterable, Iterator
@@ -88,7 +89,7 @@ def loaded_module(module: str, what: str) -> types.ModuleType:
                 # `from a import f` names a.f, a candidate, not a module; a module that fails to import
                 # fails again when the cell runs, where the user sees why.
                 with contextlib.suppress(Exception):
-                    importlib.import_module(name)
+                    _import_quietly(name)
         found = sys.modules.get(module)
     if not isinstance(found, types.ModuleType):
         raise DecodeError(f"{what} needs module {module}, which is not imported in this kernel: decoding never "
@@ -98,8 +99,15 @@ def loaded_module(module: str, what: str) -> types.ModuleType:
     return found
 
 
+def _import_quietly(module: str) -> None:
+    """Import `module` for a replay: what importing it prints (a library's warning on import) is in the cell's
+    recorded streams already, which the replay shows."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        importlib.import_module(module)
+
+
 def _import(module: str, what: str) -> None:
     try:
-        importlib.import_module(module)
+        _import_quietly(module)
     except ImportError as exc:
         raise DecodeError(f"{what} needs module {module}, which cannot be imported here: {exc}") from exc
