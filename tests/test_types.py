@@ -123,6 +123,23 @@ def xr_dataset() -> xr.Dataset:
     return ds
 
 
+def generators() -> list[Any]:
+    """numpy's random generators as tutorials hold them: drawn from, with a cached normal, spawned, bare."""
+    drawn = np.random.default_rng(7)
+    drawn.random(3)
+    legacy = np.random.RandomState(4)
+    legacy.randn(3)  # an odd count: a normal stays cached
+    child = np.random.default_rng(1).spawn(2)[1]
+    return [drawn, legacy, child, *(np.random.Generator(getattr(np.random, name)(3))
+                                    for name in ("PCG64DXSM", "MT19937", "Philox", "SFC64")), np.random.PCG64(9)]
+
+
+def rng_state(value: Any) -> Any:
+    if isinstance(value, np.random.RandomState):
+        return value.get_state(legacy=False)
+    return (value if isinstance(value, np.random.BitGenerator) else value.bit_generator).state
+
+
 def sparse_values() -> list[Any]:
     dense = np.array([[0, 1.5, 0], [2, 0, 0], [0, 0, 3]])
     return [cls(dense) for cls in (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, sp.bsr_matrix, sp.dia_matrix,
@@ -197,6 +214,8 @@ def assert_same(got: Any, want: Any) -> None:
         assert len(got) == len(want)
         for a, b in zip(got, want, strict=True):
             assert_same(a, b)
+    elif isinstance(want, (np.random.Generator, np.random.RandomState, np.random.BitGenerator)):
+        assert fingerprint(rng_state(got)) == fingerprint(rng_state(want))
     elif isinstance(want, decimal.Decimal) and want.is_nan():
         assert got.is_nan() and str(got) == str(want)
     else:
@@ -227,6 +246,20 @@ def test_library_values_round_trip_through_safe_codecs(log: Log, case: str) -> N
     encoded, back = log.round_trip(value)
     assert encoded.codec == CODEC_OF[case.split()[0]]
     assert_same(back, value)
+
+
+def test_numpy_generators_round_trip_and_draw_on_as_the_originals(log: Log) -> None:
+    for value in generators():
+        encoded, back = log.round_trip(value)
+        assert encoded.codec == "nprandom", type(value)
+        assert_same(back, value)
+        if isinstance(value, np.random.RandomState):
+            assert back.randn(3).tolist() == value.randn(3).tolist()  # the cached normal first
+        elif isinstance(value, np.random.Generator):
+            assert back.random(4).tolist() == value.random(4).tolist()
+            assert back.spawn(1)[0].integers(1 << 60) == value.spawn(1)[0].integers(1 << 60)
+        else:
+            assert back.random_raw(2).tolist() == value.random_raw(2).tolist()
 
 
 def test_sparse_round_trips_keep_class_and_index_dtypes(log: Log) -> None:
@@ -414,7 +447,7 @@ import numpy as np, polars as pl, pyarrow as pa, torch, xarray as xr, scipy.spar
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from test_types import polars_frame, xr_dataset, sparse_values, tensors, plain_values
+from test_types import polars_frame, xr_dataset, sparse_values, tensors, plain_values, generators
 from durable_nb.fingerprint import fingerprint
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
@@ -428,6 +461,7 @@ values = {{
     "sklearn": make_pipeline(StandardScaler(), HistGradientBoostingClassifier(max_iter=3, random_state=0)).fit(
         X, X[:, 0] > 0.5),
     **{{f"sparse{{i}}": v for i, v in enumerate(sparse_values())}},
+    **{{f"rng{{i}}": v for i, v in enumerate(generators())}},
     **{{f"tensor{{i}}": v for i, v in enumerate(tensors())}},
     **{{f"plain{{i}}": v for i, v in enumerate(plain_values())}},
 }}
@@ -551,9 +585,11 @@ PRODUCE = textwrap.dedent("""
                torch.zeros(1, 2, 3, 2).to(memory_format=torch.channels_last)]
     records = [Run('r', dt.datetime(2024, 1, 1), [0.5]), Color.RED, Point(1, 2), np.dtype('>i2'),
                urlparse('https://example.org/a?b=1')]
+    rng = np.random.default_rng(11)
+    noise = rng.normal(size=3)
 """)
 SHARED = ("frame", "table", "cube", "matrix", "weights", "state", "plain", "series", "batch", "arr", "chunks",
-          "dataset", "matrices", "tensors", "records")
+          "dataset", "matrices", "tensors", "records", "rng", "noise")
 
 
 def test_colleague_replays_every_cell_of_these_types_without_trusting_the_log(tmp_path: Path,

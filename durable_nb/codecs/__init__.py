@@ -1,6 +1,7 @@
-"""How values become bytes: one codec per format, tried in order arrow (pandas) → npy → polars → arrow_ipc
-(pyarrow) → xarray → sparse → torch → json → tagged → pickle: exact safe codecs before pickle. A codec for a
-library accepts nothing while that library is not imported (it checks sys.modules), so none is loaded for it.
+"""How values become bytes: one codec per format, tried in order arrow (pandas) → npy → nprandom (numpy's random
+generators) → polars → arrow_ipc (pyarrow) → xarray → sparse → torch → json → tagged → pickle: exact safe codecs
+before pickle. A codec for a library accepts nothing while that library is not imported (it checks sys.modules), so
+none is loaded for it.
 
 A codec writes its blobs through a `Sink` (one sink per value: `sink.blob_ids` are then exactly the
 value's blobs, in the order `decode` expects its sources) and returns a JSON-able `meta` dict.
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .. import keys, signing
 from ..errors import DecodeError, EncodeError, UntrustedError
-from . import arrow, arrow_ipc, json, npy, pickle, polars, sparse, tagged, torch, xarray
+from . import arrow, arrow_ipc, json, nprandom, npy, pickle, polars, sparse, tagged, torch, xarray
 
 if TYPE_CHECKING:
     from ..keys import PublicKey
@@ -42,9 +43,9 @@ class Encoded(NamedTuple):
 
 
 # Safe codecs of one kind of value each; the tagged codec stores them as leaves inside plain containers.
-LEAF_CODECS: tuple[Codec, ...] = (arrow.ArrowCodec(), npy.NpyCodec(), polars.PolarsCodec(),
-                                  arrow_ipc.ArrowIpcCodec(), xarray.XarrayCodec(), sparse.SparseCodec(),
-                                  torch.TorchCodec())
+LEAF_CODECS: tuple[Codec, ...] = (arrow.ArrowCodec(), npy.NpyCodec(), nprandom.NpRandomCodec(),
+                                  polars.PolarsCodec(), arrow_ipc.ArrowIpcCodec(), xarray.XarrayCodec(),
+                                  sparse.SparseCodec(), torch.TorchCodec())
 PICKLE = pickle.PickleCodec()
 CODECS: tuple[Codec, ...] = (*LEAF_CODECS, json.JsonCodec(), tagged.TaggedCodec(), PICKLE)
 _SAFE = tuple(c for c in CODECS if c.safe)
