@@ -109,6 +109,25 @@ def test_dataframe_indexes_round_trip(log: Log, index: pd.Index) -> None:
     _assert_frame_exact(back, df)
 
 
+def test_groupby_results_keep_their_multiindex_through_arrow(log: Log) -> None:
+    """What pandas' own verbs return: a resample within groups has a frequency on its date level (after `tail`
+    too), `value_counts` of a column list has a one-level MultiIndex. They went to pickle."""
+    hours = pd.date_range("2025-01-01", periods=24 * 6, freq="h", tz="Europe/Berlin")
+    readings = pd.DataFrame({"site": ["north", "south", "east"] * 48, "temp": np.arange(144.0)}, index=hours)
+    daily = readings.groupby("site").resample("D")["temp"].agg(["mean", "max"])
+    counts = readings.value_counts(["site"])
+    for value in (daily, daily.tail(3), daily.tail(3)["mean"], counts, counts.index):
+        encoded, back = log.round_trip(value)
+        assert encoded.codec == "arrow", value
+        if isinstance(value, pd.Index):
+            pd.testing.assert_index_equal(back, value, exact=True)
+            continue
+        assert back.index.nlevels == value.index.nlevels
+        levels = value.index.remove_unused_levels().levels
+        assert [getattr(lv, "freq", None) for lv in back.index.levels] == [getattr(lv, "freq", None) for lv in levels]
+        assert back.equals(value)
+
+
 def test_non_str_column_names_round_trip(log: Log) -> None:
     df = pd.DataFrame(np.arange(12.0).reshape(4, 3), columns=[0, 1, 2])
     encoded, back = log.round_trip(df)

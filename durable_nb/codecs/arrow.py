@@ -42,7 +42,7 @@ _SERIES_COLUMN = "values"
 
 class ArrowCodec:
     name = "arrow"
-    version = 2  # 2: raw numpy columns
+    version = 3  # 2: raw numpy columns; 3: MultiIndex level frequencies, one-level MultiIndex (older readers refuse)
     safe = True
 
     def accepts(self, value: Any) -> bool:
@@ -155,9 +155,18 @@ def _groups(table: pa.Table) -> list[list[int]]:
 
 
 def _freqs(frame: pd.DataFrame) -> dict[str, Any]:
-    """Arrow drops a DatetimeIndex / TimedeltaIndex frequency; meta keeps it."""
-    freq = getattr(frame.index, "freqstr", None)
-    return {"freq": freq} if freq else {}
+    """What Arrow drops of the index, which meta keeps: a DatetimeIndex / TimedeltaIndex frequency, the
+    frequencies of a MultiIndex's levels (`groupby(...).resample("D")`), that a one-level MultiIndex is one
+    (`value_counts(["site"])`)."""
+    import pandas as pd
+
+    index = frame.index
+    if not isinstance(index, pd.MultiIndex):
+        freq = getattr(index, "freqstr", None)
+        return {"freq": freq} if freq else {}
+    found: dict[str, Any] = {"multi": True} if index.nlevels == 1 else {}
+    levels = [getattr(level, "freqstr", None) for level in index.remove_unused_levels().levels]
+    return found | ({"level_freqs": levels} if any(levels) else {})
 
 
 def _check_round_trip(value: Any, kind: str, meta: dict[str, Any], frame: pd.DataFrame,
@@ -297,12 +306,26 @@ def _assemble(schema: pa.Schema, parts: list[pa.Table], rows: int) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def _multi_index(index: pd.Index, meta: dict[str, Any]) -> pd.MultiIndex:
+    import pandas as pd
+
+    if not isinstance(index, pd.MultiIndex):  # Arrow gives a one-level MultiIndex back flat
+        index = pd.MultiIndex.from_arrays([index])
+    for position, freq in enumerate(meta.get("level_freqs", [])):
+        if freq:
+            level = index.levels[position]
+            index = index.set_levels(type(level)(level, freq=freq), level=position)
+    return index
+
+
 def _restore(meta: dict[str, Any], frame: pd.DataFrame) -> Any:
     import pandas as pd
 
     if "freq" in meta:
         index_type = pd.DatetimeIndex if isinstance(frame.index, pd.DatetimeIndex) else pd.TimedeltaIndex
         frame.index = index_type(frame.index, freq=meta["freq"])
+    if meta.get("multi") or "level_freqs" in meta:
+        frame.index = _multi_index(frame.index, meta)
     if meta["kind"] == "series":
         series = frame[_SERIES_COLUMN]
         series.name = meta["name"]
