@@ -12,6 +12,7 @@ replay turns the rows back into the namespace with the same sharing between obje
 from __future__ import annotations
 
 import contextlib
+import sys
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -504,11 +505,16 @@ def _can_update(current: Any, value: Any) -> bool:
     """An input the cell mutated is restored into the existing object, so names aliasing it see the change."""
     if current is None or type(current) is not type(value):
         return False
-    if isinstance(current, list | bytearray | dict | set):
+    if isinstance(current, list | bytearray | dict | set) or _is_pandas(current):
         return True
     np = sharing.numpy_if_imported()
     return (np is not None and type(current) is np.ndarray and current.shape == value.shape
             and current.dtype == value.dtype and bool(current.flags.writeable))
+
+
+def _is_pandas(value: Any) -> bool:
+    pd = sys.modules.get("pandas")
+    return pd is not None and type(value) in (pd.DataFrame, pd.Series) and hasattr(value, "_update_inplace")
 
 
 def _update(current: Any, value: Any) -> None:
@@ -517,6 +523,13 @@ def _update(current: Any, value: Any) -> None:
     elif isinstance(current, dict | set):
         current.clear()
         current.update(value)
+    elif _is_pandas(current):
+        # What pandas' own inplace=True does: the object takes the decoded one's data and axes (`df2 = df`
+        # then `df["c"] = ...` in the next cell: df2 has column c after a replay too).
+        current._update_inplace(value)
+        current.flags.allows_duplicate_labels = value.flags.allows_duplicate_labels
+        if type(current).__name__ == "Series":
+            current.name = value.name
     else:
         current[...] = value
 

@@ -82,6 +82,22 @@ def test_cell_mutating_its_input_replays_the_mutation(new_shell: Callable[[], Sh
     assert sh2.ns["alias"] is sh2.ns["lst"]
 
 
+def test_a_frame_and_a_series_changed_in_place_are_restored_into_their_aliases(
+        new_shell: Callable[[], Shell]) -> None:
+    """`view = df` in one cell, `df["c"] = ...` in the next: after a replay `view` has column c and is still df,
+    as after a run (pandas' inplace=True path takes the decoded frame's data)."""
+    setup = ("import pandas as pd\ndf = pd.DataFrame({'x': [1, 2]})\nview = df\n"
+             "s = pd.Series([1.0, 2.0], name='s')\nt = s")
+    cell = body("c", "df['c'] = df['x'] * 10\ns[0] = 5.0")
+    for sh in (new_shell(), new_shell()):
+        sh.run(setup)
+        sh.durable(cell)
+    assert runs("c") == 1 and sh.last_status()["state"] == "replayed"
+    assert sh.ns["view"] is sh.ns["df"] and list(sh.ns["view"].columns) == ["x", "c"]
+    assert sh.ns["view"]["c"].tolist() == [10, 20]
+    assert sh.ns["t"] is sh.ns["s"] and sh.ns["t"].tolist() == [5.0, 2.0] and sh.ns["t"].name == "s"
+
+
 def test_cell_that_raises_is_failed_and_never_replayed(new_shell: Callable[[], Shell]) -> None:
     sh = new_shell()
     with pytest.raises(ZeroDivisionError):
