@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -166,6 +167,10 @@ def plain_values() -> list[Any]:
         uuid.UUID("12345678-1234-5678-1234-567812345678"), pathlib.PurePosixPath("/a/b.txt"), Path("rel/c"),
         Color.GREEN, Perm.R, Point(1, [2]), Run("r", dt.datetime(2024, 1, 1), [0.5], frozenset({"x"})),
         collections.OrderedDict(b=1, a=2), collections.defaultdict(list, {"k": [1]}),
+        collections.Counter("abca"), collections.deque([1, (2, 3)], maxlen=4), slice(1, None, -2), ...,
+        pd.Timestamp("2024-10-27 00:30:00.123456789", tz="UTC").tz_convert("Europe/Paris"),
+        pd.Timestamp(np.datetime64("2024-01-01", "s")), pd.Timedelta("3h 5ns"), pd.NaT, pd.NA,
+        pd.Period("2024Q1", "Q-DEC"),
         {"arr": np.arange(5), "frame": polars_frame(), "nested": [np.float32(1.5), {"deep": (Color.RED,)}]},
     ]
 
@@ -216,10 +221,16 @@ def assert_same(got: Any, want: Any) -> None:
             assert_same(a, b)
     elif isinstance(want, (np.random.Generator, np.random.RandomState, np.random.BitGenerator)):
         assert fingerprint(rng_state(got)) == fingerprint(rng_state(want))
+    elif want is pd.NA or want is pd.NaT:
+        assert got is want
     elif isinstance(want, decimal.Decimal) and want.is_nan():
         assert got.is_nan() and str(got) == str(want)
     else:
         assert got == want
+        if isinstance(want, collections.deque):
+            assert got.maxlen == want.maxlen
+        if isinstance(want, pd.Timestamp):
+            assert got.unit == want.unit
         if isinstance(want, (dt.datetime, dt.time)):
             assert got.fold == want.fold and got.tzinfo == want.tzinfo and str(got.tzinfo) == str(want.tzinfo)
 
@@ -562,7 +573,7 @@ def test_in_place_mutation_reruns_the_cell_that_reads_it(shell: Shell, kind: str
 
 PRODUCE = textwrap.dedent("""
     import datetime as dt, decimal, fractions, uuid, pathlib, collections, enum
-    import numpy as np, polars as pl, pyarrow as pa, xarray as xr, scipy.sparse as sp, torch
+    import numpy as np, pandas as pd, polars as pl, pyarrow as pa, xarray as xr, scipy.sparse as sp, torch
     frame = pl.DataFrame({'a': [1, 2], 's': ['x', None]})
     table = pa.table({'a': [1.5, None]})
     cube = xr.DataArray(np.arange(4.0).reshape(2, 2), dims=('x', 'y'), coords={'x': [10, 20]}, attrs={'u': 'm'})
@@ -571,7 +582,8 @@ PRODUCE = textwrap.dedent("""
     state = torch.nn.Linear(2, 1).state_dict()
     plain = (dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc), decimal.Decimal('1.10'), fractions.Fraction(1, 3),
              uuid.UUID(int=5), pathlib.Path('data/x.csv'), {b'k', b'v'}, collections.OrderedDict(a=1),
-             enum.Enum._missing_ is not None, dt.timedelta(3), 2j)
+             enum.Enum._missing_ is not None, dt.timedelta(3), 2j, collections.Counter('abca'),
+             collections.deque([1], maxlen=3), pd.Timestamp('2024-01-01', tz='UTC'), pd.Timedelta('2h'), pd.NaT)
     from urllib.parse import urlparse
     from test_types import Color, Point, Run
     series = frame['s']

@@ -2,10 +2,11 @@
 
 A value becomes a JSON document in which every container or non-JSON scalar is a list `[tag, ...]`: tuples,
 sets, frozensets, dicts with any keys, OrderedDicts (with their attributes, e.g. a state_dict's `_metadata`),
-defaultdicts of a builtin factory, bytes, bytearrays, complex numbers, ranges, datetime / date / time /
-timedelta (fold and time zones: fixed offsets and zoneinfo), Decimal, Fraction, UUID, paths, Enum members,
-namedtuples, dataclasses of plain data, numpy dtypes and object ndarrays. A leaf that another safe codec takes
-(an ndarray, a DataFrame, a tensor...) is stored by that codec, its blobs beside the document; a list, dict, set
+defaultdicts of a builtin factory, Counters, deques, slices, Ellipsis, bytes, bytearrays, complex numbers,
+ranges, datetime / date / time / timedelta (fold and time zones: fixed offsets and zoneinfo), Decimal, Fraction,
+UUID, paths, Enum members, namedtuples, dataclasses of plain data, numpy dtypes, object ndarrays and pandas'
+scalars (Timestamp, Timedelta, Period, NaT, NA). A leaf that another safe codec takes (an ndarray, a DataFrame,
+a tensor...) is stored by that codec, its blobs beside the document; a list, dict, set
 or leaf seen twice is a back-reference, so sharing survives (a cycle goes to pickle).
 
 Decoding runs no code from the log. Classes (Enum, namedtuple, dataclass) are named by module and qualname and
@@ -25,7 +26,7 @@ import importlib
 import json
 import pathlib
 import sys
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -41,10 +42,6 @@ _JSON_SCALARS = (type(None), bool, int, float, str)
 _PATHS = {c.__name__: c for c in (pathlib.PurePosixPath, pathlib.PureWindowsPath, pathlib.PosixPath,
                                   pathlib.WindowsPath)}
 _FACTORIES = {f.__name__: f for f in (list, dict, set, frozenset, tuple, int, float, str, bytes, bytearray, bool)}
-_TYPES = (tuple, set, frozenset, dict, list, bytes, bytearray, complex, range, dt.datetime, dt.date, dt.time,
-          dt.timedelta, OrderedDict, defaultdict, *_PATHS.values())
-
-
 class _Registry:
     """The codecs a tree stores its leaves with, and the decoder of every codec. The registry
     (durable_nb.codecs) fills it in when it is built: the leaves include codecs that store trees themselves
@@ -63,12 +60,12 @@ def register(leaves: tuple[Any, ...], decode: Callable[..., Any]) -> None:
 
 class TaggedCodec:
     name = "tagged"
-    version = 2  # 2: numpy dtypes
+    version = 3  # 2: numpy dtypes; 3: Counter, deque, slice, Ellipsis, pandas' scalars
     safe = True
 
     def accepts(self, value: Any) -> bool:
         t = type(value)
-        return (t in _TYPES or _by_name(t) is not None or isinstance(value, (enum.Enum, tuple))
+        return (t in _SIMPLE or _by_name(t) is not None or isinstance(value, (enum.Enum, tuple))
                 or dataclasses.is_dataclass(t) or _object_array(value) or _numpy_dtype(value))
 
     def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
@@ -182,6 +179,12 @@ class _Encoder:
     def set_(self, v: set[Any]) -> list[Any]:
         return self._shared(v, lambda v: ["s", *map(self.node, v)])
 
+    def counter(self, v: Counter[Any]) -> list[Any]:
+        return self._shared(v, lambda v: ["ct", *self._items(v)])
+
+    def deque_(self, v: deque[Any]) -> list[Any]:
+        return self._shared(v, lambda v: ["dq", v.maxlen, *map(self.node, v)])
+
     def bytearray_(self, v: bytearray) -> list[Any]:
         return self._shared(v, lambda v: ["ba", *self._bytes(v)])
 
@@ -257,7 +260,11 @@ _SIMPLE: dict[type, Callable[[_Encoder, Any], Any]] = {
     OrderedDict: _Encoder.ordered,
     defaultdict: _Encoder.default,
     set: _Encoder.set_,
+    Counter: _Encoder.counter,
+    deque: _Encoder.deque_,
     bytearray: _Encoder.bytearray_,
+    slice: lambda e, v: ["sl", e.node(v.start), e.node(v.stop), e.node(v.step)],
+    type(...): lambda e, v: ["..."],
     frozenset: lambda e, v: ["fs", *map(e.node, v)],
     bytes: lambda e, v: ["b", *e._bytes(v)],
     complex: lambda e, v: ["c", v.real, v.imag],
@@ -275,6 +282,12 @@ _BY_NAME: dict[tuple[str, str], Callable[[_Encoder, Any], Any]] = {
     ("decimal", "Decimal"): lambda e, v: ["de", str(v)],
     ("fractions", "Fraction"): lambda e, v: ["fr", v.numerator, v.denominator],
     ("uuid", "UUID"): lambda e, v: ["u", v.hex, v.is_safe.value],
+    # pandas' scalars (`df["when"].max()`, `pd.Timestamp("2024-01-01")`): the raw count in their own unit.
+    ("pandas", "Timestamp"): lambda e, v: ["pts", int(v.asm8.view("i8")), v.unit, _zone(v.tzinfo)],
+    ("pandas", "Timedelta"): lambda e, v: ["ptd", int(v.asm8.view("i8")), v.unit],
+    ("pandas", "Period"): lambda e, v: ["ppe", v.ordinal, v.freqstr],
+    ("pandas.api.typing", "NaTType"): lambda e, v: ["nat"],
+    ("pandas.api.typing", "NAType"): lambda e, v: ["pna"],
 }
 
 
@@ -418,6 +431,25 @@ def _default(d: _Decoder, rest: list[Any]) -> defaultdict[Any, Any]:
     return d.fill_items(out, items)  # type: ignore[no-any-return]
 
 
+def _counter(d: _Decoder, rest: list[Any]) -> Counter[Any]:
+    out: Counter[Any] = d.share(Counter())
+    return d.fill_items(out, rest)  # type: ignore[no-any-return]
+
+
+def _deque(d: _Decoder, rest: list[Any]) -> deque[Any]:
+    maxlen, *items = rest
+    out: deque[Any] = d.share(deque(maxlen=maxlen))
+    out.extend(d.node(x) for x in items)
+    return out
+
+
+def _pandas_timestamp(_: _Decoder, rest: list[Any]) -> Any:
+    pd, np = _pandas(), _numpy()
+    count, unit, zone = rest
+    value = pd.Timestamp(np.datetime64(count, unit))
+    return value if zone is None else value.tz_localize("UTC").tz_convert(_tz(zone))
+
+
 def _bytearray(d: _Decoder, rest: list[Any]) -> bytearray:
     out = d.share(bytearray())
     out += d.bytes_(rest)
@@ -460,6 +492,12 @@ def _numpy() -> Any:
     return numpy
 
 
+def _pandas() -> Any:
+    import pandas  # a dependency of durable_nb, and imported already where one of its values was recorded
+
+    return pandas
+
+
 def _stdlib(name: str) -> Any:
     """A standard module, imported when a value of it is decoded (see _BY_NAME)."""
     return sys.modules.get(name) or importlib.import_module(name)
@@ -500,6 +538,15 @@ _DECODERS: dict[str, Callable[[_Decoder, list[Any]], Any]] = {
     "fr": lambda d, r: _stdlib("fractions").Fraction(r[0], r[1]),
     "u": lambda d, r: _stdlib("uuid").UUID(hex=r[0], is_safe=_stdlib("uuid").SafeUUID(r[1])),
     "p": lambda d, r: _PATHS[r[0]](r[1]),
+    "ct": _counter,
+    "dq": _deque,
+    "sl": lambda d, r: slice(d.node(r[0]), d.node(r[1]), d.node(r[2])),
+    "...": lambda d, r: ...,
+    "pts": _pandas_timestamp,
+    "ptd": lambda d, r: _pandas().Timedelta(_numpy().timedelta64(r[0], r[1])),
+    "ppe": lambda d, r: _pandas().Period(ordinal=r[0], freq=r[1]),
+    "nat": lambda d, r: _pandas().NaT,
+    "pna": lambda d, r: _pandas().NA,
     "e": _enum,
     "nt": _namedtuple,
     "dc": _Decoder.dataclass,
