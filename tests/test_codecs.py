@@ -111,21 +111,26 @@ def test_dataframe_indexes_round_trip(log: Log, index: pd.Index) -> None:
 
 def test_groupby_results_keep_their_multiindex_through_arrow(log: Log) -> None:
     """What pandas' own verbs return: a resample within groups has a frequency on its date level (after `tail`
-    too), `value_counts` of a column list has a one-level MultiIndex. They went to pickle."""
+    too), `value_counts` of a column list has a one-level MultiIndex, a column of an aggregation is named by a
+    tuple. They went to pickle."""
     hours = pd.date_range("2025-01-01", periods=24 * 6, freq="h", tz="Europe/Berlin")
     readings = pd.DataFrame({"site": ["north", "south", "east"] * 48, "temp": np.arange(144.0)}, index=hours)
     daily = readings.groupby("site").resample("D")["temp"].agg(["mean", "max"])
     counts = readings.value_counts(["site"])
-    for value in (daily, daily.tail(3), daily.tail(3)["mean"], counts, counts.index):
+    column = readings.groupby("site").agg({"temp": ["mean"]})[("temp", "mean")]  # named by a tuple
+    for value in (daily, daily.tail(3), daily.tail(3)["mean"], counts, counts.index, column):
         encoded, back = log.round_trip(value)
         assert encoded.codec == "arrow", value
         if isinstance(value, pd.Index):
             pd.testing.assert_index_equal(back, value, exact=True)
             continue
-        assert back.index.nlevels == value.index.nlevels
-        levels = value.index.remove_unused_levels().levels
-        assert [getattr(lv, "freq", None) for lv in back.index.levels] == [getattr(lv, "freq", None) for lv in levels]
-        assert back.equals(value)
+        assert back.index.nlevels == value.index.nlevels and back.equals(value)
+        if isinstance(value.index, pd.MultiIndex):
+            levels = value.index.remove_unused_levels().levels
+            assert [getattr(lv, "freq", None) for lv in back.index.levels] == [getattr(lv, "freq", None)
+                                                                                for lv in levels]
+        if isinstance(value, pd.Series):
+            assert back.name == value.name and type(back.name) is type(value.name)
 
 
 def test_non_str_column_names_round_trip(log: Log) -> None:

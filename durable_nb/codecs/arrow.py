@@ -124,9 +124,13 @@ def _as_frame(value: Any) -> tuple[str, pd.DataFrame, dict[str, Any]]:
     if isinstance(value, pd.DataFrame):
         return "frame", value, {"kind": "frame"}
     if isinstance(value, pd.Series):
-        if value.name is not None and type(value.name) not in (str, int, float, bool):
-            raise ValueError(f"Series name of type {type(value.name).__name__} is not JSON")
-        return "series", value.to_frame(name=_SERIES_COLUMN), {"kind": "series", "name": value.name}
+        name = value.name
+        # A column of MultiIndex columns (`df[("temp", "mean")]`) is named by a tuple.
+        parts = name if type(name) is tuple else (name,)
+        if name is not None and not all(type(p) in (str, int, float, bool) for p in parts):
+            raise ValueError(f"Series name {name!r} is not JSON")
+        meta = {"kind": "series", "name": list(name) if type(name) is tuple else name}
+        return "series", value.to_frame(name=_SERIES_COLUMN), meta | ({"tuple_name": True} if parts is name else {})
     return "index", pd.DataFrame(index=value), {"kind": "index"}
 
 
@@ -328,7 +332,7 @@ def _restore(meta: dict[str, Any], frame: pd.DataFrame) -> Any:
         frame.index = _multi_index(frame.index, meta)
     if meta["kind"] == "series":
         series = frame[_SERIES_COLUMN]
-        series.name = meta["name"]
+        series.name = tuple(meta["name"]) if meta.get("tuple_name") else meta["name"]
         return series
     if meta["kind"] == "index":
         return frame.index
