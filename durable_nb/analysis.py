@@ -62,7 +62,7 @@ def analyze(code: str) -> CellAnalysis:
 
 def _imported_modules(body: list[ast.stmt]) -> list[str]:
     """Absolute modules that running these statements imports (not those of functions it only defines):
-    `import a.b` → a.b; `from a.b import c` → a.b, and a.b.c in case c is a submodule."""
+    `import a.b` → a.b; `from a.b import c` → a.b, and a.b.c in case c is a submodule; `from a import *` → a, a.*."""
     found: list[str] = []
     imports = [n for n in _walk_same_scope(body) if isinstance(n, ast.Import | ast.ImportFrom)]
     for node in sorted(imports, key=lambda n: (n.lineno, n.col_offset)):  # in the order the cell runs them
@@ -70,7 +70,7 @@ def _imported_modules(body: list[ast.stmt]) -> list[str]:
             found.extend(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append(node.module)
-            found.extend(f"{node.module}.{a.name}" for a in node.names if a.name != "*")
+            found.extend(f"{node.module}.{a.name}" for a in node.names)  # a.* : whatever a.__all__ names
     return found
 
 

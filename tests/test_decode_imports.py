@@ -86,3 +86,28 @@ def test_the_cells_own_imports_and_fixed_stdlib_modules_may_be_imported(planted:
     with cell_imports(("numpy",)), pytest.raises(DecodeError, match="not imported"):
         loaded_module("durable_nb_not_there", "class y.C")
     assert loaded_module("zoneinfo", "class zoneinfo.ZoneInfo").__name__ == "zoneinfo"
+
+
+def test_a_submodule_a_star_import_binds_replays(new_shell: Callable[[], Shell], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`from numpy import *` binds numpy.char, a submodule numpy loads on first access: running the cell imports
+    it, so its replay may too (it ran again instead). A submodule the package's __all__ does not name is not."""
+    package = tmp_path / "site" / "starpkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import importlib\n__all__ = ['helper', 'VALUE']\nVALUE = 1\n"
+        "def __getattr__(name):\n    if name in ('helper', 'hidden'):\n"
+        "        return importlib.import_module('.' + name, __name__)\n    raise AttributeError(name)\n")
+    (package / "helper.py").write_text("X = 5\n")
+    (package / "hidden.py").write_text("Y = 6\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    cell = "from starpkg import *\ny = helper.X * VALUE"
+    new_shell().durable(cell)
+    for name in ("starpkg", "starpkg.helper"):
+        monkeypatch.delitem(sys.modules, name)
+    second = new_shell()
+    second.durable(cell)
+    assert second.last_status()["state"] == "replayed" and second.ns["helper"].X == 5 and second.ns["y"] == 5
+    with cell_imports(("starpkg", "starpkg.*")), pytest.raises(DecodeError, match="starpkg.hidden"):
+        loaded_module("starpkg.hidden", "module starpkg.hidden (bound to hidden)")
+    assert "starpkg.hidden" not in sys.modules

@@ -85,11 +85,16 @@ def loaded_module(module: str, what: str) -> types.ModuleType:
             _import(module, what)
         else:
             # The cell's own imports of that package (`import sklearn.linear_model` loads ..._logistic).
-            for name in (m for m in own if m.partition(".")[0] == top):
+            for name in (m for m in own if m.partition(".")[0] == top and not m.endswith(".*")):
                 # `from a import f` names a.f, a candidate, not a module; a module that fails to import
                 # fails again when the cell runs, where the user sees why.
                 with contextlib.suppress(Exception):
                     _import_quietly(name)
+            parent, _, leaf = module.rpartition(".")
+            # `from numpy import *` imports what numpy.__all__ names, submodules such as numpy.char too.
+            if f"{parent}.*" in own and leaf in getattr(sys.modules.get(parent), "__all__", ()):
+                with contextlib.suppress(Exception):
+                    _import_quietly(module)
         found = sys.modules.get(module)
     if not isinstance(found, types.ModuleType):
         raise DecodeError(f"{what} needs module {module}, which is not imported in this kernel: decoding never "
