@@ -108,6 +108,6 @@ def test_a_submodule_a_star_import_binds_replays(new_shell: Callable[[], Shell],
     second = new_shell()
     second.durable(cell)
     assert second.last_status()["state"] == "replayed" and second.ns["helper"].X == 5 and second.ns["y"] == 5
-    with cell_imports(("starpkg", "starpkg.*")), pytest.raises(DecodeError, match="starpkg.hidden"):
+    with cell_imports(("starpkg", "starpkg.*")), pytest.raises(DecodeError, match=r"starpkg\.hidden"):
         loaded_module("starpkg.hidden", "module starpkg.hidden (bound to hidden)")
     assert "starpkg.hidden" not in sys.modules
