@@ -29,6 +29,7 @@ _RC_KEPT = {"backend_fallback", "interactive", "toolbar", "timezone", "figure.ma
             "webagg.port", "webagg.address", "webagg.port_retries", "webagg.open_in_browser"}
 _CYCLE = "axes.prop_cycle"
 _BACKEND = "matplotlib.backend"
+_UNKNOWN = object()
 
 
 def may_change(code: str) -> bool:
@@ -49,7 +50,7 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     generator's state is read when its token moved)."""
     found = {}
     for key, value in after.items():
-        if key in before and before[key] == value:
+        if (before[key] if key in before else _default(key)) == value:
             continue
         generator = _GENERATORS.get(key)
         try:
@@ -112,12 +113,32 @@ def _options() -> dict[str, Any]:
         params = mpl.rcParams
         read = getattr(params, "_get", params.__getitem__)  # _get leaves an automatic backend unresolved
         for k in list(params.keys()):
-            v = read(k)
-            if k == _CYCLE:
-                v = v.by_key()
+            v = _rc_value(k, read(k))
             if k not in _RC_KEPT and _plain(v):
                 found[f"matplotlib.{k}"] = v
     return found
+
+
+def _rc_value(key: str, value: Any) -> Any:
+    """An rcParam as plain data: the colour cycle as its lists, matplotlib's string enums (CapStyle) as strings,
+    which rcParams validates back into them."""
+    if key == _CYCLE:
+        return value.by_key()
+    return str(value) if isinstance(value, str) else value
+
+
+def _default(key: str) -> Any:
+    """The option's value in a new process (_UNKNOWN when there is no telling): an option of a library the cell
+    imported is kept only if the cell changed it from there, not all of them."""
+    library, _, name = key.partition(".")
+    try:
+        if library == "matplotlib":
+            return _rc_value(name, sys.modules["matplotlib"].rcParamsOrig._get(name))
+        if library == "pandas":
+            return sys.modules["pandas"]._config.config._registered_options[name].defval
+    except (KeyError, AttributeError):  # an option this version does not list: kept
+        pass
+    return _UNKNOWN
 
 
 def _set_rc(rc: dict[str, Any]) -> None:

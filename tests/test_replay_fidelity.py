@@ -151,6 +151,22 @@ def test_random_generators_and_plot_style_continue_after_a_replay_as_after_a_run
 
 
 
+def test_a_cell_that_imports_a_library_keeps_only_the_options_it_changed() -> None:
+    """`%matplotlib notebook` or `import matplotlib.pyplot as plt; plt.style.use(...)` in a new process: before
+    the cell matplotlib had no options, after it all 300 are there; only those that differ from a new process's
+    are the cell's doing (all of them were stored, and an enum among them made the replay of the magic fail)."""
+    import matplotlib as mpl
+    import pandas as pd
+
+    from durable_nb import settings
+
+    fresh = {k: v for k, v in mpl.rcParamsOrig.items() if k != "backend"}
+    with mpl.rc_context(fresh), pd.option_context("display.max_rows", 7):
+        mpl.rcParams["lines.linewidth"] = 3.25
+        after = settings.snapshot("plt.style.use('x'); pd.set_option('display.max_rows', 7)")
+    kept = {k: v for k, v in settings.changed({}, after).items() if k.split(".")[0] in ("matplotlib", "pandas")}
+    assert kept == {"matplotlib.lines.linewidth": 3.25, "pandas.display.max_rows": 7}
+
 def test_a_backend_chosen_in_a_cell_holds_after_its_replay(new_shell: Callable[[], Shell]) -> None:
     """`matplotlib.use(...)` in a cell decides how later figures show (with Agg a notebook shows none): after a
     replay the backend is the one the cell chose, and the figure the cell made is open under it, as after a run."""
