@@ -7,7 +7,9 @@ constants of its code and str/Path values it reads that are files on disk. Each 
 (size, mtime_ns, content hash); before a replay a file whose size and mtime are unchanged costs one `stat`,
 one that moved is hashed again (in pieces) and only a different content makes the cell run.
 
-Not dependencies: files the cell wrote, temporary files, files of the Python installation, the log itself.
+Files the cell wrote are kept too (with size and mtime as the cell left them): a replay needs them to exist, else
+the cell runs and writes them again, as a plain Run All would (`np.save` then a cleanup `!rm` at the end of a
+notebook, or a colleague's machine). Not kept: temporary files, files of the Python installation, the log itself.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from typing import Any
 import xxhash
 
 from .fingerprint import fingerprint_file
+from .log.journal import journal_folder
 
 # path → (size, mtime_ns, hash) this process has hashed: a file read by many cells is hashed once.
 _HASHED: dict[str, tuple[int, int, str]] = {}
 _WRITE_MODES = set("wax+")
+WROTE = "wrote:"  # the key prefix of a file the cell wrote, beside the files and "dir:"/"glob:" listings it read
 
 
 @dataclass
@@ -83,11 +87,14 @@ class watching:
 
 
 def record(reads: Reads, named: Iterable[object], ignore: Iterable[str], *, listings: bool) -> dict[str, Any]:
-    """{path: [size, mtime_ns, hash]} and {"dir:…"/"glob:…": hash} of what the cell read, as the log keeps it.
-    `named`: paths the cell's code names (constants, str/Path inputs); `ignore`: the log's own files;
+    """{path: [size, mtime_ns, hash]} and {"dir:…"/"glob:…": hash} of what the cell read, {"wrote:…": [size,
+    mtime_ns]} of what it wrote, as the log keeps them. `named`: paths the cell's code names (constants, str/Path
+    inputs); `ignore`: the log's own files and folders;
     `listings`: whether the cell's code lists directories itself."""
     skip = _excluded_dirs()
     ignored = {os.path.abspath(p) for p in ignore}
+    # The log's folders (its activity journal): the recorder's own writes while the cell runs.
+    own = tuple(p + os.sep for p in ignored if os.path.isdir(p))
     written = {os.path.abspath(p) for p in reads.written}
     candidates = {os.path.abspath(p) for p in reads.files}
     candidates |= {os.path.abspath(os.fsdecode(p)) for p in named if isinstance(p, str | os.PathLike)
@@ -108,6 +115,10 @@ def record(reads: Reads, named: Iterable[object], ignore: Iterable[str], *, list
     for listing in sorted(reads.listings) if listings else ():
         if not _incidental(os.path.abspath(listing.partition(":")[2]), skip):
             found[listing] = _listing(listing)
+    for path in sorted(written - ignored):
+        if not _incidental(path, skip) and not path.startswith(own) and os.path.isfile(path):
+            st = os.stat(path)
+            found[WROTE + path] = [st.st_size, st.st_mtime_ns]
     return found
 
 
@@ -115,6 +126,9 @@ def changes(recorded: dict[str, Any]) -> list[str]:
     """What differs now from `recorded`, as the reasons a cell runs instead of replaying ("file x changed")."""
     out = []
     for path, then in recorded.items():
+        if path.startswith(WROTE):
+            out += _rewritten(path.removeprefix(WROTE))
+            continue
         if path.startswith(("dir:", "glob:")):
             if _listing(path) != then:
                 out.append(f"{'directory' if path.startswith('dir:') else 'files matching'} "
@@ -133,8 +147,15 @@ def changes(recorded: dict[str, Any]) -> list[str]:
     return out
 
 
+def _rewritten(path: str) -> list[str]:
+    """A file the cell wrote must still exist, or its replay would leave later cells without it (a notebook that
+    deletes its scratch files at the end, a colleague's machine). One edited since is someone's doing: the cell
+    replays, and running it would overwrite their edit."""
+    return [] if os.path.exists(path) else [f"file {_shown(path)} it wrote is missing"]
+
+
 def names(recorded: dict[str, Any]) -> list[str]:
-    return [_shown(p.partition(":")[2] if p.startswith(("dir:", "glob:")) else p) for p in recorded]
+    return [_shown(p.partition(":")[2] if p.startswith(("dir:", "glob:", WROTE)) else p) for p in recorded]
 
 
 def _state(path: str, known: tuple[Any, ...] | None = None) -> tuple[int, int, str]:
@@ -197,4 +218,4 @@ def _excluded_dirs() -> tuple[str, ...]:
 
 
 def log_files(path: Path) -> list[str]:
-    return [str(path), f"{path}-wal", f"{path}-shm", f"{path}-journal"]
+    return [str(path), f"{path}-wal", f"{path}-shm", f"{path}-journal", str(journal_folder(path))]

@@ -102,13 +102,31 @@ def test_a_new_file_matching_a_glob_makes_the_cell_run(new_shell: Callable[[], S
     assert sh.ns["parts"] == ["data/a.csv", "data/b.csv"]
 
 
-def test_files_the_cell_writes_are_not_dependencies(new_shell: Callable[[], Shell], tmp_path: Path) -> None:
+def test_a_file_the_cell_wrote_and_someone_edited_replays(new_shell: Callable[[], Shell], tmp_path: Path) -> None:
     cell = "with open('out.txt', 'w') as f:\n    f.write('x')\ndone = True"
     new_shell().durable(cell)
     (tmp_path / "out.txt").write_text("changed by someone else")
     sh = new_shell()
     sh.durable(cell)
     assert sh.last_status()["state"] == "replayed"
+    assert (tmp_path / "out.txt").read_text() == "changed by someone else"
+
+
+def test_a_file_the_cell_wrote_that_is_gone_makes_it_run_and_write_it_again(
+        new_shell: Callable[[], Shell], tmp_path: Path) -> None:
+    """`np.save('some_array', arr)`, `np.load('some_array.npy')` and a cleanup `!rm` at the end of a tutorial:
+    after a restart the saving cell replayed, wrote nothing, and the loading cell failed."""
+    cells = ["import numpy as np\nnp.save('some_array', np.arange(4))", "back = np.load('some_array.npy').sum()"]
+    first = new_shell()
+    for cell in cells:
+        first.durable(cell)
+    (tmp_path / "some_array.npy").unlink()
+    sh = new_shell()
+    sh.durable(cells[0])
+    assert sh.last_status()["state"] == "recorded"
+    assert sh.last_status()["reason"] == "file some_array.npy it wrote is missing"
+    sh.durable(cells[1])
+    assert sh.last_status()["state"] == "replayed" and sh.ns["back"] == 6
 
 
 def test_no_auto_deps_turns_detection_off(new_shell: Callable[[], Shell], tmp_path: Path) -> None:
@@ -130,7 +148,7 @@ def test_detected_files_are_in_the_history(shell: Shell, tmp_path: Path) -> None
     shell.run("%durable_status")
     from durable_nb.views import status
 
-    assert "files read: 1 files and listings" in str(status(tmp_path / "t.durable.db"))
+    assert "files read: 1 files and listings read or files written" in str(status(tmp_path / "t.durable.db"))
 
 
 def test_an_environment_variable_is_keyed_by_value_and_never_stored(

@@ -210,8 +210,8 @@ class LogStatus:
                  f"activities: {_counts(self.activities)}"
                  + (f" (+ {self.pending_calls} journaled, not yet in the log)" if self.pending_calls else ""),
                  f"time saved: {fmt_duration(self.saved_seconds) if self.saved_seconds else 'none yet'}",
-                 f"files read: {self.files_read} files and listings (which, per execution: the files_read column "
-                 "of durable_nb.history())",
+                 f"files read: {self.files_read} files and listings read or files written (which, per execution: "
+                 "the files_read column of durable_nb.history())",
                  f"last write: {ago(self.last_activity)}"]
         if self.replication is not None:
             lines.append(f"replica:    {self.replication.get('summary', '')}")
