@@ -856,7 +856,20 @@ def _pandas_handler(t: type) -> Handler | None:
         return _index_value
     if issubclass(t, pd.api.extensions.ExtensionArray):
         return _extension_array_value
+    typing = getattr(pd.api, "typing", None)
+    if typing is not None and issubclass(t, (typing.DataFrameGroupBy, typing.SeriesGroupBy)):
+        return _groupby
     return None
+
+
+def _groupby(h: _Hasher, grouped: Any) -> None:
+    """What it groups and how (`df.groupby("key")["col"]`): its first aggregation fills caches that a pickle
+    round trip does not keep, so its whole state read as a different input after every use and every replay."""
+    if h.seen(grouped):
+        return
+    h.put(b"pG")
+    h.visit((_type_name(type(grouped)), grouped.obj, grouped.keys, grouped.level, grouped.as_index, grouped.sort,
+             grouped.group_keys, grouped.observed, grouped.dropna, getattr(grouped, "_selection", None)))
 
 
 def _dataframe(h: _Hasher, df: Any) -> None:

@@ -167,6 +167,21 @@ def test_a_cell_that_imports_a_library_keeps_only_the_options_it_changed() -> No
     kept = {k: v for k, v in settings.changed({}, after).items() if k.split(".")[0] in ("matplotlib", "pandas")}
     assert kept == {"matplotlib.lines.linewidth": 3.25, "pandas.display.max_rows": 7}
 
+def test_cells_that_aggregate_a_kept_groupby_replay(new_shell: Callable[[], Shell]) -> None:
+    """`grouped = df.groupby("day")` and later cells that aggregate it, as pandas tutorials do: the first
+    aggregation fills the groupby's caches, which made it an output of every cell that used it and a changed
+    input of the next one after a replay (they ran again)."""
+    cells = ["import pandas as pd\ndf = pd.DataFrame({'day': ['mon', 'tue', 'mon'], 'tip': [1.0, 2.0, 4.0]})\n"
+             "grouped = df.groupby('day')", "means = grouped.mean()", "tips = grouped['tip']",
+             "spread = tips.agg(['min', 'max'])", "summary = grouped.describe()"]
+    first = new_shell()
+    assert replayed_all(first, cells) == ["recorded"] * 5
+    second = new_shell()
+    assert replayed_all(second, cells) == ["replayed"] * 5
+    assert second.ns["spread"].equals(first.ns["spread"]) and second.ns["summary"].equals(first.ns["summary"])
+    outputs = second.run("import durable_nb\ndurable_nb.history()['outputs'].head(5).tolist()")
+    assert outputs[1] == "means" and outputs[4] == "summary", "aggregating leaves the groupby as it was"
+
 def test_a_backend_chosen_in_a_cell_holds_after_its_replay(new_shell: Callable[[], Shell]) -> None:
     """`matplotlib.use(...)` in a cell decides how later figures show (with Agg a notebook shows none): after a
     replay the backend is the one the cell chose, and the figure the cell made is open under it, as after a run."""
