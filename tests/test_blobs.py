@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import ctypes
 import itertools
+import mmap
 import os
+import platform
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,3 +248,29 @@ def test_blobs_of_older_logs_keep_their_plain_hash(log: tuple[sqlite3.Connection
     conn.execute("UPDATE chunk SET data = ? WHERE blob_id = ? AND seq = 1", (os.urandom(1024), blob_id))
     with pytest.raises(DecodeError, match="failed verification"):
         store(conn).source(blob_id).read()
+
+
+def _resident_pages(area: mmap.mmap) -> list[bool]:
+    """Which pages of `area` are in memory (mincore), without touching them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+    pages = len(area) // mmap.PAGESIZE
+    vector = ctypes.create_string_buffer(pages)
+    holder = ctypes.c_char.from_buffer(area)
+    assert libc.mincore(ctypes.addressof(holder), len(area), vector) == 0, os.strerror(ctypes.get_errno())
+    del holder
+    return [bool(b & 1) for b in vector.raw]
+
+
+@pytest.mark.skipif(sys.platform != "linux" or tuple(map(int, platform.release().split(".")[:2])) < (5, 14),
+                    reason="MADV_POPULATE_WRITE needs Linux 5.14 or later")
+def test_reads_map_the_pages_of_their_target_before_filling_it() -> None:
+    area = mmap.mmap(-1, 16 * mmap.PAGESIZE)
+    assert not any(_resident_pages(area))
+    view = memoryview(area)
+    blobs._populate(view[100:-100])
+    del view
+    # Only the whole pages inside the part: the edges may belong to a neighbour's part, filled by another thread.
+    assert _resident_pages(area) == [False] + [True] * 14 + [False]
+    assert area[:] == bytes(len(area))  # mapped, not written
+    area.close()
