@@ -28,7 +28,7 @@ from . import capture, cell_outputs, environment, file_deps, settings, sharing, 
 from .analysis import CellAnalysis, analyze
 from .calls import execution_scope
 from .cell_log import CellLog
-from .codecs import CODEC_VERSIONS
+from .codecs import KEY_CODECS
 from .errors import DecodeError, DurableError, LogError, LogTransactionLost, Unfingerprintable, UntrustedError
 from .fingerprint import fingerprint, fingerprint_file, referenced_globals
 from .log import background
@@ -162,7 +162,7 @@ def compute_key(analysis: CellAnalysis, shell: Any, opts: CellOptions) -> Key:
     files = {p: _file_fingerprint(p) for p in opts.deps_files}
     literal_deps = sorted(d for d in opts.deps if d not in ns)
     material = json.dumps([KEY_FORMAT, analysis.normalized, inputs, files, literal_deps, sorted(opts.ignore),
-                           CODEC_VERSIONS], sort_keys=True)
+                           KEY_CODECS], sort_keys=True)
     if problems:
         # An input we cannot fingerprint could have changed unseen: such a record must never match.
         material += time.time_ns().__str__()

@@ -51,6 +51,11 @@ CODECS: tuple[Codec, ...] = (*LEAF_CODECS, json.JsonCodec(), tagged.TaggedCodec(
 _SAFE = tuple(c for c in CODECS if c.safe)
 SAFE_CODECS = frozenset(c.name for c in _SAFE)
 CODEC_VERSIONS: dict[str, int] = {c.name: c.version for c in CODECS}
+# What a cell's key holds of the codecs: changed only when records written by the codecs of before must no longer
+# replay. A new codec, or a new version whose decoder still reads its older records, leaves every log's keys as
+# they were (arrow 3, tagged 3 and nprandom did: their first version made every recorded cell of every log miss).
+KEY_CODECS: dict[str, int] = {"arrow": 2, "npy": 1, "polars": 1, "arrow_ipc": 1, "xarray": 1, "sparse": 2,
+                              "torch": 2, "json": 1, "tagged": 2, "pickle": 3}
 _BY_NAME: dict[str, Codec] = {c.name: c for c in CODECS}
 
 
