@@ -103,10 +103,11 @@ class LogStore:
             self.path, durability=self.durability)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, synchronous: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE, retried while another process writes). Deferred rows
-        are written in it too."""
-        with self._lock, write_transaction(self.conn, self.path) as conn:
+        are written in it too. `synchronous=False`: it writes a trace or bookkeeping, whose COMMIT on
+        PostgreSQL need not wait for the server's disk (connect.write_transaction)."""
+        with self._lock, write_transaction(self.conn, self.path, synchronous=synchronous) as conn:
             deferred, self._deferred = self._deferred, []
             try:
                 for sql, params in deferred:
@@ -133,7 +134,7 @@ class LogStore:
             self._flush_timer = None
             if self._deferred and not self.readonly:
                 try:
-                    with self.transaction():
+                    with self.transaction(synchronous=self.durability == "full"):
                         pass
                 except LogError:
                     # Bookkeeping rows the log refuses (read-only media, a full disk, a damaged log) are dropped,
@@ -151,9 +152,10 @@ class LogStore:
     # -- the CellLog interface (durable_nb.cell_outputs): what the cell runtime asks of any backend
 
     def start_execution(self, s: ExecutionStart) -> int:
-        """Commit the execution as `running` before user code starts, so a crash leaves a visible trace."""
+        """Commit the execution as `running` before user code starts, so a crash leaves a visible trace (of a
+        kernel's crash: on PostgreSQL a trace is not worth the server's fsync, unless durability="full")."""
         run_id = self.run_id
-        with self.transaction() as conn:
+        with self.transaction(synchronous=self.durability == "full") as conn:
             return cells.start(conn, run_id, s)
 
     def write_events(self, execution_id: int, events: list[tuple[str, Any]]) -> None:
