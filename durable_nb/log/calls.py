@@ -472,7 +472,10 @@ class Recorder:
                 if call.failures:
                     self._upsert(params, [astuple(f) for f in call.failures])
             for call in running:
-                self._upsert(self._params(call, sign=True), [astuple(f) for f in call.failures])
+                # Unsigned: a call that finished since it was picked keeps its payload for the batch its
+                # journal line joins; signed here, that line (its params taken before) would overwrite this
+                # row without signature or batch, and the call would not replay.
+                self._upsert(self._params(call, sign=False), [astuple(f) for f in call.failures])
 
     def _batch_signed(self, batch: list[tuple[Call, tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
         """The rows of `batch`, its pickled results signed with one signature (inside the flush's transaction;
