@@ -113,6 +113,22 @@ def test_record_then_replay_in_a_new_log_session(db: Path) -> None:
     assert states == [("recorded", 51, 1, 0)]
 
 
+def test_inline_results_of_any_bytes_come_back_exact(db: Path) -> None:
+    """Every byte value (a backslash, a newline, NUL: what a COPY in text format must escape) in results kept
+    in the call row, moved into the log by a flush and replayed from it."""
+    calls = Calls()
+
+    @activity
+    def raw(shift: int) -> np.ndarray:
+        calls.append(shift)
+        return np.roll(np.arange(256, dtype=np.uint8), shift)
+
+    first = [raw(i) for i in range(3)]
+    restart(db)
+    again = [raw(i) for i in range(3)]
+    assert len(calls) == 3 and all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
 def test_a_journal_that_cannot_be_written_sends_calls_to_the_log(db: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """The journal's next file is /dev/full (every write fails with ENOSPC, for root too): that call is committed

@@ -166,6 +166,23 @@ class PgConnection:
             self._begin()
         return self._conn.cursor().copy(statement)
 
+    def copy_upsert(self, table: str, columns: Sequence[str], key: str, updated: Sequence[str],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """Inside a transaction: `rows` (of `columns`) inserted into `table`, or their `updated` columns set
+        where a row of the same `key` exists; COPYed into a temporary table of this connection, emptied by the
+        commit. `rows` hold each key once (ON CONFLICT updates a row once per statement)."""
+        if not rows:
+            return
+        names = ", ".join(columns)
+        stage = quote_ident(f"stage_{table}")
+        self.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+                     f"SELECT {names} FROM {table} WITH NO DATA")
+        with self.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        self.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} ON CONFLICT ({key}) DO UPDATE "
+                     f"SET {', '.join(f'{c} = excluded.{c}' for c in updated)}")
+
     @property
     def in_transaction(self) -> bool:
         return self._depth > 0
