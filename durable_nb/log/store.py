@@ -68,6 +68,8 @@ class LogStore:
         # replay asks of them again is answered from here, without a round trip to a server.
         self._found: Recorded | None = None
         self._found_outputs: list[StoredOutput] = []
+        # On PostgreSQL the cell's previous execution comes with the lookup of its record (cells.find_with_previous).
+        self._previous: tuple[ExecutionStart, dict[str, Any] | None] | None = None
         self.dropped_rows = 0  # deferred bookkeeping rows the log refused (see flush)
         # What else holds this log's records in memory (the activity recorder): flushed with it.
         self._flushers: list[Callable[[], None]] = []
@@ -167,8 +169,13 @@ class LogStore:
     def finish_execution(self, execution_id: int, *, state: str, duration: float, **facts: Any) -> None:
         cells.finish(self.conn, execution_id, state=state, duration=duration, **facts)
 
-    def find_replayable(self, key: str) -> Recorded | None:
-        self._found = cells.find_replayable(self.conn, key, only_run=self.run_id if self.from_scratch else None)
+    def find_replayable(self, s: ExecutionStart) -> Recorded | None:
+        only_run = self.run_id if self.from_scratch else None
+        if self._pg:
+            self._found, previous = cells.find_with_previous(self.conn, s, only_run=only_run)
+            self._previous = (s, previous)
+        else:  # where a statement costs µs, a replay does not ask for the previous execution
+            self._found = cells.find_replayable(self.conn, s.key, only_run=only_run)
         self._found_outputs = []
         return self._found
 
@@ -177,6 +184,8 @@ class LogStore:
         return found if found is not None and found.id == execution_id else None
 
     def previous_execution(self, s: ExecutionStart) -> dict[str, Any] | None:
+        if self._previous is not None and self._previous[0] is s:
+            return self._previous[1]
         return cells.previous(self.conn, s)
 
     def stored_outputs(self, execution_id: int) -> list[StoredOutput]:
