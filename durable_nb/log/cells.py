@@ -13,7 +13,7 @@ from typing import Any
 
 from ..keys import PublicKey
 from . import signers
-from .connect import stored_json
+from .connect import is_postgres, stored_json
 
 
 @dataclass
@@ -168,15 +168,24 @@ def _previous(conn: sqlite3.Connection, row: Any) -> dict[str, Any] | None:
 
 
 def outputs(conn: sqlite3.Connection, execution_id: int) -> list[StoredOutput]:
-    rows = conn.execute(
-        "SELECT name, kind, codec, codec_version, type, meta, size, target, inplace, signature, "
-        f"{signers.of('o')} FROM output o WHERE execution_id = ? ORDER BY rowid", (execution_id,)).fetchall()
+    columns = f"name, kind, codec, codec_version, type, meta, size, target, inplace, signature, {signers.of('o')}"
+    if is_postgres(conn):  # the blob ids in the same statement: each one is a round trip to the server
+        return [_output(conn, r, r[12] or []) for r in conn.execute(
+            f"SELECT {columns}, (SELECT array_agg(b.blob_id ORDER BY b.seq) FROM output_blob b WHERE "
+            "b.execution_id = o.execution_id AND b.name = o.name) FROM output o WHERE execution_id = ? "
+            "ORDER BY rowid", (execution_id,)).fetchall()]
+    rows = conn.execute(f"SELECT {columns} FROM output o WHERE execution_id = ? ORDER BY rowid",
+                        (execution_id,)).fetchall()
     blobs: dict[str, list[int]] = {}
     for name, blob_id in conn.execute(
             "SELECT name, blob_id FROM output_blob WHERE execution_id = ? ORDER BY name, seq", (execution_id,)):
         blobs.setdefault(name, []).append(blob_id)
-    return [StoredOutput(r[0], r[1], r[2], r[3], r[4], stored_json(conn, r[5]), r[6], r[7], bool(r[8]), r[9],
-                         blobs.get(r[0], []), signers.public_key(r[10], r[11])) for r in rows]
+    return [_output(conn, r, blobs.get(r[0], [])) for r in rows]
+
+
+def _output(conn: sqlite3.Connection, r: Any, blob_ids: list[int]) -> StoredOutput:
+    return StoredOutput(r[0], r[1], r[2], r[3], r[4], stored_json(conn, r[5]), r[6], r[7], bool(r[8]), r[9],
+                        blob_ids, signers.public_key(r[10], r[11]))
 
 
 def output_names(conn: sqlite3.Connection, execution_id: int) -> list[str]:
