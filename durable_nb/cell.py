@@ -235,7 +235,7 @@ class DurableCell:
         reason = None
         try:  # the log fails before the user's code started (damaged, read-only, full): the cell runs unlogged
             if not self.opts.force and not key.problems:
-                recorded = self.log.find_replayable(key.value)
+                recorded = self.log.find_replayable(start)
                 moved = file_deps.changes(recorded.read_files) if recorded is not None and self.opts.auto_deps else []
                 if moved:
                     reason, recorded = ", ".join(moved), None

@@ -32,7 +32,9 @@ class CellLog(Protocol):
     def start_execution(self, s: ExecutionStart) -> int:
         """Commit the execution as `running` before user code starts; returns its id."""
 
-    def find_replayable(self, key: str) -> Recorded | None: ...
+    def find_replayable(self, s: ExecutionStart) -> Recorded | None:
+        """The latest replayable record of the execution's key (a backend may look up its
+        previous_execution in the same query)."""
 
     def previous_execution(self, s: ExecutionStart) -> dict[str, Any] | None: ...
 

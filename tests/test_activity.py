@@ -113,6 +113,22 @@ def test_record_then_replay_in_a_new_log_session(db: Path) -> None:
     assert states == [("recorded", 51, 1, 0)]
 
 
+def test_inline_results_of_any_bytes_come_back_exact(db: Path) -> None:
+    """Every byte value (a backslash, a newline, NUL: what a COPY in text format must escape) in results kept
+    in the call row, moved into the log by a flush and replayed from it."""
+    calls = Calls()
+
+    @activity
+    def raw(shift: int) -> np.ndarray:
+        calls.append(shift)
+        return np.roll(np.arange(256, dtype=np.uint8), shift)
+
+    first = [raw(i) for i in range(3)]
+    restart(db)
+    again = [raw(i) for i in range(3)]
+    assert len(calls) == 3 and all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
 def test_a_journal_that_cannot_be_written_sends_calls_to_the_log(db: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """The journal's next file is /dev/full (every write fails with ENOSPC, for root too): that call is committed
@@ -407,6 +423,26 @@ def test_big_results_are_blobs_and_pickles_are_signed(db: Path, capsys: pytest.C
     capsys.readouterr()
     assert point().x == 3  # an unverifiable pickle is a miss: the function runs again
     assert "does not match the value" in capsys.readouterr().err
+
+
+def test_a_pickled_result_finished_while_the_flusher_writes_its_call_as_running_stays_signed(db: Path) -> None:
+    """The race of a call that finishes between the flusher picking it as running and writing it: the row must
+    end up signed (by its batch), or the call would not replay as the kernel's own."""
+    from durable_nb.log.calls import encode_result, recorder_for
+
+    class Point:
+        __slotnames__: list[str] = []  # noqa: RUF012 (see test_big_results_are_blobs_and_pickles_are_signed)
+
+    rec = recorder_for(session.current_log(), lambda: None)
+    rec._add_signer()
+    call = rec.begin("raced", "key", 0, "activity", None)
+    call.result, call.state, call.finished_at = encode_result("raced", Point()), "recorded", time.time()
+    with rec.wlock:  # the flusher thread waits here, as it would behind a flush that picked the call
+        rec.finish(call)  # journaled, its signature left to the next flush's batch
+        rec._write([], [call])  # the flusher's write of the calls it picked as running, after they finished
+    rec.flush()  # the journal line moves in
+    (sig, batch), = rows(db, "SELECT signature, batch_id FROM activity_call WHERE function = 'raced'")
+    assert sig is not None or batch is not None, "the call's row lost its signature"
 
 
 def test_steps_checkpoint_values_of_a_loop_body(db: Path) -> None:

@@ -46,7 +46,7 @@ from ..signing import payload
 from . import background, signers
 from .blobs import BlobStore, content_hash
 from .connect import Durability, write_transaction
-from .journal import BATCH_AT, INLINE_AT, UPSERT_MANY, Journal, journal_line, recover, upsert
+from .journal import BATCH_AT, INLINE_AT, Journal, journal_line, recover, upsert, upsert_many
 
 if TYPE_CHECKING:
     from ..codecs import Encoded
@@ -465,14 +465,17 @@ class Recorder:
     def _write(self, batch: list[tuple[Call, tuple[Any, ...]]], running: list[Call]) -> None:
         with write_transaction(self.conn, self.path):
             rows = self._batch_signed(batch)
-            # Most calls have no failed attempts: one executemany for them (the flusher shares the GIL
-            # with the caller's loop, so its per-row Python work is what slows the caller down).
-            self.conn.executemany(UPSERT_MANY, [p for (c, _), p in zip(batch, rows, strict=True) if not c.failures])
+            # Most calls have no failed attempts: one statement for them (the flusher shares the GIL with the
+            # caller's loop, so its per-row Python work is what slows the caller down).
+            upsert_many(self.conn, [p for (c, _), p in zip(batch, rows, strict=True) if not c.failures])
             for (call, _), params in zip(batch, rows, strict=True):
                 if call.failures:
                     self._upsert(params, [astuple(f) for f in call.failures])
             for call in running:
-                self._upsert(self._params(call, sign=True), [astuple(f) for f in call.failures])
+                # Unsigned: a call that finished since it was picked keeps its payload for the batch its
+                # journal line joins; signed here, that line (its params taken before) would overwrite this
+                # row without signature or batch, and the call would not replay.
+                self._upsert(self._params(call, sign=False), [astuple(f) for f in call.failures])
 
     def _batch_signed(self, batch: list[tuple[Call, tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
         """The rows of `batch`, its pickled results signed with one signature (inside the flush's transaction;

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..keys import PublicKey
 from . import signers
-from .connect import stored_json
+from .connect import is_postgres, stored_json
 
 
 @dataclass
@@ -125,23 +125,40 @@ def names(items: Iterable[str]) -> str | None:
     return ", ".join(items) or None
 
 
+# The recording run's environment comes with the row: a replay compares it without another round trip.
+_FIND = ("SELECT e.id, e.started_at, e.duration, e.inputs, e.output_names, e.read_files, r.python, r.packages "
+         "FROM execution e JOIN run r ON r.id = e.run_id WHERE e.key = ? AND e.state = 'recorded' AND "
+         "e.replayable = 1 AND (? OR e.run_id = ?) ORDER BY e.id DESC LIMIT 1")
+_PREVIOUS = ("SELECT code_hash, inputs, deps_files, state, replayable, problems FROM execution "
+             "WHERE lineage = ? AND state != 'running' ORDER BY id DESC LIMIT 1")
+_BOTH = f"SELECT f.*, p.* FROM (SELECT 1 AS one) o LEFT JOIN ({_FIND}) f ON 1 = 1 LEFT JOIN ({_PREVIOUS}) p ON 1 = 1"
+
+
 def find_replayable(conn: sqlite3.Connection, key: str, *, only_run: int | None = None) -> Recorded | None:
     """The latest replayable record of `key` (with `only_run`: recorded by that run only, for from-scratch runs)."""
-    # The recording run's environment comes with the row: a replay compares it without another round trip.
-    row = conn.execute(
-        "SELECT e.id, e.started_at, e.duration, e.inputs, e.output_names, e.read_files, r.python, r.packages "
-        "FROM execution e JOIN run r ON r.id = e.run_id WHERE e.key = ? AND e.state = 'recorded' AND "
-        "e.replayable = 1 AND (? OR e.run_id = ?) ORDER BY e.id DESC LIMIT 1",
-        (key, only_run is None, only_run or 0)).fetchone()
+    return _recorded(conn, conn.execute(_FIND, (key, only_run is None, only_run or 0)).fetchone())
+
+
+def find_with_previous(conn: sqlite3.Connection, s: ExecutionStart, *,
+                       only_run: int | None = None) -> tuple[Recorded | None, dict[str, Any] | None]:
+    """find_replayable of the execution's key and its `previous`, in one statement: a miss needs both, and on
+    PostgreSQL each statement is a round trip (~150 µs between a cell's steps, the server's process asleep)."""
+    row = conn.execute(_BOTH, (s.key, only_run is None, only_run or 0, s.lineage)).fetchone()
+    return (_recorded(conn, None if row[0] is None else row[:8]),
+            _previous(conn, None if row[8] is None else row[8:]))
+
+
+def _recorded(conn: sqlite3.Connection, row: Any) -> Recorded | None:
     return None if row is None else Recorded(row[0], row[1], row[2] or 0.0, stored_json(conn, row[3]), row[4],
                                              stored_json(conn, row[5] or "{}"), str(row[6]), row[7])
 
 
 def previous(conn: sqlite3.Connection, s: ExecutionStart) -> dict[str, Any] | None:
     """The latest finished execution of the same cell (see ExecutionStart.lineage)."""
-    row = conn.execute(
-        "SELECT code_hash, inputs, deps_files, state, replayable, problems FROM execution "
-        "WHERE lineage = ? AND state != 'running' ORDER BY id DESC LIMIT 1", (s.lineage,)).fetchone()
+    return _previous(conn, conn.execute(_PREVIOUS, (s.lineage,)).fetchone())
+
+
+def _previous(conn: sqlite3.Connection, row: Any) -> dict[str, Any] | None:
     if row is None:
         return None
     found = dict(zip(("code_hash", "inputs", "deps_files", "state", "replayable", "problems"), row, strict=True))
@@ -151,15 +168,24 @@ def previous(conn: sqlite3.Connection, s: ExecutionStart) -> dict[str, Any] | No
 
 
 def outputs(conn: sqlite3.Connection, execution_id: int) -> list[StoredOutput]:
-    rows = conn.execute(
-        "SELECT name, kind, codec, codec_version, type, meta, size, target, inplace, signature, "
-        f"{signers.of('o')} FROM output o WHERE execution_id = ? ORDER BY rowid", (execution_id,)).fetchall()
+    columns = f"name, kind, codec, codec_version, type, meta, size, target, inplace, signature, {signers.of('o')}"
+    if is_postgres(conn):  # the blob ids in the same statement: each one is a round trip to the server
+        return [_output(conn, r, r[12] or []) for r in conn.execute(
+            f"SELECT {columns}, (SELECT array_agg(b.blob_id ORDER BY b.seq) FROM output_blob b WHERE "
+            "b.execution_id = o.execution_id AND b.name = o.name) FROM output o WHERE execution_id = ? "
+            "ORDER BY rowid", (execution_id,)).fetchall()]
+    rows = conn.execute(f"SELECT {columns} FROM output o WHERE execution_id = ? ORDER BY rowid",
+                        (execution_id,)).fetchall()
     blobs: dict[str, list[int]] = {}
     for name, blob_id in conn.execute(
             "SELECT name, blob_id FROM output_blob WHERE execution_id = ? ORDER BY name, seq", (execution_id,)):
         blobs.setdefault(name, []).append(blob_id)
-    return [StoredOutput(r[0], r[1], r[2], r[3], r[4], stored_json(conn, r[5]), r[6], r[7], bool(r[8]), r[9],
-                         blobs.get(r[0], []), signers.public_key(r[10], r[11])) for r in rows]
+    return [_output(conn, r, blobs.get(r[0], [])) for r in rows]
+
+
+def _output(conn: sqlite3.Connection, r: Any, blob_ids: list[int]) -> StoredOutput:
+    return StoredOutput(r[0], r[1], r[2], r[3], r[4], stored_json(conn, r[5]), r[6], r[7], bool(r[8]), r[9],
+                        blob_ids, signers.public_key(r[10], r[11]))
 
 
 def output_names(conn: sqlite3.Connection, execution_id: int) -> list[str]:

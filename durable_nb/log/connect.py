@@ -290,12 +290,14 @@ def _checkpoint(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def write_transaction(conn: sqlite3.Connection, path: str | Path) -> Iterator[sqlite3.Connection]:
+def write_transaction(conn: sqlite3.Connection, path: str | Path, *,
+                      synchronous: bool = True) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE (so two kernels never deadlock on a lock upgrade), retrying while another writer
     holds the log, then COMMIT; ROLLBACK on any error. Disk-full and read-only errors become clear ones.
-    A PostgreSQL log's connection (log.pg_connect.PgConnection) brings its own."""
+    A PostgreSQL log's connection (log.pg_connect.PgConnection) brings its own; `synchronous=False` lets its
+    COMMIT return before the server's fsync (SQLite commits as its `durability` says)."""
     if is_postgres(conn):
-        with conn.write_transaction():  # type: ignore[attr-defined]
+        with conn.write_transaction(synchronous=synchronous):  # type: ignore[attr-defined]
             yield conn
         return
     deadline = time.monotonic() + WRITE_WAIT_SECONDS

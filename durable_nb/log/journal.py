@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import queries
-from .connect import write_transaction
+from .connect import is_postgres, write_transaction
 
 # Columns of one activity_call upsert, in the order of `Recorder._params` (and of a journal line).
 COLUMNS = ("uid", "run_id", "execution_id", "function", "key", "occurrence", "kind", "started_at", "state",
@@ -26,8 +26,9 @@ COLUMNS = ("uid", "run_id", "execution_id", "function", "key", "occurrence", "ki
             "inline", "parts", "signature", "signer_id", "batch_id")
 INLINE_AT = COLUMNS.index("inline")
 BATCH_AT = COLUMNS.index("batch_id")
+_UPDATED = COLUMNS[8:]  # of a call already in the log (written as running, or imported before a crash)
 UPSERT_MANY = (f"INSERT INTO activity_call ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-                "ON CONFLICT(uid) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[8:]))
+                "ON CONFLICT(uid) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED))
 UPSERT = UPSERT_MANY + " RETURNING id"
 FAILURE_ROW = ("INSERT INTO attempt (call_id, n, state, started_at, finished_at, delay, "
                 "error_type, error_message, traceback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
@@ -110,6 +111,16 @@ def parse_line(line: bytes) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]] | N
         row[INLINE_AT] = binascii.a2b_base64(row[INLINE_AT])
     # A journal left by a version before signer keys has fewer columns: the missing ones are NULL.
     return (*row, *[None] * (len(COLUMNS) - len(row))), [tuple(f) for f in failures]
+
+
+def upsert_many(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Inside the caller's transaction: calls without failed attempts, upserted by uid. On PostgreSQL through
+    COPY: psycopg writes a COPY row in ~2 µs of C where its executemany adapts the 22 parameters in Python
+    (~9 µs), on the flusher thread's share of the GIL, which the caller's loop of calls waits for."""
+    if is_postgres(conn):
+        conn.copy_upsert("activity_call", COLUMNS, "uid", _UPDATED, rows)  # type: ignore[attr-defined]
+    else:
+        conn.executemany(UPSERT_MANY, rows)
 
 
 def upsert(conn: sqlite3.Connection, params: tuple[Any, ...], failures: list[tuple[Any, ...]]) -> int:

@@ -68,6 +68,8 @@ class LogStore:
         # replay asks of them again is answered from here, without a round trip to a server.
         self._found: Recorded | None = None
         self._found_outputs: list[StoredOutput] = []
+        # On PostgreSQL the cell's previous execution comes with the lookup of its record (cells.find_with_previous).
+        self._previous: tuple[ExecutionStart, dict[str, Any] | None] | None = None
         self.dropped_rows = 0  # deferred bookkeeping rows the log refused (see flush)
         # What else holds this log's records in memory (the activity recorder): flushed with it.
         self._flushers: list[Callable[[], None]] = []
@@ -103,10 +105,11 @@ class LogStore:
             self.path, durability=self.durability)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, synchronous: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE, retried while another process writes). Deferred rows
-        are written in it too."""
-        with self._lock, write_transaction(self.conn, self.path) as conn:
+        are written in it too. `synchronous=False`: it writes a trace or bookkeeping, whose COMMIT on
+        PostgreSQL need not wait for the server's disk (connect.write_transaction)."""
+        with self._lock, write_transaction(self.conn, self.path, synchronous=synchronous) as conn:
             deferred, self._deferred = self._deferred, []
             try:
                 for sql, params in deferred:
@@ -133,7 +136,7 @@ class LogStore:
             self._flush_timer = None
             if self._deferred and not self.readonly:
                 try:
-                    with self.transaction():
+                    with self.transaction(synchronous=self.durability == "full"):
                         pass
                 except LogError:
                     # Bookkeeping rows the log refuses (read-only media, a full disk, a damaged log) are dropped,
@@ -151,9 +154,10 @@ class LogStore:
     # -- the CellLog interface (durable_nb.cell_outputs): what the cell runtime asks of any backend
 
     def start_execution(self, s: ExecutionStart) -> int:
-        """Commit the execution as `running` before user code starts, so a crash leaves a visible trace."""
+        """Commit the execution as `running` before user code starts, so a crash leaves a visible trace (of a
+        kernel's crash: on PostgreSQL a trace is not worth the server's fsync, unless durability="full")."""
         run_id = self.run_id
-        with self.transaction() as conn:
+        with self.transaction(synchronous=self.durability == "full") as conn:
             return cells.start(conn, run_id, s)
 
     def write_events(self, execution_id: int, events: list[tuple[str, Any]]) -> None:
@@ -165,8 +169,13 @@ class LogStore:
     def finish_execution(self, execution_id: int, *, state: str, duration: float, **facts: Any) -> None:
         cells.finish(self.conn, execution_id, state=state, duration=duration, **facts)
 
-    def find_replayable(self, key: str) -> Recorded | None:
-        self._found = cells.find_replayable(self.conn, key, only_run=self.run_id if self.from_scratch else None)
+    def find_replayable(self, s: ExecutionStart) -> Recorded | None:
+        only_run = self.run_id if self.from_scratch else None
+        if self._pg:
+            self._found, previous = cells.find_with_previous(self.conn, s, only_run=only_run)
+            self._previous = (s, previous)
+        else:  # where a statement costs µs, a replay does not ask for the previous execution
+            self._found = cells.find_replayable(self.conn, s.key, only_run=only_run)
         self._found_outputs = []
         return self._found
 
@@ -175,6 +184,8 @@ class LogStore:
         return found if found is not None and found.id == execution_id else None
 
     def previous_execution(self, s: ExecutionStart) -> dict[str, Any] | None:
+        if self._previous is not None and self._previous[0] is s:
+            return self._previous[1]
         return cells.previous(self.conn, s)
 
     def stored_outputs(self, execution_id: int) -> list[StoredOutput]:
