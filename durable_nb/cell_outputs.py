@@ -528,7 +528,7 @@ def _update(current: Any, value: Any) -> None:
         # then `df["c"] = ...` in the next cell: df2 has column c after a replay too).
         current._update_inplace(value)
         current.flags.allows_duplicate_labels = value.flags.allows_duplicate_labels
-        if type(current).__name__ == "Series":
+        if isinstance(current, sys.modules["pandas"].Series):
             current.name = value.name
     else:
         current[...] = value

@@ -180,9 +180,23 @@ def _default_comment() -> str:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry for this uid (some containers)
         user = str(os.getuid())
-    # The host identity a kernel records its runs under (DURABLE_NB_HOST), so a team log names signers as it
-    # names hosts.
-    return f"{user}@{os.environ.get('DURABLE_NB_HOST') or os.uname().nodename}"
+    return f"{user}@{host()}"
+
+
+def host() -> str:
+    """This machine's name in a log: its runs' host and its signers' key names. DURABLE_NB_HOST names it instead
+    of its hostname (tests play several hosts on one machine)."""
+    return os.environ.get("DURABLE_NB_HOST") or _hostname()
+
+
+@lru_cache(maxsize=1)
+def _hostname() -> str:
+    # os.uname's node name is gethostname(2); the socket module would cost a script's first call ~3 ms.
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket  # deferred for start-up speed: only where os.uname is missing (Windows)
+
+    return socket.gethostname()
 
 
 def user_key() -> SigningKey:

@@ -61,15 +61,15 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply(settings: dict[str, Any]) -> None:
+    """Set what `changed` found, but the backend: a replay sets that first (apply_backend)."""
     numpy = {k.removeprefix("numpy."): v for k, v in settings.items() if k.startswith("numpy.") and
-             k != "numpy.random"}
+             k not in _GENERATORS}
     if numpy:
         import numpy as np
 
         np.set_printoptions(**numpy)
     rc = {k.removeprefix("matplotlib."): v for k, v in settings.items() if k.startswith("matplotlib.") and
           k != _BACKEND}
-    apply_backend(settings)
     if rc:
         _set_rc(rc)
     for key, value in settings.items():

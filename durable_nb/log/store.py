@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
+from .. import keys
 from ..errors import LogError
 from ..pg_url import is_postgres_url
 from . import cells, journal, queries
@@ -308,18 +309,7 @@ def _pg_backend(url: str, readonly: bool) -> pg_store.PgBackend:
 
 def _process_identity() -> tuple[str, int, float | None]:
     pid = os.getpid()
-    # DURABLE_NB_HOST names this machine instead of its hostname (tests play several hosts on one machine).
-    return os.environ.get("DURABLE_NB_HOST") or _hostname(), pid, _start_time(pid)
-
-
-@functools.cache
-def _hostname() -> str:
-    # os.uname's node name is gethostname(2); the socket module would cost a script's first call ~3 ms.
-    if hasattr(os, "uname"):
-        return os.uname().nodename
-    import socket  # deferred for start-up speed: only where os.uname is missing (Windows)
-
-    return socket.gethostname()
+    return keys.host(), pid, _start_time(pid)
 
 
 @functools.cache
