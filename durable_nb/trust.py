@@ -6,6 +6,7 @@ whole SQLite log with this user's key after that review. The signatures themselv
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -36,14 +37,15 @@ def shown(log: object) -> str:
     """A log as the user would type it: a PostgreSQL URL (without password), or a path relative to the working
     directory when inside it."""
     text = str(log)
-    return text if is_postgres_url(text) else _shown(Path(text))
+    return text if is_postgres_url(text) else _shown(text, os.getcwd())
 
 
-def _shown(path: Path) -> str:
+@functools.lru_cache(maxsize=64)  # two resolves (syscalls), and every replay names its log for each output
+def _shown(path: str, cwd: str) -> str:
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(Path(path).resolve().relative_to(Path(cwd).resolve()))
     except ValueError:
-        return str(path)
+        return str(Path(path))
 
 
 # -- reviewing a whole log: verify and trust ------------------------------------------------------------------
