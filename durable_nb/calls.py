@@ -43,13 +43,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import xxhash
 
@@ -58,6 +58,9 @@ from .errors import EncodeError, LogError, Unfingerprintable
 from .fingerprint import fingerprint, referenced_globals
 from .log.calls import MISS, Call, Recorder, encode_result, failure
 from .retry import Permanent, RetryOn, RetryPolicy
+
+if TYPE_CHECKING:
+    import inspect
 
 __all__ = ["Permanent", "Step", "activity", "current_execution_id", "execution_scope", "gather", "reset_scope",
            "step"]
@@ -143,13 +146,14 @@ class _Spec:
         self.key_fn: Callable[..., Any] | None = options["key"]
         self.version = "" if options["version"] is None else str(options["version"])
         self.sleep = sleep
-        self.signature = inspect.signature(fn)
-        params = list(self.signature.parameters.values())
-        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        self.simple = all(p.kind in positional for p in params)
-        self.defaults = tuple(p.default for p in params)
-        self.required = sum(p.default is inspect.Parameter.empty for p in params)
+        self.simple, self.defaults, self.required = _positional_shape(fn)
         self._fp: tuple[int, str] = (-1, "")
+
+    @functools.cached_property
+    def signature(self) -> inspect.Signature:
+        import inspect  # deferred for start-up speed: only calls with keywords or other parameters bind by it
+
+        return inspect.signature(self.fn)
 
     def function_fingerprint(self) -> str:
         generation = _SCOPE.generation
@@ -260,12 +264,12 @@ def _attempt_failed(rec: Recorder, spec: _Spec, call: Call, exc: BaseException) 
     has failed. Called after the `except` clause: raised in one, an error unwrapped from `Permanent` would get
     the wrapper as its context."""
     state = "timed-out" if isinstance(exc, TimeoutError) and spec.timeout is not None else "failed"
-    failed = failure(call, exc, state)
+    delay = spec.policy.wait_before(call.attempt) if spec.policy.should_retry(exc, call.attempt) else None
+    failed = failure(call, exc, state, delay)
     call.failures.append(failed)
-    if spec.policy.should_retry(exc, call.attempt):
-        failed.delay = spec.policy.wait_before(call.attempt)
+    if delay is not None:
         rec.mark_pending(call)
-        return failed.delay
+        return delay
     call.state, call.finished_at = "failed", failed.finished_at
     rec.finish(call)
     raise _unwrap(exc)
@@ -379,6 +383,7 @@ async def _call_async(wrapper: Callable[..., Any], args: tuple[Any, ...], kwargs
                 _succeeded(rec, spec.name, call, value)
                 return value
             import asyncio  # deferred for start-up speed (loaded already: this runs in an event loop)
+            import inspect  # loaded by asyncio
 
             waited = (spec.sleep or asyncio.sleep)(_attempt_failed(rec, spec, call, error))
             if inspect.isawaitable(waited):
@@ -395,7 +400,7 @@ def _wrap(fn: Callable[..., Any], options: dict[str, Any], sleep: Callable[[floa
     # locks, and a replayed cell that rebinds the wrapper's globals to the notebook's keeps it working.
     system = sys
     wrapper: Callable[..., Any]
-    if inspect.iscoroutinefunction(fn):
+    if _is_coroutine_function(fn):
         async def call_activity(*args: Any, **kwargs: Any) -> Any:
             return await system.modules["durable_nb.calls"]._call_async(call_activity, args, kwargs)
         wrapper = call_activity
@@ -457,21 +462,50 @@ def activity(fn: Callable[..., Any] | None = None, /, *, retries: int = 0, delay
 
 def _check_decoratable(func: object) -> None:
     name = getattr(func, "__qualname__", repr(func))
-    if inspect.ismethod(func):
+    if isinstance(func, types.MethodType):
         raise TypeError(f"@activity got the bound method {name}: decorate the function in the class body "
                         "(self then becomes an argument), or wrap the call in a function.")
-    if inspect.isasyncgenfunction(func):
+    if not isinstance(func, types.FunctionType):
+        raise TypeError(f"@activity expects a function (def, async def or lambda), got {type(func).__name__} "
+                        f"{name}. Wrap the call in a function: @activity def call(...): return obj(...)")
+    if func.__code__.co_flags & _CO_ASYNC_GENERATOR:
         raise TypeError(f"@activity cannot record the async generator function {name}: a stream cannot be one "
                         "recorded result, and a retry after part of it was consumed would repeat items. Collect "
                         "it in an activity: @activity async def ask(p): return [c async for c in stream(p)] "
                         "(print the chunks inside it to see them live: the cell's output is recorded too).")
-    if inspect.isgeneratorfunction(func):
+    if func.__code__.co_flags & _CO_GENERATOR:
         raise TypeError(f"@activity cannot record the generator function {name}: its values are "
                         "produced lazily and cannot be one recorded result. Return a list instead, or make "
                         "each item an activity call.")
-    if not inspect.isfunction(func):
-        raise TypeError(f"@activity expects a function (def, async def or lambda), got {type(func).__name__} "
-                        f"{name}. Wrap the call in a function: @activity def call(...): return obj(...)")
+
+
+# CPython's code flags (inspect.CO_*): read here so that a script's first call need not import inspect.
+_CO_VARARGS, _CO_VARKEYWORDS, _CO_GENERATOR, _CO_COROUTINE, _CO_ASYNC_GENERATOR = 0x4, 0x8, 0x20, 0x80, 0x200
+_NO_DEFAULT = object()  # in `_Spec.defaults`: a required parameter (never part of a key: arguments fill it)
+
+
+def _positional_shape(fn: Callable[..., Any]) -> tuple[bool, tuple[Any, ...], int]:
+    """Whether every parameter is positional (a call's key is then its arguments followed by the remaining
+    defaults), the parameters' defaults by position, and how many are required. Read from the code object,
+    unless the signature is not the code's (functools.wraps' __wrapped__, a __signature__): inspect says then."""
+    if hasattr(fn, "__wrapped__") or hasattr(fn, "__signature__"):
+        import inspect  # deferred for start-up speed: only such functions need it
+
+        params = list(inspect.signature(fn).parameters.values())
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        defaults = tuple(_NO_DEFAULT if p.default is p.empty else p.default for p in params)
+        return all(p.kind in positional for p in params), defaults, sum(p.default is p.empty for p in params)
+    code, given = fn.__code__, fn.__defaults__ or ()
+    simple = not code.co_kwonlyargcount and not code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS)
+    return simple, (_NO_DEFAULT,) * (code.co_argcount - len(given)) + given, code.co_argcount - len(given)
+
+
+def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    # inspect's answer where inspect is loaded (only then can a function carry its markcoroutinefunction mark).
+    inspect = sys.modules.get("inspect")
+    if inspect is not None:
+        return bool(inspect.iscoroutinefunction(fn))
+    return bool(fn.__code__.co_flags & _CO_COROUTINE)  # a function: _check_decoratable said so
 
 
 async def gather(*aws: Awaitable[T], limit: int | None = None) -> list[T]:
@@ -499,7 +533,7 @@ async def gather(*aws: Awaitable[T], limit: int | None = None) -> list[T]:
                     started = True
                     return await aw
             finally:
-                if not started and inspect.iscoroutine(aw):
+                if not started and asyncio.iscoroutine(aw):
                     aw.close()  # cancelled while waiting its turn: never "was never awaited"
 
         tasks = [asyncio.ensure_future(bounded(aw)) for aw in aws]

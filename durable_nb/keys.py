@@ -22,12 +22,12 @@ import os
 import stat
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import SigningKeyError
+from .record import Record
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -50,16 +50,20 @@ def keys_dir() -> Path:
 # -- public keys ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PublicKey:
+class PublicKey(Record):
     """An Ed25519 public key: its 32 raw bytes (what a log records beside a signed value) and a name."""
 
-    raw: bytes
-    comment: str = ""
+    __match_args__ = ("raw", "comment")
+    __slots__ = __match_args__
 
-    def __post_init__(self) -> None:
-        if len(self.raw) != RAW_KEY_BYTES:
-            raise SigningKeyError(f"an Ed25519 public key is {RAW_KEY_BYTES} bytes, not {len(self.raw)}")
+    def __init__(self, raw: bytes, comment: str = "") -> None:
+        if len(raw) != RAW_KEY_BYTES:
+            raise SigningKeyError(f"an Ed25519 public key is {RAW_KEY_BYTES} bytes, not {len(raw)}")
+        self.raw = raw
+        self.comment = comment
+
+    def __hash__(self) -> int:
+        return hash(self.as_tuple())
 
     @property
     def hex(self) -> str:

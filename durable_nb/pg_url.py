@@ -13,10 +13,10 @@ secret removed, and is the only form to print, log or store.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 from .errors import DatabaseURLError
+from .record import Record
 
 SCHEMES = ("postgresql://", "postgres://")
 SCHEMA_PARAM = "schema"
@@ -32,16 +32,22 @@ def is_postgres_url(text: object) -> bool:
     return isinstance(text, str) and text.lower().startswith(SCHEMES)
 
 
-@dataclass(frozen=True)
-class PostgresTarget:
+class PostgresTarget(Record):
     """Where a PostgreSQL log is. `conninfo` goes to psycopg/libpq and may hold a password: never show it."""
 
-    conninfo: str = field(repr=False)
-    schema: str | None
-    display: str
+    __match_args__ = ("conninfo", "schema", "display")
+    __slots__ = __match_args__
+
+    def __init__(self, conninfo: str, schema: str | None, display: str) -> None:
+        self.conninfo = conninfo
+        self.schema = schema
+        self.display = display
 
     def __str__(self) -> str:
         return self.display
+
+    def __repr__(self) -> str:
+        return f"PostgresTarget(schema={self.schema!r}, display={self.display!r})"
 
     def scrub(self, text: str) -> str:
         """`text` (a libpq or server message about this target) with any secret of the URL masked."""

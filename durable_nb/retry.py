@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
+
+from .record import Record
 
 if TYPE_CHECKING:
     import random
@@ -34,27 +35,29 @@ class Permanent(Exception):
         return self.error if self.error is not None else self
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    retries: int = 0
-    delay: float = 1.0
-    backoff: float = 2.0
-    max_delay: float = 60.0
-    jitter: float = 0.5
-    retry_on: RetryOn = Exception
-    rng: random.Random | None = field(default=None, compare=False)  # None: one generator for the process
+class RetryPolicy(Record):
+    __match_args__ = ("retries", "delay", "backoff", "max_delay", "jitter", "retry_on", "rng")
+    __slots__ = __match_args__
 
-    def __post_init__(self) -> None:
-        if self.retries < 0 or self.delay < 0 or self.backoff < 1 or self.max_delay < 0:
+    def __init__(self, retries: int = 0, delay: float = 1.0, backoff: float = 2.0, max_delay: float = 60.0,
+                 jitter: float = 0.5, retry_on: RetryOn = Exception, rng: random.Random | None = None) -> None:
+        if retries < 0 or delay < 0 or backoff < 1 or max_delay < 0:
             raise ValueError(
-                f"retry settings out of range: retries={self.retries} (>= 0), delay={self.delay} (>= 0), "
-                f"backoff={self.backoff} (>= 1), max_delay={self.max_delay} (>= 0)")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError(f"jitter={self.jitter}: expected a fraction of the delay between 0 and 1")
-        if not (_is_error_class(self.retry_on) or callable(self.retry_on) or (
-                isinstance(self.retry_on, tuple) and all(_is_error_class(t) for t in self.retry_on))):
-            raise TypeError(f"retry_on={self.retry_on!r}: expected an exception class, a tuple of them, or a "
+                f"retry settings out of range: retries={retries} (>= 0), delay={delay} (>= 0), "
+                f"backoff={backoff} (>= 1), max_delay={max_delay} (>= 0)")
+        if not 0 <= jitter <= 1:
+            raise ValueError(f"jitter={jitter}: expected a fraction of the delay between 0 and 1")
+        if not (_is_error_class(retry_on) or callable(retry_on) or (
+                isinstance(retry_on, tuple) and all(_is_error_class(t) for t in retry_on))):
+            raise TypeError(f"retry_on={retry_on!r}: expected an exception class, a tuple of them, or a "
                             "predicate taking the exception and returning True to retry")
+        self.retries = retries
+        self.delay = delay
+        self.backoff = backoff
+        self.max_delay = max_delay
+        self.jitter = jitter
+        self.retry_on = retry_on
+        self.rng = rng  # None: one generator for the process
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
         """After failed attempt number `attempt` (1-based), is another one allowed for this error?"""

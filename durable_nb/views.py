@@ -14,13 +14,13 @@ import datetime as dt
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import CorruptLogError, DecodeError, NotRecordedError, UntrustedError
 from .log import background, current, journal, queries
 from .log.queries import ExecutionRecord
 from .log.store import LogStore
+from .record import Record
 from .vocabulary import CALL_STATES, STATES, fmt_duration, fmt_when, look
 
 if TYPE_CHECKING:
@@ -286,23 +286,31 @@ def _bundle(log: LogStore, holder: queries.OutputRecord, where: str) -> list[Any
 # -- diff ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Change:
-    cell: str
-    what: Literal["cell", "code", "input", "output", "state"]
-    name: str
-    change: Literal["added", "removed", "changed"]
-    a: str | None = None
-    b: str | None = None
+class Change(Record):
+    __match_args__ = ("cell", "what", "name", "change", "a", "b")
+    __slots__ = __match_args__
+
+    def __init__(self, cell: str, what: Literal["cell", "code", "input", "output", "state"], name: str,
+                 change: Literal["added", "removed", "changed"], a: str | None = None, b: str | None = None) -> None:
+        self.cell = cell
+        self.what = what
+        self.name = name
+        self.change = change
+        self.a = a
+        self.b = b
 
 
-@dataclass
-class Diff:
+class Diff(Record):
     """What differs between two executions or two runs: code (unified diffs by cell), inputs, outputs."""
-    a: str
-    b: str
-    changes: list[Change] = field(default_factory=list)
-    code: dict[str, str] = field(default_factory=dict)
+
+    __match_args__ = ("a", "b", "changes", "code")
+    __slots__ = __match_args__
+
+    def __init__(self, a: str, b: str, changes: list[Change] | None = None, code: dict[str, str] | None = None) -> None:
+        self.a = a
+        self.b = b
+        self.changes = [] if changes is None else changes
+        self.code = {} if code is None else code
 
     def __bool__(self) -> bool:
         return bool(self.changes)
@@ -310,7 +318,7 @@ class Diff:
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
-        return pd.DataFrame([c.__dict__ for c in self.changes], columns=["cell", "what", "name", "change", "a", "b"])
+        return pd.DataFrame([c.as_dict() for c in self.changes], columns=["cell", "what", "name", "change", "a", "b"])
 
     def __str__(self) -> str:
         if not self.changes:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import asdict, dataclass
 from typing import Any
+
+from .record import Record
 
 # States of an execution row in the log (the schema's CHECK constraint is built from this tuple).
 STATES = ("running", "recorded", "replayed", "failed", "crashed")
@@ -25,15 +26,18 @@ SHOWN_STATES = ("replayed", "recorded", "re-ran", "running", "failed", "crashed"
 JOB_STATES = ("replayed", "recorded", "not-replayable", "ran", "failed", "timed out", "killed", "not run")
 
 
-@dataclass(frozen=True)
-class Look:
+class Look(Record):
     """How one state is shown. The icon's shape differs per state so nothing relies on colour alone."""
 
-    label: str
-    icon: str
-    tone: str  # the JupyterLab theme tone: success, info, progress, error, warn, neutral
-    colour: str  # for renderings without a theme (HTML status line, timeline, terminal)
-    description: str
+    __match_args__ = ("label", "icon", "tone", "colour", "description")
+    __slots__ = __match_args__
+
+    def __init__(self, label: str, icon: str, tone: str, colour: str, description: str) -> None:
+        self.label = label
+        self.icon = icon
+        self.tone = tone  # the JupyterLab theme tone: success, info, progress, error, warn, neutral
+        self.colour = colour  # for renderings without a theme (HTML status line, timeline, terminal)
+        self.description = description
 
 
 LOOKS: dict[str, Look] = {
@@ -76,7 +80,7 @@ DURATION_EXAMPLES = (0.0, 0.004, 0.35, 0.9994, 1.0, 2.44, 12.4, 59.94, 60.0, 61.
 
 def extension_json() -> str:
     """The vocabulary as the JupyterLab extension reads it (extension/src/vocabulary.json)."""
-    data = {"states": STATES, "looks": {k: asdict(v) for k, v in LOOKS.items()}, "unknown": asdict(UNKNOWN),
+    data = {"states": STATES, "looks": {k: v.as_dict() for k, v in LOOKS.items()}, "unknown": UNKNOWN.as_dict(),
             "phrases": PHRASES, "durations": [[s, fmt_duration(s)] for s in DURATION_EXAMPLES]}
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
 import signal
 import subprocess
@@ -679,3 +681,47 @@ def test_a_failing_background_flush_is_shown_until_the_log_takes_the_calls(shell
         time.sleep(0.05)
     assert durable_nb.views.status(log).problems == []
     assert len(durable_nb.activities(log)) == 2
+
+
+def _bound_by_inspect(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """How a call's key material was made before the code object was read directly (keys must not change)."""
+    signature = inspect.signature(fn)
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if all(p.kind in positional for p in signature.parameters.values()):
+        return tuple(bound.arguments.values())
+    return tuple(bound.arguments.items())
+
+
+def _shapes() -> list[tuple[Any, tuple[Any, ...], dict[str, Any]]]:
+    def plain(a, b=2, c=None):  # type: ignore[no-untyped-def]
+        return a
+
+    def only_positional(a, /, b=[1]):  # type: ignore[no-untyped-def]  # noqa: B006
+        return a
+
+    def keywords(a, *, k=3, m):  # type: ignore[no-untyped-def]
+        return a
+
+    def varargs(*items, **options):  # type: ignore[no-untyped-def]
+        return items
+
+    @functools.wraps(plain)
+    def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return plain(*args, **kwargs)
+
+    return [(plain, (1,), {}), (plain, (1, 5), {}), (plain, (1,), {"c": 4}), (plain, (), {"a": 1}),
+            (only_positional, (7,), {}), (keywords, (1,), {"m": 2}), (varargs, (1, 2), {"x": 3}),
+            (wrapped, (1,), {}), (wrapped, (1,), {"b": 9}), (lambda: 0, (), {})]
+
+
+def test_a_calls_key_material_is_what_inspect_binds_for_every_shape_of_signature() -> None:
+    """The fast path reads the code object instead of importing inspect; a key it made differently would make
+    every recorded call of an existing log run again."""
+    from durable_nb.calls import _Spec
+
+    options = {"retries": 0, "delay": 1.0, "backoff": 2.0, "max_delay": 60.0, "jitter": 0.5,
+               "retry_on": Exception, "timeout": None, "key": None, "version": None}
+    for fn, args, kwargs in _shapes():
+        assert _Spec(fn, options, None)._key_material(args, kwargs) == _bound_by_inspect(fn, args, kwargs), fn

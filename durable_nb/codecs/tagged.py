@@ -19,7 +19,6 @@ kernel decodes the cell that defines it, so such values are not taken here: they
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as dt
 import enum
 import importlib
@@ -66,7 +65,7 @@ class TaggedCodec:
     def accepts(self, value: Any) -> bool:
         t = type(value)
         return (t in _SIMPLE or _by_name(t) is not None or isinstance(value, (enum.Enum, tuple))
-                or dataclasses.is_dataclass(t) or _object_array(value) or _numpy_dtype(value))
+                or _is_dataclass(t) or _object_array(value) or _numpy_dtype(value))
 
     def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         return encode_tree(value, sink)
@@ -143,7 +142,7 @@ class _Encoder:
             return ["t", *map(self.node, v)]
         if isinstance(v, tuple) and _is_namedtuple(v):
             return ["nt", *_class_name(t), *map(self.node, v)]
-        if dataclasses.is_dataclass(t):
+        if _is_dataclass(t):
             return self._dataclass(v)
         if _numpy_dtype(v):  # e.g. the encoding of every variable xarray opens from a file
             return ["nd", _dtype_name(v)]
@@ -204,7 +203,7 @@ class _Encoder:
     def _dataclass(self, v: Any) -> list[Any]:
         t = type(v)
         _plain_state(t)
-        names = [f.name for f in dataclasses.fields(v)]
+        names = [f.name for f in _fields(t)]
         extra = set(getattr(v, "__dict__", {})) - set(names)
         if extra:
             raise ValueError(f"dataclass {t.__qualname__} instance has attributes beyond its fields: {sorted(extra)}")
@@ -318,6 +317,18 @@ def _enum_name(member: enum.Enum) -> str:
     return name
 
 
+def _is_dataclass(t: type) -> bool:
+    # dataclasses.is_dataclass's test, without importing dataclasses and inspect (a fifth of a script's first
+    # activity call) where no value is one.
+    return hasattr(t, "__dataclass_fields__")
+
+
+def _fields(cls: type) -> tuple[Any, ...]:
+    import dataclasses  # loaded already: `cls` is a dataclass
+
+    return dataclasses.fields(cls)
+
+
 def _is_namedtuple(v: tuple[Any, ...]) -> bool:
     fields = getattr(type(v), "_fields", None)
     return (isinstance(fields, tuple) and len(fields) == len(v) and not getattr(v, "__dict__", None)
@@ -383,8 +394,7 @@ class _Decoder:
     def dataclass(self, rest: list[Any]) -> Any:
         module, qualname, names, *values = rest
         cls = _find_class(module, qualname)
-        if not dataclasses.is_dataclass(cls) or not isinstance(cls, type) \
-                or [f.name for f in dataclasses.fields(cls)] != names:
+        if not isinstance(cls, type) or not _is_dataclass(cls) or [f.name for f in _fields(cls)] != names:
             raise DecodeError(f"{module}.{qualname} is not the dataclass with fields {names} it was when recorded")
         obj = self.share(object.__new__(cls))
         for name, value in zip(names, values, strict=True):

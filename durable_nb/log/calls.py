@@ -32,7 +32,6 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,6 +41,7 @@ from .. import keys
 from ..codecs import SAFE_CODECS, Batch, batch_signature, decode_value, distrust, encode_value, signature
 from ..errors import DecodeError, DurableError, EncodeError, LogError, LogNotWritableError, UntrustedError
 from ..keys import PublicKey
+from ..record import Record
 from ..signing import payload
 from . import background, signers
 from .blobs import BlobStore, content_hash
@@ -151,12 +151,15 @@ class _InlineSource:
         return self.size
 
 
-@dataclass
-class _Result:
-    encoded: Encoded
-    parts: list[memoryview]
-    safe: bool
-    meta_json: str
+class _Result(Record):
+    __match_args__ = ("encoded", "parts", "safe", "meta_json")
+    __slots__ = __match_args__
+
+    def __init__(self, encoded: Encoded, parts: list[memoryview], safe: bool, meta_json: str) -> None:
+        self.encoded = encoded
+        self.parts = parts
+        self.safe = safe
+        self.meta_json = meta_json
 
     def part_hashes(self, inline: bool) -> list[str]:
         """The hashes the signature covers: what `_InlineSource.hash` or the parts' blobs will report."""
@@ -179,67 +182,111 @@ def encode_result(function: str, value: Any) -> _Result:
 
 # ---------------------------------------------------------------------------------------------- calls
 
-@dataclass(eq=False)
-class _Failure:
-    n: int
-    state: str
-    started_at: float
-    finished_at: float
-    delay: float | None
-    error_type: str
-    message: str
-    traceback: str
+class _Failure(Record):
+    __match_args__ = ("n", "state", "started_at", "finished_at", "delay", "error_type", "message", "traceback")
+    __slots__ = __match_args__
+
+    def __init__(self, n: int, state: str, started_at: float, finished_at: float, delay: float | None,
+                 error_type: str, message: str, traceback: str) -> None:
+        self.n = n
+        self.state = state
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.delay = delay
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
 
 
-@dataclass(eq=False)
 class Call:
-    uid: str
-    function: str
-    key: str
-    occurrence: int
-    kind: str
-    execution_id: int | None
-    started_at: float
-    attempt: int = 1
-    attempt_started_at: float = 0.0
-    state: str = "running"
-    finished_at: float | None = None
-    result: _Result | None = None
-    failures: list[_Failure] = field(default_factory=list)  # append-only
-    signature: str | None = None
-    signer: PublicKey | None = None
-    # A journaled pickled result: what the flush that moves it into the log signs, in one batch with the others.
-    payload: bytes | None = None
+    """One activity call while it runs and until the flusher has written its last state."""
+
+    __slots__ = (
+        "attempt",
+        "attempt_started_at",
+        "execution_id",
+        "failures",
+        "finished_at",
+        "function",
+        "key",
+        "kind",
+        "occurrence",
+        "payload",
+        "result",
+        "signature",
+        "signer",
+        "started_at",
+        "state",
+        "uid",
+    )
+
+    def __init__(self, uid: str, function: str, key: str, occurrence: int, kind: str, execution_id: int | None,
+                 started_at: float) -> None:
+        self.uid = uid
+        self.function = function
+        self.key = key
+        self.occurrence = occurrence
+        self.kind = kind
+        self.execution_id = execution_id
+        self.started_at = started_at
+        self.attempt = 1
+        self.attempt_started_at = started_at
+        self.state = "running"
+        self.finished_at: float | None = None
+        self.result: _Result | None = None
+        self.failures: list[_Failure] = []  # append-only
+        self.signature: str | None = None
+        self.signer: PublicKey | None = None
+        # A journaled pickled result: what the flush that moves it into the log signs, in one batch with the others.
+        self.payload: bytes | None = None
 
     def next_attempt(self) -> None:
         self.attempt += 1
         self.attempt_started_at = time.time()
 
 
-@dataclass
 class _Row:
     """A recorded call in the replay index."""
-    id: int | None  # None: journaled by this process, not yet in the SQLite log
-    codec: str
-    codec_version: int
-    meta: str
-    inline: bytes | None  # None: no inline part, or one too large for the index (then `inline_stored`)
-    inline_stored: bool
-    parts: int
-    signature: str | None
-    signer: PublicKey | None
-    batch_id: int | None = None
-    mine: bool = False  # recorded by this process (in the index since): nothing to verify
-    parsed_meta: dict[str, Any] | None = None  # decoders only read it
+
+    __slots__ = (
+        "batch_id",
+        "codec",
+        "codec_version",
+        "id",
+        "inline",
+        "inline_stored",
+        "meta",
+        "mine",
+        "parsed_meta",
+        "parts",
+        "signature",
+        "signer",
+    )
+
+    def __init__(self, id: int | None, codec: str, codec_version: int, meta: str, inline: bytes | None,
+                 inline_stored: bool, parts: int, signature: str | None, signer: PublicKey | None,
+                 batch_id: int | None = None, *, mine: bool = False) -> None:
+        self.id = id  # None: journaled by this process, not yet in the SQLite log
+        self.codec = codec
+        self.codec_version = codec_version
+        self.meta = meta
+        self.inline = inline  # None: no inline part, or one too large for the index (then `inline_stored`)
+        self.inline_stored = inline_stored
+        self.parts = parts
+        self.signature = signature
+        self.signer = signer
+        self.batch_id = batch_id
+        self.mine = mine  # recorded by this process (in the index since): nothing to verify
+        self.parsed_meta: dict[str, Any] | None = None  # decoders only read it
 
 
 MISS = object()
 
-def failure(call: Call, exc: BaseException, state: str) -> _Failure:
+def failure(call: Call, exc: BaseException, state: str, delay: float | None = None) -> _Failure:
     import traceback  # deferred for start-up speed: only failed calls format one
 
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return _Failure(call.attempt, state, call.attempt_started_at, time.time(), None,
+    return _Failure(call.attempt, state, call.attempt_started_at, time.time(), delay,
                     f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
                     str(exc), tb)
 
@@ -353,8 +400,7 @@ class Recorder:
 
     def begin(self, function: str, key: str, occurrence: int, kind: str, execution_id: int | None) -> Call:
         now = time.time()
-        call = Call(f"{self.uid_prefix}{next(self.uids)}", function, key, occurrence, kind,
-                    execution_id, now, attempt_started_at=now)
+        call = Call(f"{self.uid_prefix}{next(self.uids)}", function, key, occurrence, kind, execution_id, now)
         self.mark_pending(call)
         return call
 
@@ -373,14 +419,14 @@ class Recorder:
         if res is not None and (len(res.parts) > 1 or (res.parts and res.parts[0].nbytes > INLINE_MAX)):
             with self.wlock, write_transaction(self.conn, self.path):
                 blob_ids = [self.blobs.sink().put(p) for p in res.parts]
-                call_id = self._upsert(self._params(call, sign=True), [astuple(f) for f in call.failures])
+                call_id = self._upsert(self._params(call, sign=True), [f.as_tuple() for f in call.failures])
                 self.conn.executemany("INSERT INTO activity_blob (call_id, seq, blob_id) VALUES (?, ?, ?)",
                                       [(call_id, i, b) for i, b in enumerate(blob_ids)])
             self.pending.pop(id(call), None)
             self._remember(call, None, call_id)
             return
         params = self._params(call, sign=False)
-        line = journal_line(params, [astuple(f) for f in call.failures])
+        line = journal_line(params, [f.as_tuple() for f in call.failures])
         with self.jlock:
             try:
                 self.journal.append(line)
@@ -410,7 +456,7 @@ class Recorder:
         cause = f"{journal_error.strerror or journal_error}"
         try:
             with self.wlock, write_transaction(self.conn, self.path):
-                call_id = self._upsert(self._params(call, sign=True), [astuple(f) for f in call.failures])
+                call_id = self._upsert(self._params(call, sign=True), [f.as_tuple() for f in call.failures])
         except (LogError, sqlite3.Error) as exc:
             self.pending.pop(id(call), None)
             _say_once(f"durable: activity {call.function}: call not recorded: the activity journal {folder} "
@@ -470,12 +516,12 @@ class Recorder:
             upsert_many(self.conn, [p for (c, _), p in zip(batch, rows, strict=True) if not c.failures])
             for (call, _), params in zip(batch, rows, strict=True):
                 if call.failures:
-                    self._upsert(params, [astuple(f) for f in call.failures])
+                    self._upsert(params, [f.as_tuple() for f in call.failures])
             for call in running:
                 # Unsigned: a call that finished since it was picked keeps its payload for the batch its
                 # journal line joins; signed here, that line (its params taken before) would overwrite this
                 # row without signature or batch, and the call would not replay.
-                self._upsert(self._params(call, sign=False), [astuple(f) for f in call.failures])
+                self._upsert(self._params(call, sign=False), [f.as_tuple() for f in call.failures])
 
     def _batch_signed(self, batch: list[tuple[Call, tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
         """The rows of `batch`, its pickled results signed with one signature (inside the flush's transaction;

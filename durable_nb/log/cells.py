@@ -8,25 +8,30 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..keys import PublicKey
+from ..record import Record
 from . import signers
 from .connect import is_postgres, stored_json
 
 
-@dataclass
-class ExecutionStart:
-    cell_name: str | None
-    cell_id: str | None
-    execution_count: int | None
-    key: str
-    code: str
-    code_hash: str
-    inputs: dict[str, str]
-    deps_files: dict[str, str]
-    reason: str | None
+class ExecutionStart(Record):
+    __match_args__ = ("cell_name", "cell_id", "execution_count", "key", "code", "code_hash", "inputs", "deps_files",
+                      "reason")
+    __slots__ = __match_args__
+
+    def __init__(self, cell_name: str | None, cell_id: str | None, execution_count: int | None, key: str, code: str,
+                 code_hash: str, inputs: dict[str, str], deps_files: dict[str, str], reason: str | None) -> None:
+        self.cell_name = cell_name
+        self.cell_id = cell_id
+        self.execution_count = execution_count
+        self.key = key
+        self.code = code
+        self.code_hash = code_hash
+        self.inputs = inputs
+        self.deps_files = deps_files
+        self.reason = reason
 
     @property
     def lineage(self) -> str:
@@ -37,32 +42,43 @@ class ExecutionStart:
         return f"cell:{self.cell_id}" if self.cell_id else f"code:{self.code_hash}"
 
 
-@dataclass
-class StoredOutput:
-    name: str
-    kind: str
-    codec: str | None = None
-    codec_version: int | None = None
-    type: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    size: int = 0
-    target: str | None = None
-    inplace: bool = False
-    signature: str | None = None
-    blob_ids: list[int] = field(default_factory=list)
-    signer: PublicKey | None = None  # None with a signature: an HMAC (logs older than signer keys)
+class StoredOutput(Record):
+    __match_args__ = ("name", "kind", "codec", "codec_version", "type", "meta", "size", "target", "inplace",
+                      "signature", "blob_ids", "signer")
+    __slots__ = __match_args__
+
+    def __init__(self, name: str, kind: str, codec: str | None = None, codec_version: int | None = None,
+                 type: str | None = None, meta: dict[str, Any] | None = None, size: int = 0,
+                 target: str | None = None, inplace: bool = False, signature: str | None = None,
+                 blob_ids: list[int] | None = None, signer: PublicKey | None = None) -> None:
+        self.name = name
+        self.kind = kind
+        self.codec = codec
+        self.codec_version = codec_version
+        self.type = type
+        self.meta = {} if meta is None else meta
+        self.size = size
+        self.target = target
+        self.inplace = inplace
+        self.signature = signature
+        self.blob_ids = [] if blob_ids is None else blob_ids
+        self.signer = signer  # None with a signature: an HMAC (logs older than signer keys)
 
 
-@dataclass
-class Recorded:
-    id: int
-    started_at: float
-    duration: float
-    inputs: dict[str, str]
-    output_names: str | None
-    read_files: dict[str, Any] = field(default_factory=dict)
-    python: str = ""  # of the run that recorded it
-    packages: str | None = None  # that run's package versions (JSON)
+class Recorded(Record):
+    __match_args__ = ("id", "started_at", "duration", "inputs", "output_names", "read_files", "python", "packages")
+    __slots__ = __match_args__
+
+    def __init__(self, id: int, started_at: float, duration: float, inputs: dict[str, str], output_names: str | None,
+                 read_files: dict[str, Any] | None = None, python: str = "", packages: str | None = None) -> None:
+        self.id = id
+        self.started_at = started_at
+        self.duration = duration
+        self.inputs = inputs
+        self.output_names = output_names
+        self.read_files = {} if read_files is None else read_files
+        self.python = python  # of the run that recorded it
+        self.packages = packages  # that run's package versions (JSON)
 
     @property
     def listed(self) -> list[str]:

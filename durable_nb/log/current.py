@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..pg_url import is_postgres_url
+from ..record import Record
 from .connect import Durability
 
 if TYPE_CHECKING:
@@ -25,13 +25,17 @@ if TYPE_CHECKING:
 LOG_SUFFIX = ".durable.db"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(Record):
     """How the current log is opened: set by the magics' traits, `open_log(...)` or `durable-nb run`."""
 
-    path: Path | str | None = None  # a str only for a PostgreSQL URL
-    durability: Durability = "normal"
-    from_scratch: bool = False
+    __match_args__ = ("path", "durability", "from_scratch")
+    __slots__ = __match_args__
+
+    def __init__(self, path: Path | str | None = None, durability: Durability = "normal",
+                 from_scratch: bool = False) -> None:
+        self.path = path  # a str only for a PostgreSQL URL
+        self.durability = durability
+        self.from_scratch = from_scratch
 
 
 lock = threading.RLock()

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import NotRecordedError
 from ..keys import PublicKey
+from ..record import Record
 from ..vocabulary import STATES, ago, fmt_duration, human_bytes
 from . import signers
 from .connect import applied_version, is_postgres, stored_json
@@ -22,20 +22,26 @@ from .connect import applied_version, is_postgres, stored_json
 _COMPLETED = "('recorded', 'replayed')"
 
 
-@dataclass
-class OutputRecord:
-    execution_id: int
-    name: str
-    kind: str
-    codec: str | None
-    codec_version: int | None
-    type: str | None
-    meta: dict[str, Any]
-    size: int
-    target: str | None
-    signature: str | None
-    blob_hashes: list[str] = field(default_factory=list)
-    signer: PublicKey | None = None
+class OutputRecord(Record):
+    __match_args__ = ("execution_id", "name", "kind", "codec", "codec_version", "type", "meta", "size", "target",
+                      "signature", "blob_hashes", "signer")
+    __slots__ = __match_args__
+
+    def __init__(self, execution_id: int, name: str, kind: str, codec: str | None, codec_version: int | None,
+                 type: str | None, meta: dict[str, Any], size: int, target: str | None, signature: str | None,
+                 blob_hashes: list[str] | None = None, signer: PublicKey | None = None) -> None:
+        self.execution_id = execution_id
+        self.name = name
+        self.kind = kind
+        self.codec = codec
+        self.codec_version = codec_version
+        self.type = type
+        self.meta = meta
+        self.size = size
+        self.target = target
+        self.signature = signature
+        self.blob_hashes = [] if blob_hashes is None else blob_hashes
+        self.signer = signer
 
     def content(self) -> str:
         """What identifies the value's content: equal strings mean equal stored values."""
@@ -43,28 +49,37 @@ class OutputRecord:
                            None if self.blob_hashes else self.meta], sort_keys=True)
 
 
-@dataclass
-class ExecutionRecord:
-    id: int
-    run_id: int
-    cell_name: str | None
-    cell_id: str | None
-    state: str
-    started_at: float
-    finished_at: float | None
-    duration: float | None
-    saved_seconds: float | None
-    replayed_from: int | None
-    reason: str | None
-    code: str
-    code_hash: str
-    key: str
-    inputs: dict[str, str]
-    deps_files: dict[str, str]
-    bytes_stored: int
-    error_type: str | None
-    error_message: str | None
-    traceback: str | None
+class ExecutionRecord(Record):
+    __match_args__ = ("id", "run_id", "cell_name", "cell_id", "state", "started_at", "finished_at", "duration",
+                      "saved_seconds", "replayed_from", "reason", "code", "code_hash", "key", "inputs", "deps_files",
+                      "bytes_stored", "error_type", "error_message", "traceback")
+    __slots__ = __match_args__
+
+    def __init__(self, id: int, run_id: int, cell_name: str | None, cell_id: str | None, state: str,
+                 started_at: float, finished_at: float | None, duration: float | None, saved_seconds: float | None,
+                 replayed_from: int | None, reason: str | None, code: str, code_hash: str, key: str,
+                 inputs: dict[str, str], deps_files: dict[str, str], bytes_stored: int, error_type: str | None,
+                 error_message: str | None, traceback: str | None) -> None:
+        self.id = id
+        self.run_id = run_id
+        self.cell_name = cell_name
+        self.cell_id = cell_id
+        self.state = state
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.duration = duration
+        self.saved_seconds = saved_seconds
+        self.replayed_from = replayed_from
+        self.reason = reason
+        self.code = code
+        self.code_hash = code_hash
+        self.key = key
+        self.inputs = inputs
+        self.deps_files = deps_files
+        self.bytes_stored = bytes_stored
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
 
     @property
     def cell(self) -> str:
@@ -174,26 +189,34 @@ def _never_recorded(conn: sqlite3.Connection, name: str, path: Path, execution: 
             f"(recorded variables include: {listing}). Only variables bound by %%durable cells are recorded.")
 
 
-@dataclass
-class LogStatus:
-    path: Path | str  # a str: a PostgreSQL log's password-free URL
-    file_bytes: int
-    wal_bytes: int
-    free_bytes: int
-    schema_version: int
-    runs: int
-    current_run: int | None
-    last_activity: float | None
-    executions: dict[str, int]
-    activities: dict[str, int]
-    saved_seconds: float
-    replication: dict[str, Any] | None = None
-    files_read: int = 0  # distinct files and listings the log's executions were found reading
-    pending_calls: int = 0  # activity calls journaled beside the log, not yet moved into it
-    problems: list[str] = field(default_factory=list)  # background work of this process that failed
+class LogStatus(Record):
+    __match_args__ = ("path", "file_bytes", "wal_bytes", "free_bytes", "schema_version", "runs", "current_run",
+                      "last_activity", "executions", "activities", "saved_seconds", "replication", "files_read",
+                      "pending_calls", "problems")
+    __slots__ = __match_args__
+
+    def __init__(self, path: Path | str, file_bytes: int, wal_bytes: int, free_bytes: int, schema_version: int,
+                 runs: int, current_run: int | None, last_activity: float | None, executions: dict[str, int],
+                 activities: dict[str, int], saved_seconds: float, replication: dict[str, Any] | None = None,
+                 files_read: int = 0, pending_calls: int = 0, problems: list[str] | None = None) -> None:
+        self.path = path  # a str: a PostgreSQL log's password-free URL
+        self.file_bytes = file_bytes
+        self.wal_bytes = wal_bytes
+        self.free_bytes = free_bytes
+        self.schema_version = schema_version
+        self.runs = runs
+        self.current_run = current_run
+        self.last_activity = last_activity
+        self.executions = executions
+        self.activities = activities
+        self.saved_seconds = saved_seconds
+        self.replication = replication
+        self.files_read = files_read  # distinct files and listings the log's executions were found reading
+        self.pending_calls = pending_calls  # activity calls journaled beside the log, not yet moved into it
+        self.problems = [] if problems is None else problems  # background work of this process that failed
 
     def as_dict(self) -> dict[str, Any]:
-        found = dict(self.__dict__)
+        found = super().as_dict()
         found["path"] = str(self.path)
         return found
 
