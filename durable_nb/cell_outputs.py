@@ -153,7 +153,7 @@ class Writer:
         if enc is None:
             return False
         variable = name not in (RESULT, settings.NAME)  # the others are kept as results: no variable
-        enc = enc._replace(meta=seal(enc.meta))
+        enc = enc.replace(meta=seal(enc.meta))
         self._row(StoredOutput(name, "value" if variable else "result", enc.codec, enc.version,
                                enc.type_name, enc.meta, enc.size, inplace=mutated,
                                blob_ids=list(sink.blob_ids)), listed=variable)

@@ -334,7 +334,7 @@ def test_pickle_digest_mismatch_is_refused(log: Log) -> None:
     encoded, blob_ids = log.encode(types.SimpleNamespace(x=1))
     meta = dict(encoded.meta, blake2b="0" * 64)
     with pytest.raises(DecodeError, match="does not match its recorded digest"):
-        log.decode(encoded._replace(meta=meta), blob_ids)
+        log.decode(encoded.replace(meta=meta), blob_ids)
 
 
 def test_tampered_chunk_is_never_decoded(log: Log) -> None:
@@ -419,4 +419,4 @@ def test_frames_recorded_by_arrow_codec_version_1_still_decode(log: Log,
     encoded, blob_ids = log.encode(df)
     monkeypatch.undo()
     assert "raw" not in encoded.meta
-    _assert_frame_exact(log.decode(encoded._replace(version=1), blob_ids), df)
+    _assert_frame_exact(log.decode(encoded.replace(version=1), blob_ids), df)

@@ -332,7 +332,7 @@ def test_dense_tensors_keep_their_memory_order_and_other_views_become_contiguous
     encoded, blob_ids = log.encode(base.transpose(0, 3))
     crafted = dict(encoded.meta, stride=[1, 10**12, 1, 1])  # would span a terabyte
     with pytest.raises(DecodeError, match="not a dense layout"):
-        log.decode(encoded._replace(meta=crafted), blob_ids)
+        log.decode(encoded.replace(meta=crafted), blob_ids)
 
 
 def test_state_dicts_are_tagged_trees_of_tensors(log: Log) -> None:
@@ -355,7 +355,7 @@ def test_tensor_of_an_absent_device_comes_back_on_the_cpu_with_a_note(log: Log,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     encoded, blob_ids = log.encode(torch.arange(3.0))
     meta = dict(encoded.meta, device="cuda:7")
-    back = log.decode(encoded._replace(meta=meta), blob_ids)
+    back = log.decode(encoded.replace(meta=meta), blob_ids)
     assert back.device.type == "cpu" and torch.equal(back, torch.arange(3.0))
     assert capsys.readouterr().err.strip() == ("durable_nb: a tensor recorded on cuda:7 is restored on the CPU "
                                                "(no cuda:7 here)")
@@ -446,7 +446,7 @@ def test_tagged_decoding_never_unpickles_a_leaf(log: Log) -> None:
     doc[2][1] = "pickle"  # a crafted log naming pickle for a leaf
     meta = {"inline": json.dumps(doc)}
     with pytest.raises(UntrustedError):
-        log.decode(encoded._replace(meta=meta), blob_ids, allow_pickle=False)
+        log.decode(encoded.replace(meta=meta), blob_ids, allow_pickle=False)
 
 
 # ---------------------------------------------------------------------------------------------- fingerprints

@@ -11,10 +11,11 @@ Heavy libraries are imported inside the codecs, so importing this registry stays
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import keys, signing
 from ..errors import DecodeError, EncodeError, UntrustedError
+from ..record import Record
 from . import arrow, arrow_ipc, json, nprandom, npy, pickle, polars, sparse, tagged, torch, xarray
 
 if TYPE_CHECKING:
@@ -34,12 +35,16 @@ class Codec(Protocol):
     def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any: ...
 
 
-class Encoded(NamedTuple):
-    codec: str
-    version: int
-    meta: dict[str, Any]
-    type_name: str
-    size: int  # raw bytes of the value's blobs plus inline data
+class Encoded(Record):
+    __match_args__ = ("codec", "version", "meta", "type_name", "size")
+    __slots__ = __match_args__
+
+    def __init__(self, codec: str, version: int, meta: dict[str, Any], type_name: str, size: int) -> None:
+        self.codec = codec
+        self.version = version
+        self.meta = meta
+        self.type_name = type_name
+        self.size = size  # raw bytes of the value's blobs plus inline data
 
 
 # Safe codecs of one kind of value each; the tagged codec stores them as leaves inside plain containers.
@@ -127,9 +132,13 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class Signed(NamedTuple):
-    signature: str  # hex of the Ed25519 signature
-    signer: PublicKey
+class Signed(Record):
+    __match_args__ = ("signature", "signer")
+    __slots__ = __match_args__
+
+    def __init__(self, signature: str, signer: PublicKey) -> None:
+        self.signature = signature  # hex of the Ed25519 signature
+        self.signer = signer
 
 
 def signature(codec: str, version: int, meta: dict[str, Any], hashes: list[str]) -> Signed:

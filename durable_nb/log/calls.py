@@ -547,7 +547,8 @@ class Recorder:
             if not res.safe and call.signature is None:
                 hashes = res.part_hashes(inline is not None)
                 if sign:
-                    call.signature, call.signer = signature(enc.codec, enc.version, enc.meta, hashes)
+                    signed = signature(enc.codec, enc.version, enc.meta, hashes)
+                    call.signature, call.signer = signed.signature, signed.signer
                     call.payload = None
                 else:
                     call.payload = payload(enc.codec, enc.version, enc.meta, hashes)

@@ -8,13 +8,17 @@ than `SCHEMA_VERSION` is refused, never written.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from ..record import Record
 
 
-class Migration(NamedTuple):
-    version: int
-    name: str
-    sql: str
+class Migration(Record):
+    __match_args__ = ("version", "name", "sql")
+    __slots__ = __match_args__
+
+    def __init__(self, version: int, name: str, sql: str) -> None:
+        self.version = version
+        self.name = name
+        self.sql = sql
 
 
 # The documented views (docs/schema.md) in their final form, written once for both backends (log/pg_schema.py
