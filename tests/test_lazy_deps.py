@@ -43,7 +43,8 @@ def test_load_ext_and_a_scripts_first_call_import_only_what_they_use() -> None:
               "ours = [m for m in list(sys.modules.values()) if m.__name__.startswith('durable_nb')]\n"
               "named = [f'{m.__name__}.{k}' for m in ours for k, v in vars(m).items()\n"
               "         if isinstance(v, type) and issubclass(v, tuple) and hasattr(v, '_fields')]\n"
-              "print(sorted(m for m in ('IPython', 'asyncio', 'pandas', 'dataclasses', 'inspect') if m in sys.modules)"
+              "print(sorted(m for m in ('IPython', 'asyncio', 'pandas', 'dataclasses', 'inspect', 'pickle')"
+              " if m in sys.modules)"
               " + named)")
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() \
         == "[]"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import pickle
 import sys
 from collections import ChainMap
 from collections.abc import Callable, Sequence
@@ -28,6 +27,8 @@ from ..errors import DecodeError
 from .torch import plain_tensor, reduce_tensor
 
 if TYPE_CHECKING:
+    import pickle
+
     from .streams import Sink, Source
 
 PROTOCOL = 5
@@ -84,6 +85,8 @@ def load(meta: dict[str, Any], sources: Sequence[Source], resolve: Callable[[str
                           "the log was modified; it was not unpickled. Re-run the cell to record it "
                           "again.")
     buffers = [source.read() for source in sources[1:]]
+    import pickle  # deferred for start-up speed: a script's first call need not unpickle anything
+
     unpickler = pickle.Unpickler(io.BytesIO(main), buffers=buffers)
     unpickler.persistent_load = resolve  # type: ignore[method-assign]
     return unpickler.load()
@@ -152,6 +155,8 @@ def _refuse_file(obj: Any) -> Any:
     if obj.closed:
         return closed_file, (getattr(obj, "name", os.devnull), getattr(obj, "mode", "rb"),
                              getattr(obj, "encoding", None))
+    import pickle  # loaded already: a value is being pickled
+
     raise pickle.PicklingError(
         f"an open file ({getattr(obj, 'name', '?')!r}, mode {getattr(obj, 'mode', '?')!r}) is a live OS resource, "
         "not data; open it in the cell that reads it (with open(...) as f:)")

@@ -11,7 +11,6 @@ pickled modules and optimizers travel out of band.
 
 from __future__ import annotations
 
-import pickle
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -142,6 +141,8 @@ def _has_device(device: str) -> bool:
 
 def reduce_tensor(tensor: Any) -> tuple[Any, ...]:
     """The pickle codec's reduction of a plain tensor: its bytes as an out-of-band buffer."""
+    import pickle  # deferred for start-up speed: loaded already, a tensor is being pickled
+
     return rebuild_tensor, (pickle.PickleBuffer(tensor_bytes(tensor)), tensor_meta(tensor))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import mmap
 import os
-import pickle
 import sqlite3
 import sys
 import threading
@@ -52,7 +51,7 @@ READ_THREADS = min(4, os.cpu_count() or 1)
 MADV_POPULATE_WRITE = 23
 
 
-def _bytes_view(buffer: Any) -> memoryview:
+def bytes_view(buffer: Any) -> memoryview:
     """A 1-D unsigned-byte view of any contiguous buffer (C or Fortran order), without copying."""
     view = memoryview(buffer)
     if view.ndim == 1 and view.format in ("B", "b", "c") and view.contiguous:
@@ -60,6 +59,8 @@ def _bytes_view(buffer: Any) -> memoryview:
     if not view.contiguous:
         raise TypeError("blob buffers must be contiguous; pass a contiguous copy (e.g. np.ascontiguousarray)")
     # PickleBuffer.raw() flattens C- and Fortran-contiguous buffers alike, which memoryview.cast cannot.
+    import pickle  # deferred for start-up speed: a script's first call stores bytes, not arrays
+
     return pickle.PickleBuffer(view).raw()
 
 
@@ -78,7 +79,7 @@ class ContentHash:
         self._filled = 0
 
     def update(self, data: Any) -> None:
-        view = _bytes_view(data)
+        view = bytes_view(data)
         while len(view):
             take = min(PIECE - self._filled, len(view))
             self._leaf.update(view[:take])
@@ -100,7 +101,7 @@ def tree_digest(leaves: list[bytes], size: int) -> str:
 
 def content_hash(data: Any) -> str:
     """The content address of one buffer (what `BlobSink.put` stores it under)."""
-    view = _bytes_view(data)
+    view = bytes_view(data)
     return tree_digest(_leaves(view), len(view))
 
 
@@ -158,7 +159,7 @@ class BlobSink:
 
     def put(self, buffer: Any) -> int:
         """Store one buffer (anything with the buffer protocol, not copied whole); return its blob id."""
-        data = _bytes_view(buffer)
+        data = bytes_view(buffer)
         digest = content_hash(data)
         blob_id = self._existing(digest)
         if blob_id is None:
@@ -248,7 +249,7 @@ class BlobWriter:
     def write(self, data: Any) -> int:
         if self.closed:
             raise ValueError("write to a closed BlobWriter")
-        view = _bytes_view(data)
+        view = bytes_view(data)
         written = len(view)
         self._hash.update(view)
         self._size += written
@@ -329,7 +330,7 @@ class BlobSource:
 
     def readinto(self, buffer: Any) -> int:
         """Fill `buffer` (exactly `size` writable bytes) chunk by chunk, then check the content hash."""
-        target = _bytes_view(buffer)
+        target = bytes_view(buffer)
         if target.readonly or len(target) != self.size:
             raise ValueError(f"blob {self.hash} needs a writable buffer of exactly {self.size} bytes, "
                              f"got {len(target)}{' (read-only)' if target.readonly else ''}")

@@ -24,7 +24,6 @@ import io
 import itertools
 import json
 import os
-import pickle
 import sqlite3
 import sys
 import threading
@@ -44,7 +43,7 @@ from ..keys import PublicKey
 from ..record import Record
 from ..signing import payload
 from . import background, signers
-from .blobs import BlobStore, content_hash
+from .blobs import BlobStore, bytes_view, content_hash
 from .connect import Durability, write_transaction
 from .journal import BATCH_AT, INLINE_AT, Journal, journal_line, recover, upsert, upsert_many
 
@@ -96,11 +95,7 @@ class _CaptureSink:
         return list(range(len(self.parts)))
 
     def put(self, buffer: Any) -> int:
-        view = memoryview(buffer)
-        if not view.contiguous:
-            raise TypeError("blob buffers must be contiguous")
-        if view.ndim != 1 or view.format != "B":
-            view = pickle.PickleBuffer(view).raw()  # flat bytes of C- or Fortran-ordered buffers, no copy
+        view = bytes_view(buffer)
         self.parts.append(view)
         self.sizes.append(view.nbytes)
         return len(self.parts) - 1
