@@ -489,19 +489,20 @@ class Recorder:
             if done is not None:
                 self.moved.append(done)
             running = [c for c in list(pending.values()) if c.state == "running"]
-            if not batch and not running:
-                return
-            try:
-                self._write(batch, running)
-            except BaseException:  # kept for the next flush (upserts by uid: writing a call twice is harmless)
-                with self.jlock:
-                    self.journaled[:0] = batch
-                    self.pending = {**pending, **self.pending}
-                raise
-        moved, self.moved = self.moved, []
-        for path in moved:
-            with contextlib.suppress(OSError):  # left for the next process to import (by uid: no duplicate)
-                path.unlink(missing_ok=True)
+            if batch or running:
+                try:
+                    self._write(batch, running)
+                except BaseException:  # kept for the next flush (upserts by uid: writing a call twice is harmless)
+                    with self.jlock:
+                        self.journaled[:0] = batch
+                        self.pending = {**pending, **self.pending}
+                    raise
+            # Still under the lock: a flush that returns has deleted the files whose calls an earlier one (the
+            # flusher thread's) moved into the log. Nothing journaled is left unwritten, so all of them may go.
+            moved, self.moved = self.moved, []
+            for path in moved:
+                with contextlib.suppress(OSError):  # left for the next process to import (by uid: no duplicate)
+                    path.unlink(missing_ok=True)
 
     def _write(self, batch: list[tuple[Call, tuple[Any, ...]]], running: list[Call]) -> None:
         with write_transaction(self.conn, self.path):
