@@ -209,7 +209,7 @@ class _Spec:
 
         try:
             return await asyncio.wait_for(self.fn(*args, **kwargs), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"activity {self.name} did not finish within {self.timeout} s") from None
 
 

@@ -189,7 +189,7 @@ def _axes(ax: Axes, lanes: dict[str, int], origin: float, span: float) -> None:
                   fontsize=8 if len(names) <= LABELS_MAX else 6)
     ax.set_ylim(len(names) - 0.4, -0.6)
     ax.set_xlim(-span * 0.01, span * 1.08)
-    start = dt.datetime.fromtimestamp(origin, dt.timezone.utc)
+    start = dt.datetime.fromtimestamp(origin, dt.UTC)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=8))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _clock(start, x, span)))
     ax.set_xlabel(f"time (UTC), from {start:%Y-%m-%d %H:%M:%S}")

@@ -593,7 +593,7 @@ def _rfc3339(timestamp: dt.datetime | str) -> str:
             raise ReplicationError(
                 f"timestamp {timestamp!r} is not an ISO 8601 / RFC 3339 time; use e.g. 2026-11-26T14:03:00Z."
             ) from exc
-    return timestamp.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return timestamp.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @contextlib.contextmanager

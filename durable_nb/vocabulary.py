@@ -109,7 +109,7 @@ def fmt_when(epoch: float) -> str:
 
 
 def iso(epoch: float | None) -> str | None:
-    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat()
+    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat()
 
 
 def ago(when: Any, now: float | None = None) -> str:
@@ -117,13 +117,13 @@ def ago(when: Any, now: float | None = None) -> str:
     if when is None or (isinstance(when, float) and math.isnan(when)) or str(when) == "NaT":
         return "-"
     seconds = when.timestamp() if hasattr(when, "timestamp") else float(when)
-    delta = (now if now is not None else dt.datetime.now(dt.timezone.utc).timestamp()) - seconds
+    delta = (now if now is not None else dt.datetime.now(dt.UTC).timestamp()) - seconds
     if delta < 0:
         return "in the future"
     for limit, unit, size in ((60, "s", 1), (3600, "m", 60), (86400, "h", 3600), (30 * 86400, "d", 86400)):
         if delta < limit:
             return "just now" if unit == "s" and delta < 1 else f"{int(delta // size)}{unit} ago"
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d")
 
 
 def human_bytes(n: float) -> str:

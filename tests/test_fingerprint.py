@@ -462,7 +462,7 @@ def test_which_object_holds_an_equal_immutable_value_does_not_matter() -> None:
     import datetime as dt
     from decimal import Decimal
 
-    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     price = Decimal("1.10")
     shared = [(when, when), (price, price)]
     apart = [(when, when.replace()), (price, Decimal("1.10"))]

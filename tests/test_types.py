@@ -160,7 +160,7 @@ def plain_values() -> list[Any]:
     return [
         (1, "a", (None, 2.5)), {1, 2, 3}, frozenset({"a", "b"}), {(1, 2): "tuple key", 3: [b"x"]},
         b"\x00\xff" * 3000, bytearray(b"abc"), 1 + 2j, range(2, 10, 3),
-        dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris), dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+        dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris), dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
         dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=-5), "EST")), dt.date(2024, 2, 29),
         dt.time(23, 59, 59, 999999, tzinfo=dt.timezone(dt.timedelta(hours=1))), dt.timedelta(days=-1, microseconds=5),
         decimal.Decimal("-1.2300E+5"), decimal.Decimal("NaN"), fractions.Fraction(-3, 7),

@@ -189,7 +189,7 @@ def test_library_values_round_trip_exactly_through_their_safe_codec(log: Log, co
 
 plain = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10)
-    | st.binary(max_size=10) | st.datetimes(timezones=st.none() | st.just(dt.timezone.utc)) | st.decimals(
+    | st.binary(max_size=10) | st.datetimes(timezones=st.none() | st.just(dt.UTC)) | st.decimals(
         allow_nan=False),
     lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner) | st.dictionaries(st.text(max_size=4), inner,
                                                                                        max_size=3),

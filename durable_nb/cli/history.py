@@ -204,7 +204,7 @@ def _show(args: argparse.Namespace) -> int:
         outs = queries.outputs(log.conn, ex.source_id)
         events = queries.events(log.conn, ex.source_id)
     print(f"execution {ex.id} · {ex.cell} · {ex.state} · run {ex.run_id}")
-    started = dt.datetime.fromtimestamp(ex.started_at, dt.timezone.utc)
+    started = dt.datetime.fromtimestamp(ex.started_at, dt.UTC)
     print(f"started {started:%Y-%m-%d %H:%M:%S} UTC ({ago(ex.started_at)}) · took {_seconds(ex.duration)}")
     if ex.replayed_from:
         print(f"replayed from execution {ex.replayed_from} · saved {_seconds(ex.saved_seconds)}")

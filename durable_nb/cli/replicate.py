@@ -97,7 +97,7 @@ def _fleet_ls(args: argparse.Namespace) -> int:
     output.chosen(args)  # a bad combination of options is reported before S3 is asked
     logs = fleet(args.prefix, **_s3_kwargs(args)).ls()
     # The same ISO 8601 UTC times as the history verbs' JSON.
-    rows = [[i.name, i.url, i.stored_bytes, i.files, i.updated.astimezone(dt.timezone.utc).isoformat()
+    rows = [[i.name, i.url, i.stored_bytes, i.files, i.updated.astimezone(dt.UTC).isoformat()
              .replace("+00:00", "Z")] for i in logs]
 
     def table() -> output.Table:

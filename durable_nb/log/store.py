@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from .. import keys
 from ..errors import LogError
@@ -26,13 +26,11 @@ from ..pg_url import is_postgres_url
 from . import cells, journal, queries
 from .blobs import BlobStore
 from .cells import ExecutionStart, Recorded, StoredOutput
-from .connect import Durability, connect, settle_checkpoints, write_transaction
 
 if TYPE_CHECKING:
-    from typing import Self  # Python 3.11: the package supports 3.10
-
     from . import pg_store
     from .calls import Recorder
+from .connect import Durability, connect, settle_checkpoints, write_transaction
 
 FLUSH_DELAY = 0.5
 # Versions recorded with every run, of those this process has imported: they decide whether a replay happens in

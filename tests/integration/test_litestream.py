@@ -155,7 +155,7 @@ def test_point_in_time_restore(s3: S3Server, tmp_path: Path) -> None:
             first = writer.execute()
         wait_for(lambda: (rep.status()["last_sync"] or 0) > first, 10, "the first rows to sync")
         time.sleep(1.0)
-        middle = dt.datetime.now(dt.timezone.utc)
+        middle = dt.datetime.now(dt.UTC)
         time.sleep(1.0)
         for _ in range(4):
             last = writer.execute()
@@ -188,7 +188,7 @@ def test_fleet_ls_pull_history(s3: S3Server, tmp_path: Path, capsys: pytest.Capt
     logs = observed.ls()
     assert [i.name for i in logs] == sorted(names)
     assert all(i.stored_bytes > 0 and i.url.startswith("s3://test/fleet/") for i in logs)
-    assert all(abs((dt.datetime.now(dt.timezone.utc) - i.updated).total_seconds()) < 120 for i in logs)
+    assert all(abs((dt.datetime.now(dt.UTC) - i.updated).total_seconds()) < 120 for i in logs)
     pulled = observed.pull(tmp_path / "pulled", match=r"bob/*", progress=False)
     assert sorted(p.relative_to(tmp_path / "pulled").as_posix() for p in pulled) == [
         "bob/eval.durable.db",
