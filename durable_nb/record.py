@@ -5,9 +5,9 @@ Not dataclasses nor typing.NamedTuple, for start-up speed: a script pays for eve
 dataclass costs about 2.5 M instructions to build, and the dataclasses module imports inspect (40 M more); a
 NamedTuple under `from __future__ import annotations` compiles each field's annotation, and the first such
 compile sets up all of CPython's AST types (9 M). Together that was a third of the first call. A record is a
-class with `__slots__` (its fields, in order) and a typed `__init__`; this base gives what the dataclasses did:
-equality by fields, a repr showing them, `replace` and `as_dict`. Like a dataclass with eq, a record is not
-hashable unless its class says how.
+class with `__match_args__` (its fields, in order), `__slots__ = __match_args__` and a typed `__init__`; this base
+gives what the dataclasses did: equality by fields, a repr showing them, `replace` and `as_dict`. Like a
+dataclass with eq, a record is not hashable unless its class says how.
 """
 
 from __future__ import annotations
