@@ -40,9 +40,9 @@ def connect(path: str | Path, *, readonly: bool = False, durability: Durability 
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         # Before anything is written (even the switch to WAL): refuse files that are not our logs.
-        check_version(conn, path)
+        version = check_version(conn, path)
         _configure(conn, path, readonly, durability)
-        if not readonly:
+        if not readonly and version < SCHEMA_VERSION:
             migrate(conn, path)
     except BaseException:
         conn.close()
@@ -216,17 +216,55 @@ def check_version(conn: sqlite3.Connection, path: Path) -> int:
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Apply the migrations this log lacks, each in its own transaction."""
+    """Apply the migrations this log lacks, all in one transaction; a new log is made from the baseline."""
     with write_transaction(conn, path):
         version = check_version(conn, path)
         if version == 0:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migration ("
-                         "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
-        for m in MIGRATIONS:
-            if m.version > version:
-                for statement in _statements(m.sql):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_migration VALUES (?, ?, ?)", (m.version, m.name, time.time()))
+            version = _create(conn)
+        _apply(conn, version)
+
+
+def _apply(conn: sqlite3.Connection, version: int) -> None:
+    """The migrations newer than `version`, each recorded in schema_migration."""
+    if version == 0:
+        conn.execute(_MIGRATION_TABLE)
+    for m in MIGRATIONS:
+        if m.version > version:
+            for statement in _statements(m.sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migration VALUES (?, ?, ?)", (m.version, m.name, time.time()))
+
+
+_MIGRATION_TABLE = ("CREATE TABLE IF NOT EXISTS schema_migration (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                    "applied_at REAL NOT NULL)")
+# A new log is made from the schema its migrations leave, generated from them into this file (see baseline()):
+# replayed one by one they cost a new log a third of its first call, SQLite re-reading the whole schema after
+# each ALTER TABLE. The file names the version it stands for; the migrations after it still apply.
+BASELINE = Path(__file__).with_name("baseline.sql")
+_VERSION_LINE = "-- version "
+
+
+def _create(conn: sqlite3.Connection) -> int:
+    first, _, sql = BASELINE.read_text(encoding="utf-8").partition("\n")
+    version = int(first.removeprefix(_VERSION_LINE))
+    for statement in _statements(sql):
+        conn.execute(statement)
+    conn.executemany("INSERT INTO schema_migration VALUES (?, ?, ?)",
+                     [(m.version, m.name, time.time()) for m in MIGRATIONS if m.version <= version])
+    return version
+
+
+def baseline() -> str:
+    """The text of BASELINE: the schema all migrations leave, as SQLite stores it, statement by statement in
+    the order they were made (`python -m durable_nb.log.connect > durable_nb/log/baseline.sql`)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        _apply(conn, 0)
+        rows = conn.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
+                            "ORDER BY rowid").fetchall()
+    finally:
+        conn.close()
+    return f"{_VERSION_LINE}{SCHEMA_VERSION}\n" + "".join(f"{sql};\n" for (sql,) in rows)
 
 
 def _statements(sql: str) -> Iterator[str]:
@@ -319,3 +357,7 @@ def write_transaction(conn: sqlite3.Connection, path: str | Path, *,
         if isinstance(exc, sqlite3.DatabaseError):
             raise _classify(exc, Path(path)) from exc
         raise
+
+
+if __name__ == "__main__":
+    print(baseline(), end="")
