@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import atexit
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -414,8 +413,6 @@ def load_ipython_extension(ip: Any) -> None:
     magics.configure_log()  # c.DurableMagics.db in a config file, before any cell or activity call
     if not any(isinstance(t, AwaitDurable) for t in ip.input_transformers_post):
         ip.input_transformers_post.append(AwaitDurable(ip))
-    # A kernel that shuts down cleanly writes its pending replay rows and marks its run as ended.
-    atexit.register(session.close_log)
     magics.start_configured_replication()
 
 

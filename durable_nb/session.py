@@ -6,6 +6,7 @@ The magics push their settings here (`configure`) when they load and whenever `%
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import cast
 
@@ -57,3 +58,8 @@ def close_log() -> None:
         current.set_open(None)
     if found is not None:
         found.close()
+
+
+# A script or kernel that exits cleanly writes its pending rows and ends its run; a crash leaves the run open,
+# which is how history tells the two apart.
+atexit.register(close_log)

@@ -566,6 +566,19 @@ def test_sigkill_loses_no_returned_call(tmp_path: Path, secret: Path, flush_dela
         session.close_log()
 
 
+def test_a_script_that_exits_cleanly_ends_its_run_and_a_killed_one_does_not(tmp_path: Path, secret: Path) -> None:
+    # A plain script opens the default log on its first call and never closes it itself.
+    code = ("import os, signal, sys; sys.path.insert(0, {root!r}); import durable_nb\n"
+            "@durable_nb.activity\ndef double(x):\n    return 2 * x\n"
+            "double(21)\n{end}\n")
+    root = str(Path(__file__).parents[1])
+    for end in ("", "os.kill(os.getpid(), signal.SIGKILL)"):
+        subprocess.run([sys.executable, "-c", code.format(root=root, end=end)], cwd=tmp_path, timeout=60)
+    got = rows(tmp_path / "durable.db", "SELECT r.ended_at IS NOT NULL, count(c.id) FROM run r "
+                                        "LEFT JOIN activity_call c ON c.run_id = r.id GROUP BY r.id ORDER BY r.id")
+    assert got == [(1, 1), (0, 0)], "the clean run ended, recording the call; the killed one replayed it, unended"
+
+
 def test_the_package_attribute_decorates_with_and_without_options(db: Path) -> None:
     import durable_nb
 
