@@ -133,10 +133,12 @@ def upsert(conn: sqlite3.Connection, params: tuple[Any, ...], failures: list[tup
 def recover(conn: sqlite3.Connection, path: Path, dead: set[int]) -> int:
     """Import the journals of dead runs, then mark their calls still `running` as `crashed`; returns how many
     journal lines were imported. Runs recording in this process are never touched."""
-    uuids = dict(conn.execute("SELECT uuid, id FROM run").fetchall())
-    live = {j.prefix for j in list(_LIVE)}
     folder = journal_folder(path)
     files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    if not (files or dead):  # nothing to import or mark: no write transaction
+        return 0
+    uuids = dict(conn.execute("SELECT uuid, id FROM run").fetchall()) if files else {}
+    live = {j.prefix for j in list(_LIVE)}
     orphans = [f for f in files if uuids.get(f.name.split("-")[0]) in dead
                and f.name.split("-")[0] + "-" not in live]
     imported = 0
