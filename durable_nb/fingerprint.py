@@ -17,7 +17,6 @@ import os
 import site
 import struct
 import sys
-import sysconfig
 import types
 import weakref
 from array import array
@@ -542,6 +541,8 @@ def _object(h: _Hasher, value: object) -> None:
 
 
 def _install_dirs() -> tuple[str, ...]:
+    import sysconfig  # deferred for start-up speed: asked only once a global of an imported module is met
+
     paths = sysconfig.get_paths()
     dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
     dirs.update(site.getsitepackages())

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import CorruptLogError, LogError, LogNotWritableError, NewerLogError, NotALogError
-from . import background, pg_connect
+from . import background
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 Durability = Literal["normal", "full"]
@@ -187,6 +187,8 @@ def _classify(exc: sqlite3.DatabaseError, path: Path) -> LogError:
 
 def applied_version(conn: sqlite3.Connection) -> int:
     if is_postgres(conn):
+        from . import pg_connect  # deferred for start-up speed: a SQLite log's first call needs none of it
+
         return pg_connect.applied_version(conn)  # type: ignore[arg-type]
     has_table = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migration'").fetchone()
