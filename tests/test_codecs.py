@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from durable_nb.codecs import CODEC_VERSIONS, Encoded, decode_value, encode_value
+from durable_nb import codecs
+from durable_nb.codecs import Encoded, decode_value, encode_value, npy
 from durable_nb.errors import DecodeError, EncodeError, UntrustedError
 from durable_nb.log.blobs import BlobStore
 from durable_nb.log.connect import connect, write_transaction
@@ -371,7 +372,7 @@ def test_unknown_or_newer_codec_is_a_decode_error(log: Log) -> None:
     with pytest.raises(DecodeError, match="unknown"):
         decode_value("parquet9", 1, {}, [], allow_pickle=True)
     with pytest.raises(DecodeError, match="newer"):
-        decode_value("npy", CODEC_VERSIONS["npy"] + 1, {}, [], allow_pickle=True)
+        decode_value("npy", npy.NpyCodec.version + 1, {}, [], allow_pickle=True)
 
 
 def test_main_module_closures_and_classes_pickle_by_value(tmp_path: Path) -> None:
@@ -420,3 +421,12 @@ def test_frames_recorded_by_arrow_codec_version_1_still_decode(log: Log,
     monkeypatch.undo()
     assert "raw" not in encoded.meta
     _assert_frame_exact(log.decode(encoded.replace(version=1), blob_ids), df)
+
+
+def test_the_registry_names_each_codec_as_its_module_does_and_only_pickle_is_unsafe() -> None:
+    # The library codecs are known by name before their modules load (a script's first call loads none).
+    for registered in codecs.CODECS:
+        loaded = getattr(registered, "codec", registered)
+        assert loaded.name == registered.name
+        assert loaded.safe is (registered is not codecs.PICKLE), registered.name
+    assert {c.name for c in codecs.CODECS if c.safe} == codecs.SAFE_CODECS

@@ -1,7 +1,7 @@
 """How values become bytes: one codec per format, tried in order arrow (pandas) → npy → nprandom (numpy's random
 generators) → polars → arrow_ipc (pyarrow) → xarray → sparse → torch → json → tagged → pickle: exact safe codecs
-before pickle. A codec for a library accepts nothing while that library is not imported (it checks sys.modules), so
-none is loaded for it.
+before pickle. A codec for a library accepts nothing while that library is not imported (it checks sys.modules),
+and its module is imported only once it may (`_Library`): a script that stores no library's values loads none.
 
 A codec writes its blobs through a `Sink` (one sink per value: `sink.blob_ids` are then exactly the
 value's blobs, in the order `decode` expects its sources) and returns a JSON-able `meta` dict.
@@ -10,13 +10,15 @@ Heavy libraries are imported inside the codecs, so importing this registry stays
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import keys, signing
 from ..errors import DecodeError, EncodeError, UntrustedError
 from ..record import Record
-from . import arrow, arrow_ipc, json, nprandom, npy, pickle, polars, sparse, tagged, torch, xarray
+from . import json, pickle, tagged
 
 if TYPE_CHECKING:
     from ..keys import PublicKey
@@ -24,9 +26,14 @@ if TYPE_CHECKING:
 
 
 class Codec(Protocol):
-    name: str
-    version: int
-    safe: bool  # decoding runs no code from the log
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def safe(self) -> bool: ...  # decoding runs no code from the log
 
     def accepts(self, value: Any) -> bool: ...
 
@@ -47,15 +54,55 @@ class Encoded(Record):
         self.size = size  # raw bytes of the value's blobs plus inline data
 
 
+class _Library:
+    """The codec of one library's values, imported on first use: while its `library` is not imported no value can
+    be one of them, so `accepts` says no without importing the codec's module (durable_nb.codecs.NAME)."""
+
+    __slots__ = ("_class", "_codec", "library", "name")
+
+    def __init__(self, name: str, class_name: str, library: str) -> None:
+        self.name = name
+        self.library = library
+        self._class = class_name
+        self._codec: Codec | None = None
+
+    @property
+    def codec(self) -> Codec:
+        if self._codec is None:
+            self._codec = getattr(importlib.import_module(f"{__name__}.{self.name}"), self._class)()
+        return self._codec
+
+    @property
+    def version(self) -> int:
+        return self.codec.version
+
+    @property
+    def safe(self) -> bool:
+        return self.codec.safe
+
+    def accepts(self, value: Any) -> bool:
+        return self.library in sys.modules and self.codec.accepts(value)
+
+    def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
+        return self.codec.encode(value, sink)
+
+    def decode(self, meta: dict[str, Any], sources: Sequence[Source]) -> Any:
+        return self.codec.decode(meta, sources)
+
+
 # Safe codecs of one kind of value each; the tagged codec stores them as leaves inside plain containers.
-LEAF_CODECS: tuple[Codec, ...] = (arrow.ArrowCodec(), npy.NpyCodec(), nprandom.NpRandomCodec(),
-                                  polars.PolarsCodec(), arrow_ipc.ArrowIpcCodec(), xarray.XarrayCodec(),
-                                  sparse.SparseCodec(), torch.TorchCodec())
+LEAF_CODECS: tuple[Codec, ...] = (_Library("arrow", "ArrowCodec", "pandas"), _Library("npy", "NpyCodec", "numpy"),
+                                  _Library("nprandom", "NpRandomCodec", "numpy"),
+                                  _Library("polars", "PolarsCodec", "polars"),
+                                  _Library("arrow_ipc", "ArrowIpcCodec", "pyarrow"),
+                                  _Library("xarray", "XarrayCodec", "xarray"),
+                                  _Library("sparse", "SparseCodec", "scipy.sparse"),
+                                  _Library("torch", "TorchCodec", "torch"))
 PICKLE = pickle.PickleCodec()
 CODECS: tuple[Codec, ...] = (*LEAF_CODECS, json.JsonCodec(), tagged.TaggedCodec(), PICKLE)
-_SAFE = tuple(c for c in CODECS if c.safe)
+# Pickle is the one codec whose decoding runs code from the log (a test holds every codec's `safe` to this).
+_SAFE = tuple(c for c in CODECS if c is not PICKLE)
 SAFE_CODECS = frozenset(c.name for c in _SAFE)
-CODEC_VERSIONS: dict[str, int] = {c.name: c.version for c in CODECS}
 # What a cell's key holds of the codecs: changed only when records written by the codecs of before must no longer
 # replay. A new codec, or a new version whose decoder still reads its older records, leaves every log's keys as
 # they were (arrow 3, tagged 3 and nprandom did: their first version made every recorded cell of every log miss).
@@ -183,8 +230,7 @@ def distrust(codec: str, version: int, meta: dict[str, Any], hashes: list[str], 
     signer keys) its HMAC verifies with this user's secret. The one trust check in front of every decode (cells,
     activities, history); the reason names the signer and the remedy (commands on `log`). A value signed as part of
     a `batch` is checked against the batch's signature instead of its own."""
-    found = _BY_NAME.get(codec)
-    if found is not None and found.safe:
+    if codec in SAFE_CODECS:
         return None
     data = signing.payload(codec, version, meta, hashes)
     if batch is not None:

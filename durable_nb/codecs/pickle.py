@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..errors import DecodeError
-from .torch import plain_tensor, reduce_tensor
 
 if TYPE_CHECKING:
     import pickle
@@ -115,6 +114,8 @@ def _dump(value: Any, references: dict[int, str], sink: _Sink) -> tuple[dict[str
 @functools.cache
 def _pickler_class() -> type:
     import cloudpickle
+
+    from .torch import plain_tensor, reduce_tensor  # deferred with cloudpickle: only pickling needs them
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(_REDUCERS, cloudpickle.Pickler.dispatch_table)
