@@ -36,6 +36,7 @@ def test_wheel_from_a_clean_clone_contains_the_prebuilt_extension(tmp_path: Path
     assert server_config == {"ServerApp": {"jpserver_extensions": {"durable_nb.server": True}}}
     assert install["packageName"] == "durable_nb"
     assert "durable_nb/server.py" in names
+    assert "durable_nb/log/baseline.sql" in names  # a new log is made from it
     assert not any(n.startswith("durable_nb/labextension/") or "node_modules" in n for n in names)
 
 
