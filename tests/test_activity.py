@@ -579,6 +579,18 @@ def test_a_script_that_exits_cleanly_ends_its_run_and_a_killed_one_does_not(tmp_
     assert got == [(1, 1), (0, 0)], "the clean run ended, recording the call; the killed one replayed it, unended"
 
 
+def test_a_forked_child_that_exits_leaves_its_parents_run_open(tmp_path: Path, secret: Path) -> None:
+    code = ("import os, sys, sqlite3; sys.path.insert(0, {root!r}); import durable_nb\n"
+            "@durable_nb.activity\ndef double(x):\n    return 2 * x\n"
+            "double(1)\npid = os.fork()\nif pid == 0:\n    sys.exit(0)\nos.waitpid(pid, 0)\n"
+            "print(sqlite3.connect('durable.db').execute('SELECT ended_at FROM run').fetchall())\ndouble(2)\n")
+    out = subprocess.run([sys.executable, "-c", code.format(root=str(Path(__file__).parents[1]))], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[(None,)]", "the child's exit hooks ended the parent's run"
+    got = rows(tmp_path / "durable.db", "SELECT (SELECT count(*) FROM activity_call), ended_at IS NOT NULL FROM run")
+    assert got == [(2, 1)]
+
+
 def test_the_package_attribute_decorates_with_and_without_options(db: Path) -> None:
     import durable_nb
 
