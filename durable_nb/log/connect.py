@@ -262,8 +262,8 @@ def baseline() -> str:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         _apply(conn, 0)
-        rows = conn.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
-                            "ORDER BY rowid").fetchall()
+        rows = conn.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
+                            "AND substr(name, 1, 7) != 'sqlite_' ORDER BY rowid").fetchall()
     finally:
         conn.close()
     return f"{_VERSION_LINE}{SCHEMA_VERSION}\n" + "".join(f"{sql};\n" for (sql,) in rows)
