@@ -37,6 +37,7 @@ def open_log(path: str | os.PathLike[str] | None = None, *, durability: Durabili
 
 def current_log() -> DurableLog:
     """The current log, opened by the configured settings on first use."""
+    global _opened_in
     with current.lock:
         found = current.get()
         if found is None:
@@ -45,7 +46,7 @@ def current_log() -> DurableLog:
             found = DurableLog(current.configured_path(), readonly=False, durability=wanted.durability,
                                notebook=str(nb) if nb else None, from_scratch=wanted.from_scratch)
             current.set_open(found)
-            _opened_by.append(os.getpid())
+            _opened_in = os.getpid()
         return cast(DurableLog, found)  # only this module sets the open log, always to a DurableLog
 
 
@@ -61,14 +62,14 @@ def close_log() -> None:
         found.close()
 
 
-_opened_by: list[int] = []  # the processes that opened a current log: this one, or the parent of a fork
+_opened_in: int | None = None  # the process that opened the current log: this one, or the parent of a fork
 
 
 def _close_at_exit() -> None:
     # A script or kernel that exits cleanly writes its pending rows and ends its run; a crash leaves the run
     # open, which is how history tells the two apart. A forked child exiting normally runs its parent's exit
     # hooks too: the log and its run are the parent's, left alone.
-    if _opened_by and _opened_by[-1] == os.getpid():
+    if _opened_in == os.getpid():
         close_log()
 
 
