@@ -3,7 +3,11 @@ same schema, and the baseline is what the migrations generate (so the migrations
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +71,53 @@ def test_migrations_newer_than_the_baseline_apply_to_a_new_log(tmp_path: Path,
     made = shape(opened(tmp_path / "new.db"))
     monkeypatch.undo()
     assert made == shape(opened(tmp_path / "reference.db"))
+
+
+
+def settings(conn: sqlite3.Connection) -> dict[str, object]:
+    return {p: conn.execute(f"PRAGMA {p}").fetchone()[0]
+            for p in ("journal_mode", "synchronous", "temp_store", "foreign_keys")}
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_a_log_keeps_its_settings_whether_it_was_just_made_migrated_or_already_current(
+        tmp_path: Path, durability: connect.Durability) -> None:
+    # A schema's commit runs unsynced: the connection must come back at its durability's level all the same.
+    want = {"journal_mode": "wal", "synchronous": 2 if durability == "full" else 1, "temp_store": 2,
+            "foreign_keys": 1}
+    for db in (tmp_path / "new.db", log_at(tmp_path / "old.db", 4), tmp_path / "new.db"):
+        conn = connect.connect(db, durability=durability)
+        try:
+            assert settings(conn) == want, db.name
+        finally:
+            conn.close()
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == connect.PAGE_SIZE
+    assert not list(tmp_path.glob("*-journal")), "a rollback journal was left beside a log"
+
+
+_MAKE_LOGS = """
+import itertools, sys
+from pathlib import Path
+from durable_nb.log import connect
+folder = Path(sys.argv[1])
+for n in itertools.count():
+    connect.connect(folder / f"{n}.db").close()
+    print(n, flush=True)
+"""
+
+
+@pytest.mark.parametrize("after", [0.0, 0.013, 0.031, 0.057, 0.101, 0.149])
+def test_a_log_killed_while_it_is_made_opens_as_a_whole_log(tmp_path: Path, after: float) -> None:
+    # A child makes log after log and is SIGKILLed mid-way through one: whatever the kill left (no file, an empty
+    # one, one switched to WAL, a schema half in the WAL), the next open must give a whole log, never a damaged one.
+    child = subprocess.Popen([sys.executable, "-c", _MAKE_LOGS, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        child.stdout.readline()  # the interpreter and our imports are up: from here on it only makes logs
+        time.sleep(after)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    made = sorted(tmp_path.glob("*.db"), key=lambda p: int(p.stem))
+    assert shape(opened(made[-1])) == shape(opened(made[0]))
