@@ -19,7 +19,6 @@ import struct
 import sys
 import types
 import weakref
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -304,6 +303,8 @@ class _Hasher:
         self.items(values)
 
     def _homogeneous(self, kind: type, values: Sequence[Any]) -> bool:
+        from array import array  # deferred for start-up speed: a C module a script's first call seldom needs
+
         if kind is float:
             self._h.update(b"hf")
             self._h.update(array("d", values))

@@ -16,7 +16,6 @@ fingerprint this module prints and an ordinary `ssh-keygen -t ed25519` key can b
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import stat
@@ -72,12 +71,15 @@ class PublicKey(Record):
     @property
     def fingerprint(self) -> str:
         """OpenSSH's SHA256 fingerprint, as `ssh-keygen -l` prints it."""
+        import base64  # deferred for start-up speed, as hashlib: only the display of a key needs them
         import hashlib  # deferred for start-up speed: it loads OpenSSL (~3 ms); recording never asks a fingerprint
 
         digest = hashlib.sha256(self._wire()).digest()
         return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
     def openssh(self) -> str:
+        import base64  # deferred for start-up speed (see fingerprint)
+
         line = f"{KEY_TYPE} {base64.b64encode(self._wire()).decode()}"
         return f"{line} {self.comment}" if self.comment else line
 

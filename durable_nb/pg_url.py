@@ -24,8 +24,9 @@ _SECRET_PARAMS = frozenset({"password", "sslpassword"})
 # A PostgreSQL identifier is at most 63 bytes (NAMEDATALEN - 1); anything longer is silently truncated by the
 # server, so two long schema names could name the same schema.
 _MAX_IDENTIFIER = 63
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_KEYWORD_SECRET = re.compile(r"(?i)\b(?:ssl)?password\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S*)")
+# Patterns, compiled (and cached by re) when first used: a script's first call reads no PostgreSQL URL.
+_CONTROL = r"[\x00-\x1f\x7f]"
+_KEYWORD_SECRET = r"(?i)\b(?:ssl)?password\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S*)"
 
 
 def is_postgres_url(text: object) -> bool:
@@ -73,7 +74,7 @@ def parse(url: str) -> PostgresTarget:
 
 
 def _check_schema(schema: str, url: str) -> str:
-    if not schema or len(schema.encode()) > _MAX_IDENTIFIER or _CONTROL.search(schema):
+    if not schema or len(schema.encode()) > _MAX_IDENTIFIER or re.search(_CONTROL, schema):
         raise DatabaseURLError(f"{display_url(url)}: schema {schema!r} is not a usable PostgreSQL schema name "
                                f"(1 to {_MAX_IDENTIFIER} bytes, no control characters)")
     return schema
@@ -104,7 +105,7 @@ def scrub(text: str, url: str) -> str:
 def _secrets(url: str) -> set[str]:
     _, sep, rest = url.partition("://")
     if not sep:
-        return {m.group(0).split("=", 1)[1].strip().strip("'") for m in _KEYWORD_SECRET.finditer(url)} - {""}
+        return {m.group(0).split("=", 1)[1].strip().strip("'") for m in re.finditer(_KEYWORD_SECRET, url)} - {""}
     base, _, query = rest.partition("?")
     userinfo, at, _ = base.partition("/")[0].rpartition("@")
     typed = [userinfo.partition(":")[2]] if at else []
@@ -117,7 +118,7 @@ def display_url(url: str) -> str:
     Works on malformed text too (error messages show it), never raising."""
     scheme, sep, rest = url.partition("://")
     if not sep:  # a path, or libpq's key=value form, whose password may be quoted
-        return _KEYWORD_SECRET.sub("", url).strip()
+        return re.sub(_KEYWORD_SECRET, "", url).strip()
     base, _, query = rest.partition("?")
     authority, slash, path = base.partition("/")
     userinfo, at, hosts = authority.rpartition("@")

@@ -18,7 +18,7 @@ kernel decodes the cell that defines it, so such values are not taken here: they
 
 from __future__ import annotations
 
-import base64
+import binascii
 import datetime as dt
 import enum
 import importlib
@@ -196,7 +196,7 @@ class _Encoder:
 
     def _bytes(self, v: bytes | bytearray) -> list[Any]:
         if len(v) <= BYTES_INLINE:
-            return [base64.b64encode(v).decode("ascii")]
+            return [binascii.b2a_base64(v, newline=False).decode("ascii")]
         self.sink.put(v)
         return [None, len(self.sink.blob_ids) - 1 - self.base]
 
@@ -378,7 +378,7 @@ class _Decoder:
 
     def bytes_(self, rest: list[Any]) -> bytes | bytearray:
         if rest[0] is not None:
-            return base64.b64decode(rest[0])
+            return binascii.a2b_base64(rest[0])
         source: Source = self.sources[rest[1]]
         return source.read()
 

@@ -8,7 +8,6 @@ fill a preallocated buffer chunk by chunk.
 from __future__ import annotations
 
 import functools
-import mmap
 import os
 import sqlite3
 import sys
@@ -425,16 +424,20 @@ class BlobSource:
             "record it again.")
 
 
+# The memory page size (what mmap.PAGESIZE says, without loading mmap on a script's first call).
+_PAGE = os.sysconf("SC_PAGESIZE") if sys.platform == "linux" else 4096
+
+
 def _populate(part: memoryview) -> None:
     """Map the whole pages of `part` (writable, about to be overwritten) before it is filled. Advice only: a kernel
     without MADV_POPULATE_WRITE answers EINVAL, and the copy then faults the pages in as before."""
-    if sys.platform != "linux" or len(part) < 2 * mmap.PAGESIZE:
+    if sys.platform != "linux" or len(part) < 2 * _PAGE:
         return
     import ctypes  # deferred for start-up speed: only big reads populate
 
     address = ctypes.addressof(ctypes.c_char.from_buffer(part))
-    start = -(-address // mmap.PAGESIZE) * mmap.PAGESIZE
-    end = (address + len(part)) // mmap.PAGESIZE * mmap.PAGESIZE
+    start = -(-address // _PAGE) * _PAGE
+    end = (address + len(part)) // _PAGE * _PAGE
     _madvise()(start, end - start, MADV_POPULATE_WRITE)
 
 
