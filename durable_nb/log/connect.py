@@ -288,7 +288,8 @@ def _statements(sql: str) -> Iterator[str]:
     buf = ""
     for line in sql.splitlines(keepends=True):
         buf += line
-        if sqlite3.complete_statement(buf):
+        # Asked only where a statement may end: asked at every line, a long script costs quadratic time.
+        if line.rstrip().endswith(";") and sqlite3.complete_statement(buf):
             yield buf.strip()
             buf = ""
     if buf.strip():
