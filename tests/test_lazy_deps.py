@@ -32,8 +32,8 @@ def test_load_ext_and_a_scripts_first_call_import_only_what_they_use() -> None:
     """%load_ext durable_nb imports no codec, fingerprint or activity machinery; a plain script's first activity
     call does not import IPython or asyncio (asking `sys.modules` whether a notebook runs is enough), nor
     dataclasses and inspect, nor build a typing.NamedTuple of ours (durable_nb.record says why), nor the codec
-    of a library it never imported, nor the PostgreSQL backend, nor C modules it has no use for (each costs a
-    shared library's load)."""
+    of a library it never imported (nor the tagged codec: json takes its plain result), nor the PostgreSQL
+    backend, nor C modules it has no use for (each costs a shared library's load)."""
     probe = ("import sys\nimport durable_nb.magics\n"
              "print(sorted(m for m in ('durable_nb.codecs', 'durable_nb.fingerprint', 'durable_nb.log.calls', "
              "'durable_nb.cell', 'pandas', 'numpy') if m in sys.modules))")
@@ -46,8 +46,9 @@ def test_load_ext_and_a_scripts_first_call_import_only_what_they_use() -> None:
               "named = [f'{m.__name__}.{k}' for m in ours for k, v in vars(m).items()\n"
               "         if isinstance(v, type) and issubclass(v, tuple) and hasattr(v, '_fields')]\n"
               "print(sorted(m for m in ('IPython', 'asyncio', 'pandas', 'dataclasses', 'inspect', 'pickle',"
-              " 'durable_nb.log.pg_connect', 'sysconfig', 'mmap', 'array', 'base64', *(f'durable_nb.codecs.{c}' for c in ('arrow', 'npy',"
-              " 'nprandom', 'polars', 'arrow_ipc', 'xarray', 'sparse', 'torch'))) if m in sys.modules)"
+              " 'durable_nb.log.pg_connect', 'sysconfig', 'mmap', 'array', 'base64', 'contextvars',"
+              " *(f'durable_nb.codecs.{c}' for c in ('arrow', 'npy', 'nprandom', 'polars', 'arrow_ipc', 'xarray',"
+              " 'sparse', 'torch', 'tagged', 'reference'))) if m in sys.modules)"
               " + named)")
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() \
         == "[]"

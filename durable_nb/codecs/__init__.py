@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import keys, signing
 from ..errors import DecodeError, EncodeError, UntrustedError
 from ..record import Record
-from . import json, pickle, tagged
+from . import json, pickle
 
 if TYPE_CHECKING:
     from ..keys import PublicKey
@@ -56,11 +56,13 @@ class Encoded(Record):
 
 class _Library:
     """The codec of one library's values, imported on first use: while its `library` is not imported no value can
-    be one of them, so `accepts` says no without importing the codec's module (durable_nb.codecs.NAME)."""
+    be one of them, so `accepts` says no without importing the codec's module (durable_nb.codecs.NAME). With no
+    library (the tagged codec, of the standard library's types) it is imported when a value first reaches it:
+    json takes a script's plain results before it."""
 
     __slots__ = ("_class", "_codec", "library", "name")
 
-    def __init__(self, name: str, class_name: str, library: str) -> None:
+    def __init__(self, name: str, class_name: str, library: str | None) -> None:
         self.name = name
         self.library = library
         self._class = class_name
@@ -81,7 +83,7 @@ class _Library:
         return self.codec.safe
 
     def accepts(self, value: Any) -> bool:
-        return self.library in sys.modules and self.codec.accepts(value)
+        return (self.library is None or self.library in sys.modules) and self.codec.accepts(value)
 
     def encode(self, value: Any, sink: Sink) -> dict[str, Any]:
         return self.codec.encode(value, sink)
@@ -99,7 +101,7 @@ LEAF_CODECS: tuple[Codec, ...] = (_Library("arrow", "ArrowCodec", "pandas"), _Li
                                   _Library("sparse", "SparseCodec", "scipy.sparse"),
                                   _Library("torch", "TorchCodec", "torch"))
 PICKLE = pickle.PickleCodec()
-CODECS: tuple[Codec, ...] = (*LEAF_CODECS, json.JsonCodec(), tagged.TaggedCodec(), PICKLE)
+CODECS: tuple[Codec, ...] = (*LEAF_CODECS, json.JsonCodec(), _Library("tagged", "TaggedCodec", None), PICKLE)
 # Pickle is the one codec whose decoding runs code from the log (a test holds every codec's `safe` to this).
 _SAFE = tuple(c for c in CODECS if c is not PICKLE)
 SAFE_CODECS = frozenset(c.name for c in _SAFE)
@@ -288,5 +290,3 @@ def decode_value(codec: str, version: int, meta: dict[str, Any], sources: Sequen
                              "or re-run the cell.")
     return found.decode(meta, sources)
 
-
-tagged.register(LEAF_CODECS, decode_value)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import DecodeError
+from . import LEAF_CODECS, decode_value
 from .reference import loaded_module
 
 if TYPE_CHECKING:
@@ -41,22 +42,6 @@ _JSON_SCALARS = (type(None), bool, int, float, str)
 _PATHS = {c.__name__: c for c in (pathlib.PurePosixPath, pathlib.PureWindowsPath, pathlib.PosixPath,
                                   pathlib.WindowsPath)}
 _FACTORIES = {f.__name__: f for f in (list, dict, set, frozenset, tuple, int, float, str, bytes, bytearray, bool)}
-class _Registry:
-    """The codecs a tree stores its leaves with, and the decoder of every codec. The registry
-    (durable_nb.codecs) fills it in when it is built: the leaves include codecs that store trees themselves
-    (xarray, sparse), so this module cannot import them."""
-
-    leaves: tuple[Any, ...] = ()
-    decode: Callable[..., Any]
-
-
-_registry = _Registry()
-
-
-def register(leaves: tuple[Any, ...], decode: Callable[..., Any]) -> None:
-    _registry.leaves, _registry.decode = leaves, decode
-
-
 class TaggedCodec:
     name = "tagged"
     version = 3  # 2: numpy dtypes; 3: Counter, deque, slice, Ellipsis, pandas' scalars
@@ -219,7 +204,7 @@ class _Encoder:
         """A value another safe codec stores; its blobs follow in the sink."""
         if _object_array(v):
             return ["O", list(v.shape), *map(self.node, v.reshape(-1, order="C").tolist())]
-        for codec in _registry.leaves:
+        for codec in LEAF_CODECS:
             if codec.accepts(v):
                 first = len(self.sink.blob_ids)
                 meta = codec.encode(v, self.sink)
@@ -387,7 +372,7 @@ class _Decoder:
         index = len(self.shared)
         self.shared.append(None)
         # Leaves are safe codecs only: a document naming pickle is refused (UntrustedError), never unpickled.
-        value = _registry.decode(codec, version, meta, self.sources[first:first + count], allow_pickle=False)
+        value = decode_value(codec, version, meta, self.sources[first:first + count], allow_pickle=False)
         self.shared[index] = value
         return value
 
