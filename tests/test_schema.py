@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,6 +100,7 @@ def test_a_log_keeps_its_settings_whether_it_was_just_made_migrated_or_already_c
 _MAKE_LOGS = """
 import itertools, sys
 from pathlib import Path
+from typing import Any
 from durable_nb.log import connect
 folder = Path(sys.argv[1])
 for n in itertools.count():
@@ -121,3 +123,56 @@ def test_a_log_killed_while_it_is_made_opens_as_a_whole_log(tmp_path: Path, afte
         child.wait()
     made = sorted(tmp_path.glob("*.db"), key=lambda p: int(p.stem))
     assert shape(opened(made[-1])) == shape(opened(made[0]))
+
+
+def test_a_log_another_process_is_making_opens_without_a_lock_error(tmp_path: Path) -> None:
+    # Another kernel has switched the new file to WAL and not yet committed its schema (four kernels starting on
+    # one log meet this): opening it must not try to take the file out of WAL, which SQLite refuses at once
+    # ("database is locked") while that kernel is connected.
+    db = tmp_path / "shared.db"
+    maker = sqlite3.connect(db, isolation_level=None)
+    try:
+        maker.execute(f"PRAGMA page_size={connect.PAGE_SIZE}")
+        assert maker.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+        assert shape(opened(db)) == shape(opened(tmp_path / "reference.db"))
+    finally:
+        maker.close()
+
+
+def _open_and_write(path: Path, start: Any, failures: Any) -> None:
+    try:
+        start.wait()
+        conn = connect.connect(path)
+        try:
+            with connect.write_transaction(conn, path):
+                conn.execute("CREATE TABLE IF NOT EXISTS note (x)")
+                conn.execute("INSERT INTO note VALUES (1)")
+        finally:
+            conn.close()
+    except Exception as exc:  # reported to the test, which names it
+        failures.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_kernels_starting_together_on_a_new_log_all_open_it(tmp_path: Path) -> None:
+    # Four processes open one new log at the same moment (a team's kernels started by one script, a soak test):
+    # each must get the whole log; SQLite's "database is locked" from the race to switch it to WAL is retried.
+    import multiprocessing
+
+    # Fresh interpreters, as kernels are: a fork of this test process could inherit SQLite's allocator mutex
+    # held by a background checkpoint of an earlier test, and hang.
+    context = multiprocessing.get_context("spawn")
+    failures = context.Queue()
+    for trial in range(8):
+        db = tmp_path / f"{trial}.db"
+        start = context.Barrier(4)
+        kernels = [context.Process(target=_open_and_write, args=(db, start, failures)) for _ in range(4)]
+        for k in kernels:
+            k.start()
+        for k in kernels:
+            k.join()
+        found = [failures.get() for _ in range(failures.qsize())]
+        assert not found, found[:3]
+        assert [k.exitcode for k in kernels] == [0] * 4
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM note").fetchone()[0] == 4
+        assert shape(db)[2] == [(m.version, m.name) for m in MIGRATIONS]

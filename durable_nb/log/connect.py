@@ -154,23 +154,35 @@ def _configure(conn: sqlite3.Connection, path: Path, readonly: bool, durability:
         # first page any multi-row statement changes. Kept in memory, that file is not made and unlinked again.
         conn.execute("PRAGMA temp_store=MEMORY")
         if not readonly:
-            if _is_empty(conn):
-                conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
-                # A new file's switch to WAL writes its first page and nothing else: a rollback journal would
-                # cost it a file to create, sync and delete, and its folder synced (four fsyncs, not one).
-                conn.execute("PRAGMA journal_mode=MEMORY")
             conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise LogNotWritableError(f"durable log {path} could not switch to WAL mode (got {mode}).")
+            _switch_to_wal(conn, path)
         conn.execute("PRAGMA foreign_keys=ON")
     except sqlite3.DatabaseError as exc:
         raise _classify(exc, path) from exc
 
 
-def _is_empty(conn: sqlite3.Connection) -> bool:
-    return bool(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0)
+def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
+    """Put the log in WAL mode. Kernels starting together on a new log race to switch it: SQLite answers the
+    losers "database is locked" at once (it avoids a deadlock rather than wait), so they retry as writers do."""
+    deadline = time.monotonic() + WRITE_WAIT_SECONDS
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+                # A new file's switch writes its first page and nothing else: a rollback journal would cost it
+                # a file to create, sync and delete, and its folder synced (four fsyncs, not one).
+                conn.execute("PRAGMA journal_mode=MEMORY")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    if mode.lower() != "wal":
+        raise LogNotWritableError(f"durable log {path} could not switch to WAL mode (got {mode}).")
 
 
 def _classify(exc: sqlite3.DatabaseError, path: Path) -> LogError:
