@@ -16,6 +16,7 @@ fingerprint this module prints and an ordinary `ssh-keygen -t ed25519` key can b
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import os
 import stat
@@ -71,16 +72,13 @@ class PublicKey(Record):
     @property
     def fingerprint(self) -> str:
         """OpenSSH's SHA256 fingerprint, as `ssh-keygen -l` prints it."""
-        import base64  # deferred for start-up speed, as hashlib: only the display of a key needs them
         import hashlib  # deferred for start-up speed: it loads OpenSSL (~3 ms); recording never asks a fingerprint
 
         digest = hashlib.sha256(self._wire()).digest()
-        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+        return "SHA256:" + binascii.b2a_base64(digest, newline=False).decode().rstrip("=")
 
     def openssh(self) -> str:
-        import base64  # deferred for start-up speed (see fingerprint)
-
-        line = f"{KEY_TYPE} {base64.b64encode(self._wire()).decode()}"
+        line = f"{KEY_TYPE} {binascii.b2a_base64(self._wire(), newline=False).decode()}"
         return f"{line} {self.comment}" if self.comment else line
 
     def shown(self) -> str:

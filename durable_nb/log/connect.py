@@ -7,9 +7,9 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ..errors import CorruptLogError, LogError, LogNotWritableError, NewerLogError, NotALogError
 from . import background
@@ -165,24 +165,36 @@ def _configure(conn: sqlite3.Connection, path: Path, readonly: bool, durability:
 def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
     """Put the log in WAL mode. Kernels starting together on a new log race to switch it: SQLite answers the
     losers "database is locked" at once (it avoids a deadlock rather than wait), so they retry as writers do."""
+    mode = _while_locked(lambda: _wal_mode(conn))
+    if mode.lower() != "wal":
+        raise LogNotWritableError(f"durable log {path} could not switch to WAL mode (got {mode}).")
+
+
+def _wal_mode(conn: sqlite3.Connection) -> str:
+    mode: str = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    if mode == "wal":
+        return mode
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        # A new file's switch writes its first page and nothing else: a rollback journal would cost it a file to
+        # create, sync and delete, and its folder synced (four fsyncs, not one).
+        conn.execute("PRAGMA journal_mode=MEMORY")
+    return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+
+
+_T = TypeVar("_T")
+
+
+def _while_locked(step: Callable[[], _T]) -> _T:
+    """`step()`, retried while another connection holds the lock SQLite needs, for up to WRITE_WAIT_SECONDS."""
     deadline = time.monotonic() + WRITE_WAIT_SECONDS
     while True:
         try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                return
-            if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
-                conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
-                # A new file's switch writes its first page and nothing else: a rollback journal would cost it
-                # a file to create, sync and delete, and its folder synced (four fsyncs, not one).
-                conn.execute("PRAGMA journal_mode=MEMORY")
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            break
+            return step()
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
-            time.sleep(0.01)
-    if mode.lower() != "wal":
-        raise LogNotWritableError(f"durable log {path} could not switch to WAL mode (got {mode}).")
+            time.sleep(0.05)
 
 
 def _classify(exc: sqlite3.DatabaseError, path: Path) -> LogError:
@@ -368,15 +380,10 @@ def write_transaction(conn: sqlite3.Connection, path: str | Path, *,
         with conn.write_transaction(synchronous=synchronous):  # type: ignore[attr-defined]
             yield conn
         return
-    deadline = time.monotonic() + WRITE_WAIT_SECONDS
-    while True:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            break
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise _classify(exc, Path(path)) from exc
-            time.sleep(0.05)
+    try:
+        _while_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+    except sqlite3.OperationalError as exc:
+        raise _classify(exc, Path(path)) from exc
     try:
         yield conn
         conn.execute("COMMIT")
